@@ -1,0 +1,279 @@
+// Package config loads ditto's settings from DITTO_* environment variables and
+// validates all of them up front, so that a bad value stops the process at
+// start with a message naming the variable.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"reflect"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
+	"github.com/kelseyhightower/envconfig"
+)
+
+// Prefix is the prefix of every environment variable ditto reads.
+const Prefix = "DITTO"
+
+// Config is every setting of ditto. Each field is declared once, with its
+// variable, default and description; `ditto config` and README's table are
+// generated from these tags.
+type Config struct {
+	SourceConnectionString      string        `envconfig:"SOURCE_CONNECTION_STRING" ditto:"required" secret:"true" desc:"KurrentDB/EventStoreDB connection string of the source cluster (esdb://user:pass@host:2113?tls=true...)."`
+	DestinationConnectionString string        `envconfig:"DESTINATION_CONNECTION_STRING" secret:"true" desc:"Connection string of the destination cluster; required for the eventstore sink."`
+	Subscriptions               string        `envconfig:"SUBSCRIPTIONS" ditto:"required" desc:"Comma-separated stream:group pairs to read, e.g. $ce-customer:ditto-customer,$ce-order:ditto-order. Escape a literal ',' or ':' in a name with a backslash."`
+	Sink                        string        `envconfig:"SINK" default:"eventstore" desc:"Where events go: eventstore (append to the original stream on the destination) or stdout (one JSON line per event)."`
+	BufferSize                  int           `envconfig:"BUFFER_SIZE" default:"500" desc:"Persistent-subscription buffer size: events in flight per consumer connection (1-10000)."`
+	ConsumersPerSubscription    int           `envconfig:"CONSUMERS_PER_SUBSCRIPTION" default:"1" desc:"Consumer connections per subscription group in this process (1-64)."`
+	SkipVersionCheck            bool          `envconfig:"SKIP_VERSION_CHECK" default:"false" desc:"Append with expected revision any instead of n-1. Needed when the destination does not start from the same event numbers; loses the ordering guarantee across processes."`
+	ReplicationThrottleInterval time.Duration `envconfig:"REPLICATION_THROTTLE_INTERVAL" default:"0s" desc:"Minimum pause between two writes of this process, to spare the destination (0 = no throttle)."`
+	TimeToLive                  time.Duration `envconfig:"TIME_TO_LIVE" default:"0s" desc:"If set, $maxAge (whole seconds) is set on every stream ditto creates on the destination."`
+	ReadOnly                    bool          `envconfig:"READ_ONLY" default:"false" desc:"Receive, log and ack events without writing anything (a dry run)."`
+	CreateSubscriptions         bool          `envconfig:"CREATE_SUBSCRIPTIONS" default:"false" desc:"Create a missing subscription group (resolve links on, Pinned, from the start) instead of failing."`
+	Writers                     int           `envconfig:"WRITERS" default:"32" desc:"Streams written concurrently (lanes in flight); events of one stream are always written in order (1-1024)."`
+	BatchMaxEvents              int           `envconfig:"BATCH_MAX_EVENTS" default:"500" desc:"Most events of one stream written in one append (1-10000)."`
+	BatchMaxBytes               int           `envconfig:"BATCH_MAX_BYTES" default:"1000000" desc:"Most bytes (data + metadata + type) in one append; keep it below the destination's maximum append size (1 MiB by default)."`
+	WriteRetries                int           `envconfig:"WRITE_RETRIES" default:"8" desc:"Attempts at a write that fails transiently (or waits for an earlier event) before its events are handed back to the source for redelivery (1-1000)."`
+	RetryBackoffMax             time.Duration `envconfig:"RETRY_BACKOFF_MAX" default:"5s" desc:"Longest pause between two attempts at a write; pauses grow exponentially from 50ms with jitter."`
+	ShutdownTimeout             time.Duration `envconfig:"SHUTDOWN_TIMEOUT" default:"30s" desc:"On SIGTERM/SIGINT, how long in-flight writes may take to finish and be acked before the process exits anyway (unacked events are redelivered)."`
+	MetricsAddress              string        `envconfig:"METRICS_ADDRESS" default:":5000" desc:"Listen address of /metrics, /health/live and /health/ready (empty = off)."`
+	LogLevel                    string        `envconfig:"LOG_LEVEL" default:"info" desc:"debug, info, warn or error. debug logs one line per written batch."`
+	LogFormat                   string        `envconfig:"LOG_FORMAT" default:"json" desc:"json or console."`
+}
+
+// Subscription is one persistent subscription group to read.
+type Subscription struct {
+	Stream string
+	Group  string
+}
+
+func (s Subscription) String() string { return s.Stream + ":" + s.Group }
+
+// Error lists every problem found in the environment; each names its variable.
+type Error struct{ Problems []string }
+
+func (e *Error) Error() string {
+	return "invalid configuration:\n  " + strings.Join(e.Problems, "\n  ")
+}
+
+// Load reads and validates the configuration from the environment. Every
+// missing or invalid value is reported at once, except that a value that does
+// not parse at all (envconfig stops at the first) is reported alone.
+func Load() (*Config, error) {
+	var c Config
+	if err := envconfig.Process(Prefix, &c); err != nil {
+		var pe *envconfig.ParseError
+		if errors.As(err, &pe) {
+			name := Prefix + "_" + pe.KeyName
+			shown := pe.Value
+			if f, ok := reflect.TypeOf(c).FieldByName(pe.FieldName); ok && f.Tag.Get("secret") == "true" {
+				shown = Redact(shown)
+			}
+			return nil, &Error{Problems: []string{fmt.Sprintf("%s=%q is not a valid %s: %v", name, shown, typeName(pe.TypeName), pe.Err)}}
+		}
+		return nil, &Error{Problems: []string{err.Error()}}
+	}
+	if problems := c.validate(); len(problems) > 0 {
+		return nil, &Error{Problems: problems}
+	}
+	return &c, nil
+}
+
+func typeName(goType string) string {
+	switch goType {
+	case "Duration":
+		return "duration (e.g. 500ms, 10s, 24h)"
+	case "bool":
+		return "boolean (true or false)"
+	case "int":
+		return "integer"
+	}
+	return goType
+}
+
+func (c *Config) validate() []string {
+	var p []string
+	for _, v := range Variables() {
+		if v.Required && os.Getenv(v.Name) == "" {
+			p = append(p, fmt.Sprintf("%s is required: %s", v.Name, v.Description))
+		}
+	}
+	bad := func(name, format string, args ...any) {
+		p = append(p, Prefix+"_"+name+" "+fmt.Sprintf(format, args...))
+	}
+	if c.SourceConnectionString != "" {
+		if _, err := esdb.ParseConnectionString(c.SourceConnectionString); err != nil {
+			bad("SOURCE_CONNECTION_STRING", "is not a valid connection string (%s): %s", Redact(c.SourceConnectionString), redactErr(err, c.SourceConnectionString))
+		}
+	}
+	switch c.Sink {
+	case "eventstore":
+		if c.DestinationConnectionString == "" && !c.ReadOnly {
+			bad("DESTINATION_CONNECTION_STRING", "is required when DITTO_SINK=eventstore")
+		}
+	case "stdout":
+	default:
+		bad("SINK", "=%q is not a known sink: expected eventstore or stdout", c.Sink)
+	}
+	if c.DestinationConnectionString != "" {
+		if _, err := esdb.ParseConnectionString(c.DestinationConnectionString); err != nil {
+			bad("DESTINATION_CONNECTION_STRING", "is not a valid connection string (%s): %s", Redact(c.DestinationConnectionString), redactErr(err, c.DestinationConnectionString))
+		}
+	}
+	if c.Subscriptions != "" {
+		if _, err := ParseSubscriptions(c.Subscriptions); err != nil {
+			bad("SUBSCRIPTIONS", "=%q: %v", c.Subscriptions, err)
+		}
+	}
+	intRange := func(name string, v, lo, hi int) {
+		if v < lo || v > hi {
+			bad(name, "=%d is out of range: expected %d to %d", v, lo, hi)
+		}
+	}
+	intRange("BUFFER_SIZE", c.BufferSize, 1, 10000)
+	intRange("CONSUMERS_PER_SUBSCRIPTION", c.ConsumersPerSubscription, 1, 64)
+	intRange("WRITERS", c.Writers, 1, 1024)
+	intRange("BATCH_MAX_EVENTS", c.BatchMaxEvents, 1, 10000)
+	intRange("BATCH_MAX_BYTES", c.BatchMaxBytes, 1024, 256<<20)
+	intRange("WRITE_RETRIES", c.WriteRetries, 1, 1000)
+	nonNegative := func(name string, d time.Duration) {
+		if d < 0 {
+			bad(name, "=%s must not be negative", d)
+		}
+	}
+	nonNegative("REPLICATION_THROTTLE_INTERVAL", c.ReplicationThrottleInterval)
+	nonNegative("TIME_TO_LIVE", c.TimeToLive)
+	if c.TimeToLive > 0 && c.TimeToLive < time.Second {
+		bad("TIME_TO_LIVE", "=%s is below the 1s resolution of $maxAge", c.TimeToLive)
+	}
+	if c.RetryBackoffMax < 50*time.Millisecond {
+		bad("RETRY_BACKOFF_MAX", "=%s must be at least 50ms", c.RetryBackoffMax)
+	}
+	if c.ShutdownTimeout <= 0 {
+		bad("SHUTDOWN_TIMEOUT", "=%s must be positive", c.ShutdownTimeout)
+	}
+	if c.MetricsAddress != "" {
+		if _, _, err := net.SplitHostPort(c.MetricsAddress); err != nil {
+			bad("METRICS_ADDRESS", "=%q is not a host:port listen address: %v", c.MetricsAddress, err)
+		}
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("LOG_LEVEL", "=%q: expected debug, info, warn or error", c.LogLevel)
+	}
+	switch c.LogFormat {
+	case "json", "console":
+	default:
+		bad("LOG_FORMAT", "=%q: expected json or console", c.LogFormat)
+	}
+	return p
+}
+
+// SubscriptionList is the parsed DITTO_SUBSCRIPTIONS.
+func (c *Config) SubscriptionList() []Subscription {
+	subs, _ := ParseSubscriptions(c.Subscriptions)
+	return subs
+}
+
+// ParseSubscriptions parses "stream:group,stream:group". A backslash escapes
+// the next character, so names may contain ',' or ':'; an unescaped ':' splits
+// stream from group at its last occurrence.
+func ParseSubscriptions(s string) ([]Subscription, error) {
+	var subs []Subscription
+	seen := map[Subscription]bool{}
+	for _, item := range splitEscaped(s, ',') {
+		parts := splitEscaped(item, ':')
+		if len(parts) < 2 {
+			return nil, fmt.Errorf("%q is not stream:group", unescape(item))
+		}
+		stream := strings.Join(parts[:len(parts)-1], ":")
+		sub := Subscription{Stream: strings.TrimSpace(unescape(stream)), Group: strings.TrimSpace(unescape(parts[len(parts)-1]))}
+		if sub.Stream == "" || sub.Group == "" {
+			return nil, fmt.Errorf("%q has an empty stream or group", unescape(item))
+		}
+		if seen[sub] {
+			return nil, fmt.Errorf("%s is listed twice", sub)
+		}
+		seen[sub] = true
+		subs = append(subs, sub)
+	}
+	if len(subs) == 0 {
+		return nil, errors.New("no subscription given")
+	}
+	return subs, nil
+}
+
+// splitEscaped splits on sep where it is not preceded by a backslash; the
+// escapes are kept for unescape.
+func splitEscaped(s string, sep byte) []string {
+	var out []string
+	start := 0
+	for i := 0; i < len(s); i++ {
+		switch s[i] {
+		case '\\':
+			i++
+		case sep:
+			out = append(out, s[start:i])
+			start = i + 1
+		}
+	}
+	return append(out, s[start:])
+}
+
+func unescape(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+1 < len(s) {
+			i++
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// PrintUsage writes every variable with its default and description.
+func PrintUsage(w io.Writer) error {
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "VARIABLE\tDEFAULT\tDESCRIPTION")
+	for _, v := range Variables() {
+		def := v.Default
+		if v.Required {
+			def = "(required)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", v.Name, def, v.Description)
+	}
+	return tw.Flush()
+}
+
+// Variable describes one environment variable.
+type Variable struct {
+	Name, Default, Description string
+	Required, Secret           bool
+}
+
+// Variables lists every environment variable ditto reads, in declaration order.
+func Variables() []Variable {
+	t := reflect.TypeOf(Config{})
+	vars := make([]Variable, 0, t.NumField())
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		vars = append(vars, Variable{
+			Name:        Prefix + "_" + f.Tag.Get("envconfig"),
+			Default:     f.Tag.Get("default"),
+			Description: f.Tag.Get("desc"),
+			Required:    f.Tag.Get("ditto") == "required",
+			Secret:      f.Tag.Get("secret") == "true",
+		})
+	}
+	return vars
+}

@@ -1,0 +1,506 @@
+// Package replicator is ditto's pipeline: it puts each delivery into the lane
+// of its original stream, writes consecutive events of a lane as one batch,
+// and turns the outcome of the write into an ack, a retry or a park.
+//
+// Ordering: a lane holds the pending events of one original stream sorted by
+// event number; at most one write per lane is in flight, and a batch is a run
+// of consecutive numbers starting at the lowest pending one. Lanes of
+// different streams are written concurrently by a fixed pool of writers.
+//
+// Memory: every pending event is an unacked delivery, so pending events are
+// bounded by the subscriptions' buffer sizes; a slow sink stops acks, which
+// stops the source from sending (back-pressure).
+package replicator
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
+	"github.com/cenkalti/backoff/v4"
+	"github.com/rs/zerolog"
+
+	"github.com/ditto-replicator/ditto/consumer"
+	"github.com/ditto-replicator/ditto/internal/metrics"
+	"github.com/ditto-replicator/ditto/sinks"
+)
+
+// Sink is a destination: Write durably writes consecutive events of one
+// source stream, in order, or returns a *sinks.WriteError saying how many
+// were written and what kind of failure stopped the rest.
+type Sink interface {
+	Write(ctx context.Context, stream string, events []sinks.Event) error
+	Close() error
+}
+
+// Options tune the replicator.
+type Options struct {
+	Writers        int           // lanes written concurrently
+	BatchMaxEvents int           // events per write
+	BatchMaxBytes  int           // bytes (sinks.Event.Size) per write
+	ReadOnly       bool          // ack without writing
+	Throttle       time.Duration // minimum pause between two writes of the process
+	WriteRetries   int           // attempts before a transient failure hands events back
+	BackoffInitial time.Duration // first pause between attempts (default 50ms)
+	BackoffMax     time.Duration // longest pause between attempts
+	DrainTimeout   time.Duration // how long a stop waits for in-flight writes
+}
+
+// Replicator moves deliveries from the consumer to a sink.
+type Replicator struct {
+	sink Sink
+	opts Options
+	log  zerolog.Logger
+	m    *metrics.Metrics
+
+	mu       sync.Mutex
+	cond     *sync.Cond       // signalled when ready gains a lane, a lane goes idle, or closing
+	lanes    map[string]*lane // lanes with pending events or a write in flight
+	ready    []*lane          // lanes with pending events and no owner, FIFO
+	closing  bool             // no more dispatches; workers exit when ready is empty
+	inflight int              // deliveries received and not yet acked or nacked
+	throttle sync.Mutex       // serialises the throttle's clock
+	next     time.Time        // earliest time of the next write (throttle)
+}
+
+// lane is the pending work of one original stream. Fields are guarded by
+// Replicator.mu. A lane is "owned" while busy: in the ready queue, being
+// written by a worker, or waiting on its retry timer.
+type lane struct {
+	stream   string
+	pending  []*item // sorted by event number, unique numbers
+	busy     bool
+	single   bool // write one event at a time, to isolate a permanent failure
+	attempts int
+	bo       *backoff.ExponentialBackOff
+	timer    *time.Timer
+}
+
+// item is one event and every delivery of it (a redelivery of an event still
+// pending joins the same item and is acked with it).
+type item struct {
+	ev sinks.Event
+	ds []*consumer.Delivery
+}
+
+// New returns a replicator writing to sink.
+func New(sink Sink, m *metrics.Metrics, opts Options, log zerolog.Logger) *Replicator {
+	if opts.Writers <= 0 {
+		opts.Writers = 1
+	}
+	if opts.BatchMaxEvents <= 0 {
+		opts.BatchMaxEvents = 1
+	}
+	if opts.WriteRetries <= 0 {
+		opts.WriteRetries = 1
+	}
+	if opts.BackoffInitial <= 0 {
+		opts.BackoffInitial = 50 * time.Millisecond
+	}
+	if opts.BackoffMax < opts.BackoffInitial {
+		opts.BackoffMax = opts.BackoffInitial
+	}
+	if opts.DrainTimeout <= 0 {
+		opts.DrainTimeout = 30 * time.Second
+	}
+	r := &Replicator{sink: sink, opts: opts, log: log, m: m, lanes: map[string]*lane{}}
+	r.cond = sync.NewCond(&r.mu)
+	return r
+}
+
+// Run replicates deliveries from in until stop is cancelled, then stops
+// taking deliveries, waits up to DrainTimeout for in-flight writes to finish
+// and be acked, and returns. Events still pending then are left unacked: the
+// source redelivers them.
+func (r *Replicator) Run(stop context.Context, in <-chan *consumer.Delivery) error {
+	writeCtx, cancelWrites := context.WithCancel(context.Background())
+	defer cancelWrites()
+	var wg sync.WaitGroup
+	for i := 0; i < r.opts.Writers; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r.work(writeCtx)
+		}()
+	}
+loop:
+	for {
+		select {
+		case d := <-in:
+			r.dispatch(d)
+		case <-stop.Done():
+			break loop
+		}
+	}
+	r.drain(cancelWrites)
+	wg.Wait()
+	return nil
+}
+
+// drain stops new work: lanes not being written (queued or waiting for a
+// retry) are left unacked for redelivery, and writes in flight get until
+// DrainTimeout to finish; workers exit once they are done.
+func (r *Replicator) drain(cancelWrites context.CancelFunc) {
+	time.AfterFunc(r.opts.DrainTimeout, cancelWrites)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.closing = true
+	for _, l := range r.ready {
+		r.forgetLocked(l)
+	}
+	r.ready = nil
+	for _, l := range r.lanes {
+		if l.timer != nil && l.timer.Stop() {
+			r.forgetLocked(l)
+		}
+	}
+	r.cond.Broadcast()
+}
+
+// forgetLocked drops a lane's pending events without acking them.
+func (r *Replicator) forgetLocked(l *lane) {
+	for _, it := range l.pending {
+		r.inflight -= len(it.ds)
+	}
+	r.m.InFlight.Set(float64(r.inflight))
+	l.pending = nil
+	l.busy = false
+	l.timer = nil
+	delete(r.lanes, l.stream)
+}
+
+// dispatch routes one delivery: unresolved links are skipped, read-only mode
+// acks, everything else joins its stream's lane.
+func (r *Replicator) dispatch(d *consumer.Delivery) {
+	rec := d.Event.Event
+	if rec == nil {
+		link := d.Event.OriginalEvent()
+		d.Sub.Metrics.Unresolved.Inc()
+		r.log.Info().Str("subscription", d.Sub.String()).Uint64("linkNumber", link.EventNumber).Str("link", string(link.Data)).
+			Msg("skipping unresolved link: the source event is deleted or truncated")
+		r.nack([]*consumer.Delivery{d}, esdb.NackActionSkip, "ditto: unresolved link "+string(link.Data))
+		return
+	}
+	if r.opts.ReadOnly {
+		r.log.Debug().Str("type", rec.EventType).Uint64("number", rec.EventNumber).Str("stream", rec.StreamID).
+			Uint64("originalNumber", d.Event.OriginalEvent().EventNumber).Msg("received (read-only)")
+		d.Sub.Metrics.Skipped.Inc()
+		r.ack([]*consumer.Delivery{d})
+		return
+	}
+	ev := sinks.Event{Stream: rec.StreamID, Number: rec.EventNumber, ID: rec.EventID, Type: rec.EventType,
+		ContentType: rec.ContentType, Data: rec.Data, Metadata: rec.UserMetadata, Created: rec.CreatedDate}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.inflight++
+	r.m.InFlight.Set(float64(r.inflight))
+	l := r.lanes[ev.Stream]
+	if l == nil {
+		l = &lane{stream: ev.Stream}
+		r.lanes[ev.Stream] = l
+	}
+	l.add(ev, d)
+	if !l.busy {
+		l.busy = true
+		r.ready = append(r.ready, l)
+		r.cond.Signal()
+	}
+}
+
+// add inserts ev in number order, joining an item of the same number.
+func (l *lane) add(ev sinks.Event, d *consumer.Delivery) {
+	n := len(l.pending)
+	if n == 0 || l.pending[n-1].ev.Number < ev.Number {
+		l.pending = append(l.pending, &item{ev: ev, ds: []*consumer.Delivery{d}})
+		return
+	}
+	i := sort.Search(n, func(i int) bool { return l.pending[i].ev.Number >= ev.Number })
+	if l.pending[i].ev.Number == ev.Number {
+		l.pending[i].ds = append(l.pending[i].ds, d)
+		return
+	}
+	l.pending = append(l.pending, nil)
+	copy(l.pending[i+1:], l.pending[i:])
+	l.pending[i] = &item{ev: ev, ds: []*consumer.Delivery{d}}
+}
+
+// work is one writer: it takes a ready lane, writes its next batch, and
+// settles the outcome, until the replicator closes.
+func (r *Replicator) work(ctx context.Context) {
+	events := make([]sinks.Event, 0, r.opts.BatchMaxEvents)
+	for {
+		r.mu.Lock()
+		for len(r.ready) == 0 && !r.closing {
+			r.cond.Wait()
+		}
+		if len(r.ready) == 0 {
+			r.mu.Unlock()
+			return
+		}
+		l := r.ready[0]
+		r.ready[0] = nil
+		r.ready = r.ready[1:]
+		batch := r.takeLocked(l)
+		r.mu.Unlock()
+
+		events = events[:0]
+		for _, it := range batch {
+			events = append(events, it.ev)
+		}
+		r.wait(ctx)
+		start := time.Now()
+		err := r.sink.Write(ctx, l.stream, events)
+		r.settle(ctx, l, batch, err, time.Since(start))
+	}
+}
+
+// takeLocked removes the next batch from l: the run of consecutive event
+// numbers starting at the lowest pending one, within the batch limits.
+func (r *Replicator) takeLocked(l *lane) []*item {
+	max := r.opts.BatchMaxEvents
+	if l.single {
+		max = 1
+	}
+	n, bytes := 0, 0
+	for n < len(l.pending) && n < max {
+		it := l.pending[n]
+		if n > 0 && (it.ev.Number != l.pending[n-1].ev.Number+1 || bytes+it.ev.Size() > r.opts.BatchMaxBytes) {
+			break
+		}
+		bytes += it.ev.Size()
+		n++
+	}
+	batch := make([]*item, n)
+	copy(batch, l.pending[:n])
+	l.pending = l.pending[n:]
+	return batch
+}
+
+// settle acks what was written and decides what happens to the rest.
+func (r *Replicator) settle(ctx context.Context, l *lane, batch []*item, err error, took time.Duration) {
+	written := len(batch)
+	var we *sinks.WriteError
+	if err != nil {
+		we = sinks.Classify(err)
+		written = we.Written
+	}
+	if written > 0 {
+		r.acked(l, batch[:written], took)
+	}
+	rest := batch[written:]
+	retryIn := time.Duration(0)
+	if len(rest) > 0 {
+		retryIn = r.failed(ctx, l, rest, we)
+	}
+
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if written > 0 {
+		l.attempts = 0
+		l.single = false
+		if l.bo != nil {
+			l.bo.Reset()
+		}
+	}
+	switch {
+	case retryIn > 0 && !r.closing:
+		l.timer = time.AfterFunc(retryIn, func() {
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			if l.timer == nil || r.closing {
+				return
+			}
+			l.timer = nil
+			r.ready = append(r.ready, l)
+			r.cond.Signal()
+		})
+	case retryIn > 0:
+		r.forgetLocked(l)
+	case len(l.pending) > 0 && !r.closing:
+		r.ready = append(r.ready, l)
+		r.cond.Signal()
+	case len(l.pending) > 0:
+		r.forgetLocked(l)
+	default:
+		l.busy = false
+		delete(r.lanes, l.stream)
+	}
+}
+
+// acked acks written events and records them.
+func (r *Replicator) acked(l *lane, items []*item, took time.Duration) {
+	ds := make([]*consumer.Delivery, 0, len(items))
+	now := time.Now()
+	for _, it := range items {
+		for _, d := range it.ds {
+			ds = append(ds, d)
+			d.Sub.Metrics.Processed.Inc()
+		}
+		d := it.ds[0]
+		d.Sub.Metrics.ReplicationDelay.Observe(now.Sub(it.ev.Created).Seconds())
+	}
+	last := items[len(items)-1].ds[0]
+	last.Sub.Metrics.CurrentEvent.Set(float64(last.Event.OriginalEvent().EventNumber))
+	r.m.BatchSize.Observe(float64(len(items)))
+	r.ack(ds)
+	if e := r.log.Debug(); e.Enabled() {
+		first := items[0]
+		e.Str("type", first.ev.Type).Str("stream", l.stream).
+			Uint64("from", first.ev.Number).Uint64("to", items[len(items)-1].ev.Number).
+			Uint64("originalFrom", first.ds[0].Event.OriginalEvent().EventNumber).
+			Int("events", len(items)).Dur("took", took).
+			Msg(fmt.Sprintf("Replicating %s #%d..#%d from %s (Original Event: #%d) completed in %.1f ms",
+				first.ev.Type, first.ev.Number, items[len(items)-1].ev.Number, l.stream,
+				first.ds[0].Event.OriginalEvent().EventNumber, float64(took.Microseconds())/1000))
+	}
+}
+
+// failed handles the events of a write that did not go through. It returns
+// the pause before the lane's next attempt, or 0 if the events have been
+// handed back (nack) and the lane may go on.
+func (r *Replicator) failed(ctx context.Context, l *lane, rest []*item, we *sinks.WriteError) time.Duration {
+	if ctx.Err() != nil {
+		// Stopping: leave the events unacked for redelivery.
+		r.requeue(l, rest)
+		return time.Nanosecond
+	}
+	switch we.Kind {
+	case sinks.Permanent, sinks.Conflict:
+		if we.Kind == sinks.Permanent && len(rest) > 1 {
+			// Isolate the event that fails: the rest may be fine.
+			r.requeue(l, rest)
+			r.mu.Lock()
+			l.single = true
+			r.mu.Unlock()
+			return 0
+		}
+		r.logFailure(zerolog.WarnLevel, l, rest, we, "parking events")
+		for _, it := range rest {
+			for _, d := range it.ds {
+				d.Sub.Metrics.Parked.Inc()
+				d.Sub.Metrics.Failed.Inc()
+			}
+		}
+		r.nack(deliveries(rest), esdb.NackActionPark, "ditto: "+we.Reason)
+		return 0
+	}
+	r.mu.Lock()
+	l.attempts++
+	attempts := l.attempts
+	if l.bo == nil {
+		l.bo = backoff.NewExponentialBackOff()
+		l.bo.InitialInterval = r.opts.BackoffInitial
+		l.bo.MaxInterval = r.opts.BackoffMax
+		l.bo.MaxElapsedTime = 0
+		l.bo.Reset()
+	}
+	pause := l.bo.NextBackOff()
+	r.mu.Unlock()
+	if attempts < r.opts.WriteRetries {
+		level := zerolog.InfoLevel
+		if we.Kind == sinks.Behind {
+			level = zerolog.DebugLevel
+		}
+		r.logFailure(level, l, rest, we, "retrying write")
+		for _, it := range rest {
+			it.ds[0].Sub.Metrics.Retried.Inc()
+		}
+		r.requeue(l, rest)
+		return pause
+	}
+	r.logFailure(zerolog.WarnLevel, l, rest, we, "write keeps failing; handing events back to the source for redelivery")
+	for _, it := range rest {
+		for _, d := range it.ds {
+			d.Sub.Metrics.Failed.Inc()
+		}
+	}
+	r.mu.Lock()
+	l.attempts = 0
+	l.bo.Reset()
+	r.mu.Unlock()
+	r.nack(deliveries(rest), esdb.NackActionRetry, "ditto: "+we.Reason)
+	return 0
+}
+
+func (r *Replicator) logFailure(level zerolog.Level, l *lane, rest []*item, we *sinks.WriteError, msg string) {
+	e := r.log.WithLevel(level)
+	if !e.Enabled() {
+		return
+	}
+	first := rest[0]
+	e.Str("stream", l.stream).Uint64("from", first.ev.Number).Uint64("to", rest[len(rest)-1].ev.Number).
+		Str("eventId", first.ev.ID.String()).Str("subscription", first.ds[0].Sub.String()).
+		Uint64("originalNumber", first.ds[0].Event.OriginalEvent().EventNumber).
+		Str("kind", we.Kind.String()).Str("reason", we.Reason).AnErr("error", we.Err).Msg(msg)
+}
+
+// requeue puts items back into the lane's pending events.
+func (r *Replicator) requeue(l *lane, items []*item) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, it := range items {
+		for _, d := range it.ds {
+			l.add(it.ev, d)
+		}
+	}
+}
+
+func (r *Replicator) ack(ds []*consumer.Delivery) {
+	if err := consumer.Ack(ds); err != nil {
+		// The connection dropped: the source redelivers these events and
+		// the sink recognises them as written.
+		r.log.Debug().Err(err).Int("events", len(ds)).Msg("ack not delivered; events will be redelivered")
+	}
+	r.settled(len(ds))
+}
+
+func (r *Replicator) nack(ds []*consumer.Delivery, action esdb.NackAction, reason string) {
+	if err := consumer.Nack(ds, action, reason); err != nil {
+		r.log.Debug().Err(err).Int("events", len(ds)).Msg("nack not delivered; events will be redelivered")
+	}
+	r.settled(len(ds))
+}
+
+func (r *Replicator) settled(n int) {
+	r.mu.Lock()
+	// Deliveries that bypass lanes (unresolved, read-only) were never counted.
+	r.inflight -= n
+	if r.inflight < 0 {
+		r.inflight = 0
+	}
+	r.m.InFlight.Set(float64(r.inflight))
+	r.mu.Unlock()
+}
+
+func deliveries(items []*item) []*consumer.Delivery {
+	var ds []*consumer.Delivery
+	for _, it := range items {
+		ds = append(ds, it.ds...)
+	}
+	return ds
+}
+
+// wait applies the throttle: writes of the whole process are at least
+// Throttle apart.
+func (r *Replicator) wait(ctx context.Context) {
+	if r.opts.Throttle <= 0 {
+		return
+	}
+	r.throttle.Lock()
+	now := time.Now()
+	at := r.next
+	if at.Before(now) {
+		at = now
+	}
+	r.next = at.Add(r.opts.Throttle)
+	r.throttle.Unlock()
+	t := time.NewTimer(time.Until(at))
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}

@@ -1,0 +1,264 @@
+// Package eventstore writes events to their original streams on a destination
+// KurrentDB/EventStoreDB cluster, keeping ids and event numbers, so that the
+// destination ends identical to the source whatever crashed in between.
+package eventstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/ditto-replicator/ditto/sinks"
+)
+
+// Options tune the sink.
+type Options struct {
+	// SkipVersionCheck appends with expected revision any instead of n-1.
+	SkipVersionCheck bool
+	// TimeToLive, if positive, is set as $maxAge on every stream the sink
+	// creates (whose first event it writes).
+	TimeToLive time.Duration
+	// Observe, if set, is called after every destination call with the
+	// operation name and its duration (for ditto_io_duration_seconds).
+	Observe func(operation string, d time.Duration)
+}
+
+// Sink appends to a destination cluster.
+type Sink struct {
+	client *esdb.Client
+	opts   Options
+}
+
+// New returns a sink writing through client, which the caller owns.
+func New(client *esdb.Client, opts Options) *Sink {
+	return &Sink{client: client, opts: opts}
+}
+
+// Close does nothing: the caller owns the client.
+func (s *Sink) Close() error { return nil }
+
+// Ready reports whether the destination answers: it reads a stream that does
+// not exist, which any reachable, authenticated server answers with
+// "not found".
+func (s *Sink) Ready(ctx context.Context) error {
+	rs, err := s.client.ReadStream(ctx, "ditto-readiness-probe", esdb.ReadStreamOptions{From: esdb.Start{}}, 1)
+	if err == nil {
+		defer rs.Close()
+		_, err = rs.Recv()
+	}
+	if err == nil || errors.Is(err, io.EOF) || hasCode(err, esdb.ErrorCodeResourceNotFound) {
+		return nil
+	}
+	return fmt.Errorf("destination not reachable: %w", err)
+}
+
+// Write appends events, consecutive events of one source stream, to stream.
+// With the version check on, the first append carries expected revision
+// first-1 (no-stream for event 0); on wrong-expected-version the destination
+// is read to tell events already written (acked), a destination that is
+// behind (an earlier event is still on its way) and a diverged stream.
+func (s *Sink) Write(ctx context.Context, stream string, events []sinks.Event) error {
+	if len(events) == 0 {
+		return nil
+	}
+	if s.opts.TimeToLive > 0 && events[0].Number == 0 {
+		if err := s.setTTL(ctx, stream); err != nil {
+			return err
+		}
+	}
+	if s.opts.SkipVersionCheck {
+		return s.writeAny(ctx, stream, events)
+	}
+	written := 0
+	// Each round either finishes, fails, or moves past at least one event
+	// already on the destination, so it runs at most len(events)+1 times.
+	for written < len(events) {
+		batch := events[written:]
+		err := s.append(ctx, stream, expectedBefore(batch[0].Number), batch)
+		if err == nil {
+			return nil
+		}
+		if !hasCode(err, esdb.ErrorCodeWrongExpectedVersion) {
+			we := classify(err, stream)
+			we.Written = written
+			return we
+		}
+		n, err := s.alreadyWritten(ctx, stream, batch)
+		written += n
+		if err != nil {
+			var we *sinks.WriteError
+			if !errors.As(err, &we) {
+				we = classify(err, stream)
+			}
+			we.Written = written
+			return we
+		}
+	}
+	return nil
+}
+
+// alreadyWritten compares batch with what the destination holds from the
+// batch's first number on. It returns how many leading events are already
+// there (so the rest can be appended after them), or a Behind or Conflict
+// error.
+func (s *Sink) alreadyWritten(ctx context.Context, stream string, batch []sinks.Event) (int, error) {
+	first := batch[0].Number
+	got, err := s.read(ctx, stream, first, len(batch))
+	if err != nil {
+		return 0, err
+	}
+	if len(got) == 0 {
+		return 0, &sinks.WriteError{Kind: sinks.Behind,
+			Reason: fmt.Sprintf("destination stream %s ends before event %d; an earlier event has not been written yet", stream, first)}
+	}
+	n := 0
+	for _, ev := range got {
+		if ev.EventNumber < first+uint64(n) {
+			continue
+		}
+		if ev.EventNumber > first+uint64(n) {
+			// Events before ev were truncated or expired on the destination
+			// ($maxAge/$maxCount): they were written once.
+			n = int(ev.EventNumber - first)
+			if n >= len(batch) {
+				return len(batch), nil
+			}
+		}
+		if ev.EventID != batch[n].ID {
+			return n, &sinks.WriteError{Kind: sinks.Conflict,
+				Reason: fmt.Sprintf("destination stream %s diverged at %d: it holds event %s where the source has %s", stream, ev.EventNumber, ev.EventID, batch[n].ID)}
+		}
+		n++
+		if n == len(batch) {
+			break
+		}
+	}
+	return n, nil
+}
+
+// writeAny appends with expected revision any. The server recognises a
+// batch it already holds (all ids known) but not a batch that overlaps the
+// end of the stream; such a batch is then written one event at a time, each
+// either recognised or appended.
+func (s *Sink) writeAny(ctx context.Context, stream string, events []sinks.Event) error {
+	err := s.append(ctx, stream, esdb.Any{}, events)
+	if err == nil {
+		return nil
+	}
+	if !hasCode(err, esdb.ErrorCodeWrongExpectedVersion) || len(events) == 1 {
+		return classify(err, stream)
+	}
+	for i := range events {
+		if err := s.append(ctx, stream, esdb.Any{}, events[i:i+1]); err != nil {
+			we := classify(err, stream)
+			we.Written = i
+			return we
+		}
+	}
+	return nil
+}
+
+func (s *Sink) append(ctx context.Context, stream string, exp esdb.ExpectedRevision, events []sinks.Event) error {
+	data := make([]esdb.EventData, len(events))
+	for i := range events {
+		e := &events[i]
+		ct := esdb.ContentTypeBinary
+		if e.ContentType == "application/json" {
+			ct = esdb.ContentTypeJson
+		}
+		data[i] = esdb.EventData{EventID: e.ID, EventType: e.Type, ContentType: ct, Data: e.Data, Metadata: e.Metadata}
+	}
+	start := time.Now()
+	_, err := s.client.AppendToStream(ctx, stream, esdb.AppendToStreamOptions{ExpectedRevision: exp}, data...)
+	s.observe("append_to_stream", start)
+	return err
+}
+
+func (s *Sink) read(ctx context.Context, stream string, from uint64, count int) ([]*esdb.RecordedEvent, error) {
+	start := time.Now()
+	defer s.observe("read_stream", start)
+	rs, err := s.client.ReadStream(ctx, stream, esdb.ReadStreamOptions{Direction: esdb.Forwards, From: esdb.Revision(from)}, uint64(count))
+	if err != nil {
+		return nil, err
+	}
+	defer rs.Close()
+	var out []*esdb.RecordedEvent
+	for len(out) < count {
+		ev, err := rs.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if hasCode(err, esdb.ErrorCodeResourceNotFound) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, ev.Event)
+	}
+	return out, nil
+}
+
+func (s *Sink) setTTL(ctx context.Context, stream string) error {
+	var md esdb.StreamMetadata
+	md.SetMaxAge(s.opts.TimeToLive.Truncate(time.Second))
+	start := time.Now()
+	_, err := s.client.SetStreamMetadata(ctx, stream, esdb.AppendToStreamOptions{ExpectedRevision: esdb.Any{}}, md)
+	s.observe("set_stream_metadata", start)
+	if err != nil {
+		we := classify(err, stream)
+		we.Reason = "setting $maxAge: " + we.Reason
+		return we
+	}
+	return nil
+}
+
+func (s *Sink) observe(op string, start time.Time) {
+	if s.opts.Observe != nil {
+		s.opts.Observe(op, time.Since(start))
+	}
+}
+
+// expectedBefore is the expected revision of an append whose first event is
+// number n.
+func expectedBefore(n uint64) esdb.ExpectedRevision {
+	if n == 0 {
+		return esdb.NoStream{}
+	}
+	return esdb.Revision(n - 1)
+}
+
+func hasCode(err error, code esdb.ErrorCode) bool {
+	var e *esdb.Error
+	return errors.As(err, &e) && e.Code() == code
+}
+
+// classify decides, in one place, what a destination error means for the
+// events: retry (unavailable, timeouts, authentication, server errors) or
+// park (stream deleted, access denied, too large, rejected as invalid).
+func classify(err error, stream string) *sinks.WriteError {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return &sinks.WriteError{Kind: sinks.Transient, Reason: "destination call timed out or was cancelled", Err: err}
+	}
+	var e *esdb.Error
+	if !errors.As(err, &e) {
+		return &sinks.WriteError{Kind: sinks.Transient, Reason: "destination call failed", Err: err}
+	}
+	switch e.Code() {
+	case esdb.ErrorCodeStreamDeleted:
+		return &sinks.WriteError{Kind: sinks.Permanent, Reason: fmt.Sprintf("destination stream %s is deleted", stream), Err: err}
+	case esdb.ErrorCodeAccessDenied:
+		return &sinks.WriteError{Kind: sinks.Permanent, Reason: fmt.Sprintf("access to destination stream %s denied", stream), Err: err}
+	case esdb.ErrorCodeUnknown:
+		if st, ok := status.FromError(errors.Unwrap(e)); ok && st.Code() == codes.InvalidArgument {
+			return &sinks.WriteError{Kind: sinks.Permanent, Reason: "destination rejected the events: " + st.Message(), Err: err}
+		}
+	}
+	return &sinks.WriteError{Kind: sinks.Transient, Reason: "destination unavailable or failing", Err: err}
+}
