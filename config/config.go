@@ -70,7 +70,7 @@ func Load() (*Config, error) {
 	if err := envconfig.Process(Prefix, &c); err != nil {
 		var pe *envconfig.ParseError
 		if errors.As(err, &pe) {
-			name := Prefix + "_" + pe.KeyName
+			name := pe.KeyName
 			shown := pe.Value
 			if f, ok := reflect.TypeOf(c).FieldByName(pe.FieldName); ok && f.Tag.Get("secret") == "true" {
 				shown = Redact(shown)
@@ -87,7 +87,7 @@ func Load() (*Config, error) {
 
 func typeName(goType string) string {
 	switch goType {
-	case "Duration":
+	case "Duration", "time.Duration":
 		return "duration (e.g. 500ms, 10s, 24h)"
 	case "bool":
 		return "boolean (true or false)"
@@ -105,7 +105,11 @@ func (c *Config) validate() []string {
 		}
 	}
 	bad := func(name, format string, args ...any) {
-		p = append(p, Prefix+"_"+name+" "+fmt.Sprintf(format, args...))
+		msg := fmt.Sprintf(format, args...)
+		if !strings.HasPrefix(msg, "=") {
+			msg = " " + msg
+		}
+		p = append(p, Prefix+"_"+name+msg)
 	}
 	if c.SourceConnectionString != "" {
 		if _, err := esdb.ParseConnectionString(c.SourceConnectionString); err != nil {

@@ -16,6 +16,7 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -57,14 +58,32 @@ type Replicator struct {
 	m    *metrics.Metrics
 
 	mu       sync.Mutex
-	cond     *sync.Cond       // signalled when ready gains a lane, a lane goes idle, or closing
-	lanes    map[string]*lane // lanes with pending events or a write in flight
-	ready    []*lane          // lanes with pending events and no owner, FIFO
-	closing  bool             // no more dispatches; workers exit when ready is empty
-	inflight int              // deliveries received and not yet acked or nacked
-	throttle sync.Mutex       // serialises the throttle's clock
-	next     time.Time        // earliest time of the next write (throttle)
+	cond     *sync.Cond            // signalled when ready gains a lane, or on closing
+	lanes    map[string]*lane      // lanes with pending events or a write in flight
+	ready    []*lane               // lanes with pending events and no owner, FIFO
+	closing  bool                  // no more dispatches; workers exit when ready is empty
+	inflight int                   // deliveries received and not yet acked or nacked
+	diverged map[string]divergence // streams found diverged on the destination
+	throttle sync.Mutex            // serialises the throttle's clock
+	next     time.Time             // earliest time of the next write (throttle)
 }
+
+// divergence remembers where a destination stream stopped matching the
+// source, so that later events of the stream are parked too instead of being
+// appended after foreign events.
+type divergence struct {
+	at     uint64
+	reason string
+	until  time.Time
+}
+
+// Divergences are forgotten after divergenceTTL (so that a stream repaired on
+// the destination replicates again, e.g. after parked events are replayed)
+// and when more than maxDivergences streams have diverged (bounded memory).
+const (
+	divergenceTTL  = 10 * time.Minute
+	maxDivergences = 10000
+)
 
 // lane is the pending work of one original stream. Fields are guarded by
 // Replicator.mu. A lane is "owned" while busy: in the ready queue, being
@@ -106,7 +125,7 @@ func New(sink Sink, m *metrics.Metrics, opts Options, log zerolog.Logger) *Repli
 	if opts.DrainTimeout <= 0 {
 		opts.DrainTimeout = 30 * time.Second
 	}
-	r := &Replicator{sink: sink, opts: opts, log: log, m: m, lanes: map[string]*lane{}}
+	r := &Replicator{sink: sink, opts: opts, log: log, m: m, lanes: map[string]*lane{}, diverged: map[string]divergence{}}
 	r.cond = sync.NewCond(&r.mu)
 	return r
 }
@@ -184,6 +203,16 @@ func (r *Replicator) dispatch(d *consumer.Delivery) {
 		r.nack([]*consumer.Delivery{d}, esdb.NackActionSkip, "ditto: unresolved link "+string(link.Data))
 		return
 	}
+	if strings.HasPrefix(rec.StreamID, "$") {
+		// System events, such as the $metadata a deletion leaves in $$stream
+		// (linked from $ce- with "$deleted"), are not replicated: ditto copies
+		// events, not deletions or truncations.
+		r.log.Debug().Str("type", rec.EventType).Uint64("number", rec.EventNumber).Str("stream", rec.StreamID).
+			Msg("skipping system event")
+		d.Sub.Metrics.Skipped.Inc()
+		r.ack([]*consumer.Delivery{d})
+		return
+	}
 	if r.opts.ReadOnly {
 		r.log.Debug().Str("type", rec.EventType).Uint64("number", rec.EventNumber).Str("stream", rec.StreamID).
 			Uint64("originalNumber", d.Event.OriginalEvent().EventNumber).Msg("received (read-only)")
@@ -250,9 +279,12 @@ func (r *Replicator) work(ctx context.Context) {
 		for _, it := range batch {
 			events = append(events, it.ev)
 		}
-		r.wait(ctx)
 		start := time.Now()
-		err := r.sink.Write(ctx, l.stream, events)
+		err := r.knownDivergence(l.stream, events[0].Number)
+		if err == nil {
+			r.wait(ctx)
+			err = r.sink.Write(ctx, l.stream, events)
+		}
 		r.settle(ctx, l, batch, err, time.Since(start))
 	}
 }
@@ -376,6 +408,9 @@ func (r *Replicator) failed(ctx context.Context, l *lane, rest []*item, we *sink
 			l.single = true
 			r.mu.Unlock()
 			return 0
+		}
+		if we.Kind == sinks.Conflict {
+			r.markDiverged(l.stream, rest[0].ev.Number, we.Reason)
 		}
 		r.logFailure(zerolog.WarnLevel, l, rest, we, "parking events")
 		for _, it := range rest {
@@ -503,4 +538,32 @@ func (r *Replicator) wait(ctx context.Context) {
 	case <-t.C:
 	case <-ctx.Done():
 	}
+}
+
+// knownDivergence returns a Conflict error if stream is known to have
+// diverged at or before event number n.
+func (r *Replicator) knownDivergence(stream string, n uint64) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	d, ok := r.diverged[stream]
+	if !ok || n < d.at {
+		return nil
+	}
+	if time.Now().After(d.until) {
+		delete(r.diverged, stream)
+		return nil
+	}
+	return &sinks.WriteError{Kind: sinks.Conflict, Reason: d.reason}
+}
+
+func (r *Replicator) markDiverged(stream string, at uint64, reason string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if d, ok := r.diverged[stream]; ok && d.at <= at {
+		return
+	}
+	if len(r.diverged) >= maxDivergences {
+		clear(r.diverged)
+	}
+	r.diverged[stream] = divergence{at: at, reason: reason, until: time.Now().Add(divergenceTTL)}
 }
