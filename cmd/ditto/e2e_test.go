@@ -19,8 +19,8 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/ditto-replicator/ditto/config"
-	"github.com/ditto-replicator/ditto/internal/metrics"
 	"github.com/ditto-replicator/ditto/internal/esdbtest"
+	"github.com/ditto-replicator/ditto/internal/metrics"
 	"github.com/ditto-replicator/ditto/internal/testutil"
 	"github.com/ditto-replicator/ditto/verify"
 )

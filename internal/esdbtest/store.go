@@ -6,9 +6,16 @@ package esdbtest
 // signatures and documented semantics are fixed.
 
 import (
+	crand "crypto/rand"
+	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
+	"math/rand/v2"
+	"strconv"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -116,59 +123,373 @@ func (e *WrongExpectedVersionError) Error() string {
 // (see kurrentdb-wire-semantics.md §4), so that a reader that sees an event
 // also sees its links.
 type Store struct {
-	// fields added by the implementation
+	// mu guards everything below. Appends take it exclusively for the whole
+	// commit (checks, projections, file write), readers share it.
+	mu      sync.RWMutex
+	log     []*Record               // every record, ascending Position
+	streams map[string]*streamState // by stream name, including $$ metastreams
+	ids     map[uuid.UUID]idRef     // committed event ids, for idempotency
+	changed chan struct{}           // closed and replaced at each commit
+	nextPos uint64                  // position of the next record
+	file    *logFile                // nil for a memory-only store
+	failed  error                   // set when the file could not be written; later appends fail
+	closed  bool
+
+	// Per-commit scratch state, reused to keep the append path
+	// allocation-light. Guarded by mu.
+	pending []*Record // records of the running commit, in log order
+	slab    []Record  // preallocated records handed out by newRecord
+	bytes   []byte    // preallocated byte space handed out by keep
+	scratch []byte    // builder for link data and metadata
+	rng     *rand.PCG // link event ids; crypto strength is not needed
+	now     time.Time // timestamp of the running commit
+	et      map[string]*streamState // $et-<type> by type, a projection cache
 }
+
+// idRef locates a committed event by id. The id only counts for
+// idempotency when the retried append targets the same stream.
+type idRef struct {
+	st     *streamState
+	number int64
+}
+
+// streamState is the index of one stream.
+type streamState struct {
+	name      string
+	events    []*Record // events[i].Number == i; hidden ones included
+	tombstone *Record   // the $streamDeleted record, once hard-deleted
+	meta      streamMeta
+	hasMeta   bool         // $$name has at least one event
+	ce        *streamState // $ce-<category> of this stream, once looked up
+	cat       string       // the category, "" when the stream has none
+	ceDone    bool         // ce and cat are valid
+}
+
+// streamMeta is the parsed latest $$S event (§7). Zero values mean unset.
+type streamMeta struct {
+	tb       int64
+	maxCount int64
+	maxAge   time.Duration
+	raw      map[string]json.RawMessage // for the $tb rewrite after an undelete
+}
+
+// last is the stream's last event number, -1 without events. Hidden events
+// of a soft-deleted stream count.
+func (st *streamState) last() int64 {
+	if st == nil {
+		return -1
+	}
+	return int64(len(st.events)) - 1
+}
+
+func (st *streamState) tombstoned() bool  { return st != nil && st.tombstone != nil }
+func (st *streamState) softDeleted() bool { return st != nil && st.meta.tb == math.MaxInt64 }
+
+// isMetastream reports whether name is a $$S metadata stream.
+func isMetastream(name string) bool { return strings.HasPrefix(name, "$$") }
 
 // NewStore opens a store. dir == "" keeps everything in memory; otherwise the
 // log is kept in an append-only file in dir and reloaded on open, so that
 // everything acknowledged survives a kill -9.
-func NewStore(dir string) (*Store, error) { panic("not implemented") }
+func NewStore(dir string) (*Store, error) {
+	var seed [16]byte
+	if _, err := crand.Read(seed[:]); err != nil {
+		return nil, fmt.Errorf("seed link ids: %w", err)
+	}
+	s := &Store{
+		streams: make(map[string]*streamState),
+		ids:     make(map[uuid.UUID]idRef),
+		et:      make(map[string]*streamState),
+		changed: make(chan struct{}),
+		nextPos: firstPosition,
+		rng:     rand.NewPCG(binary.LittleEndian.Uint64(seed[:8]), binary.LittleEndian.Uint64(seed[8:])),
+	}
+	if dir != "" {
+		f, err := openLogFile(dir, s.index)
+		if err != nil {
+			return nil, err
+		}
+		s.file = f
+	}
+	if len(s.log) == 0 {
+		if err := s.writeSystemEvents(); err != nil {
+			s.Close()
+			return nil, err
+		}
+	}
+	return s, nil
+}
 
 // Close flushes and closes the backing file, if any.
-func (s *Store) Close() error { panic("not implemented") }
+func (s *Store) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	if s.failed == nil {
+		s.failed = errStoreClosed
+	}
+	if s.file != nil {
+		if err := s.file.close(); err != nil {
+			return fmt.Errorf("close log file: %w", err)
+		}
+	}
+	return nil
+}
+
+var errStoreClosed = errors.New("store closed")
 
 // Append writes events to stream with the expected-version and idempotency
 // rules of §2. Errors: *WrongExpectedVersionError, *StreamDeletedError.
 func (s *Store) Append(stream string, exp Expected, events []ProposedEvent) (AppendResult, error) {
-	panic("not implemented")
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.failed != nil {
+		return AppendResult{}, s.failed
+	}
+	st := s.streams[stream]
+	res, write, err := s.checkAppend(st, stream, exp, events)
+	if err != nil || !write {
+		return res, err
+	}
+	s.begin()
+	st = s.stream(stream)
+	undelete := st.softDeleted()
+	first := st.last() + 1
+	var lastRec *Record
+	for i := range events {
+		e := &events[i]
+		rec := s.newRecord()
+		rec.Stream = st.name
+		rec.Number = first + int64(i)
+		rec.ID = e.ID
+		rec.Type = e.Type
+		rec.IsJSON = e.IsJSON
+		rec.Data = s.keep(e.Data)
+		rec.Metadata = s.keep(e.Metadata)
+		s.add(rec)
+		lastRec = rec
+	}
+	if undelete {
+		// SoftUndeleteStream: keep the old events hidden behind $tb.
+		s.writeUndelete(st, first)
+	}
+	s.project()
+	if err := s.commit(); err != nil {
+		return AppendResult{}, err
+	}
+	return AppendResult{CurrentRevision: lastRec.Number, Position: lastRec.Position}, nil
 }
 
-// ReadStream reads up to max events of stream starting at event number from
-// (inclusive; from < 0 means the last event when backwards), forwards or
-// backwards, applying $tb, $maxCount and $maxAge ($$S streams have an implicit
-// $maxCount of 1). Errors: ErrStreamNotFound, *StreamDeletedError.
-// An existing stream with nothing visible returns an empty slice, nil.
-func (s *Store) ReadStream(stream string, from int64, forward bool, max int, resolveLinks bool) ([]ResolvedRecord, error) {
-	panic("not implemented")
+// checkAppend applies the expected-version and idempotency rules of §2. It
+// reports whether the events must be written; when they must not, res is
+// the (idempotent or check-only) success.
+//
+// Lock must be held.
+func (s *Store) checkAppend(st *streamState, stream string, exp Expected, events []ProposedEvent) (res AppendResult, write bool, err error) {
+	cur := st.last()
+	n := len(events)
+	wev := &WrongExpectedVersionError{Stream: stream, Expected: exp, Current: cur}
+	if st.tombstoned() {
+		if n == 0 && (exp.Kind == ExpectAny || exp.Kind == ExpectNoStream) {
+			return AppendResult{CurrentRevision: cur}, false, nil
+		}
+		return res, false, &StreamDeletedError{Stream: stream}
+	}
+	soft := st.softDeleted()
+	switch exp.Kind {
+	case ExpectAny, ExpectStreamExists:
+		if exp.Kind == ExpectStreamExists {
+			if soft {
+				return res, false, &StreamDeletedError{Stream: stream}
+			}
+			if cur < 0 && (st == nil || !st.hasMeta) {
+				return res, false, wev
+			}
+		}
+		if n == 0 {
+			return AppendResult{CurrentRevision: cur}, false, nil
+		}
+		// Weak check: only a known first id makes this a retry.
+		ref, ok := s.ids[events[0].ID]
+		if !ok || ref.st != st {
+			return res, true, nil
+		}
+		for i := 1; i < n; i++ {
+			ref, ok = s.ids[events[i].ID]
+			if !ok || ref.st != st {
+				return res, false, wev // corrupted idempotency
+			}
+		}
+		return AppendResult{CurrentRevision: ref.number, Position: st.events[ref.number].Position}, false, nil
+	default:
+		r := int64(-1)
+		if exp.Kind == ExpectRevision {
+			if exp.Revision > math.MaxInt64 {
+				return res, false, wev
+			}
+			r = int64(exp.Revision)
+		}
+		if n == 0 {
+			if r == cur || (exp.Kind == ExpectNoStream && soft) {
+				return AppendResult{CurrentRevision: cur}, false, nil
+			}
+			return res, false, wev
+		}
+		switch {
+		case r == cur:
+			return res, true, nil // no duplicate check at the current revision
+		case r > cur:
+			return res, false, wev
+		}
+		// Strong check: the request must match the stored events after r.
+		for i := range events {
+			num := r + 1 + int64(i)
+			if num > cur {
+				return res, false, wev
+			}
+			if st.events[num].ID != events[i].ID {
+				if i == 0 && exp.Kind == ExpectNoStream && soft {
+					return res, true, nil
+				}
+				return res, false, wev
+			}
+		}
+		last := st.events[r+int64(n)]
+		return AppendResult{CurrentRevision: last.Number, Position: last.Position}, false, nil
+	}
 }
 
-// ReadAll reads up to max records of the whole log. Forwards returns records
-// with Position >= from; backwards returns records with Position < from
-// (from == math.MaxUint64 means from the end). Stream metadata is not applied.
-func (s *Store) ReadAll(from uint64, forward bool, max int, resolveLinks bool) []ResolvedRecord {
-	panic("not implemented")
+// checkDelete is the expected-version check of Delete and Tombstone (§7).
+//
+// Lock must be held.
+func checkDelete(st *streamState, stream string, exp Expected) error {
+	if st.tombstoned() {
+		return &StreamDeletedError{Stream: stream}
+	}
+	cur := st.last()
+	wev := &WrongExpectedVersionError{Stream: stream, Expected: exp, Current: cur}
+	soft := st.softDeleted()
+	switch exp.Kind {
+	case ExpectNoStream:
+		if cur != -1 && !soft {
+			return wev
+		}
+	case ExpectStreamExists:
+		if soft {
+			return &StreamDeletedError{Stream: stream}
+		}
+		if cur < 0 && (st == nil || !st.hasMeta) {
+			return wev
+		}
+	case ExpectRevision:
+		if exp.Revision > math.MaxInt64 || int64(exp.Revision) != cur {
+			return wev
+		}
+	}
+	return nil
 }
-
-// Resolve resolves rec if it is a $> link ("<n>@<stream>" data), applying the
-// target stream's deletion, $tb, $maxCount and $maxAge; otherwise it returns
-// ResolvedRecord{Event: rec}.
-func (s *Store) Resolve(rec *Record) ResolvedRecord { panic("not implemented") }
-
-// LastEventNumber is the stream's last event number, -1 if it has none
-// (hidden events of a soft-deleted stream count).
-func (s *Store) LastEventNumber(stream string) int64 { panic("not implemented") }
-
-// HeadPosition is the position of the last record in the log (0 when empty).
-func (s *Store) HeadPosition() uint64 { panic("not implemented") }
-
-// Changed returns a channel that is closed at the next commit to the log.
-// Readers that caught up wait on it, then read again.
-func (s *Store) Changed() <-chan struct{} { panic("not implemented") }
 
 // Delete soft-deletes stream (§7). Returns the position of the metadata event.
-func (s *Store) Delete(stream string, exp Expected) (uint64, error) { panic("not implemented") }
+func (s *Store) Delete(stream string, exp Expected) (uint64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.failed != nil {
+		return 0, s.failed
+	}
+	st := s.streams[stream]
+	if st == nil || (len(st.events) == 0 && !st.hasMeta && st.tombstone == nil) {
+		return 0, &WrongExpectedVersionError{Stream: stream, Expected: exp, Current: -1}
+	}
+	if err := checkDelete(st, stream, exp); err != nil {
+		return 0, err
+	}
+	s.begin()
+	rec := s.newRecord()
+	rec.Stream = s.stream("$$" + stream).name
+	rec.Number = s.stream(rec.Stream).last() + 1
+	rec.ID = s.newID()
+	rec.Type = "$metadata"
+	rec.IsJSON = true
+	rec.Data = s.keep([]byte(`{"$tb":9223372036854775807}`))
+	s.add(rec)
+	s.project()
+	if err := s.commit(); err != nil {
+		return 0, err
+	}
+	return rec.Position, nil
+}
 
 // TombstoneStream hard-deletes stream (§7). Returns the tombstone's position.
 func (s *Store) TombstoneStream(stream string, exp Expected) (uint64, error) {
-	panic("not implemented")
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.failed != nil {
+		return 0, s.failed
+	}
+	if err := checkDelete(s.streams[stream], stream, exp); err != nil {
+		return 0, err
+	}
+	s.begin()
+	rec := s.newRecord()
+	rec.Stream = s.stream(stream).name
+	rec.Number = Tombstone
+	rec.ID = s.newID()
+	rec.Type = "$streamDeleted"
+	s.add(rec)
+	s.project()
+	if err := s.commit(); err != nil {
+		return 0, err
+	}
+	return rec.Position, nil
+}
+
+// writeUndelete appends the $$S event that makes a soft-deleted stream
+// visible again from event first on: the latest metadata with $tb = first.
+//
+// Lock must be held, inside a commit.
+func (s *Store) writeUndelete(st *streamState, first int64) {
+	m := make(map[string]json.RawMessage, len(st.meta.raw)+1)
+	for k, v := range st.meta.raw {
+		m[k] = v
+	}
+	m["$tb"] = json.RawMessage(strconv.FormatInt(first, 10))
+	data, _ := json.Marshal(m) // a map of raw JSON values always marshals
+	ms := s.stream("$$" + st.name)
+	rec := s.newRecord()
+	rec.Stream = ms.name
+	rec.Number = ms.last() + 1
+	rec.ID = s.newID()
+	rec.Type = "$metadata"
+	rec.IsJSON = true
+	rec.Data = s.keep(data)
+	s.add(rec)
+}
+
+// LastEventNumber is the stream's last event number, -1 if it has none
+// (hidden events of a soft-deleted stream count).
+func (s *Store) LastEventNumber(stream string) int64 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.streams[stream].last()
+}
+
+// HeadPosition is the position of the last record in the log (0 when empty).
+func (s *Store) HeadPosition() uint64 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if len(s.log) == 0 {
+		return 0
+	}
+	return s.log[len(s.log)-1].Position
+}
+
+// Changed returns a channel that is closed at the next commit to the log.
+// Readers that caught up wait on it, then read again.
+func (s *Store) Changed() <-chan struct{} {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.changed
 }
