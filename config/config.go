@@ -281,3 +281,21 @@ func Variables() []Variable {
 	}
 	return vars
 }
+
+// PrintMarkdown writes the variables as README's configuration table.
+func PrintMarkdown(w io.Writer) error {
+	var b strings.Builder
+	b.WriteString("| Variable | Default | Description |\n|---|---|---|\n")
+	for _, v := range Variables() {
+		def := "`" + v.Default + "`"
+		switch {
+		case v.Required:
+			def = "required"
+		case v.Default == "":
+			def = ""
+		}
+		fmt.Fprintf(&b, "| `%s` | %s | %s |\n", v.Name, def, strings.ReplaceAll(v.Description, "|", `\|`))
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}

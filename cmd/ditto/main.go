@@ -52,6 +52,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "verify":
 		return verifyCmd(ctx, args, stdout, stderr)
 	case "config", "help", "-h", "--help":
+		if len(args) > 0 && args[0] == "--markdown" {
+			config.PrintMarkdown(stdout)
+			return 0
+		}
 		fmt.Fprint(stdout, usage)
 		config.PrintUsage(stdout)
 		return 0

@@ -215,3 +215,19 @@ func TestKilledMidReplicationLosesAndDuplicatesNothing(t *testing.T) {
 		t.Fatalf("no clean stop logged:\n%s", p.output)
 	}
 }
+
+// README's configuration table is generated from config.Config; this keeps
+// it from drifting.
+func TestReadmeConfigTableIsCurrent(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var table bytes.Buffer
+	if code := run([]string{"config", "--markdown"}, &table, &table); code != 0 {
+		t.Fatal("ditto config --markdown failed")
+	}
+	if !bytes.Contains(readme, table.Bytes()) {
+		t.Fatalf("README.md's configuration table is stale; regenerate it with go run ./cmd/ditto config --markdown:\n%s", table.String())
+	}
+}

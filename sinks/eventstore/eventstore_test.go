@@ -1,0 +1,197 @@
+package eventstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"testing"
+
+	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
+	"github.com/google/uuid"
+
+	"github.com/ditto-replicator/ditto/internal/esdbtest"
+	"github.com/ditto-replicator/ditto/sinks"
+)
+
+func newSink(t *testing.T, opts Options) (*Sink, *esdb.Client) {
+	t.Helper()
+	srv := esdbtest.Start(t, esdbtest.Options{Insecure: true, MaxAppendSize: 64 << 10})
+	conf, err := esdb.ParseConnectionString(srv.ConnectionString())
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf.Logger = esdb.NoopLogging()
+	c, err := esdb.NewClient(conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return New(c, opts), c
+}
+
+func events(stream string, from, n int) []sinks.Event {
+	evs := make([]sinks.Event, n)
+	for i := range evs {
+		evs[i] = sinks.Event{Stream: stream, Number: uint64(from + i), ID: uuid.New(), Type: "t",
+			ContentType: "application/json", Data: []byte(fmt.Sprintf(`{"n":%d}`, from+i))}
+	}
+	return evs
+}
+
+func ids(t *testing.T, c *esdb.Client, stream string) []uuid.UUID {
+	t.Helper()
+	rs, err := c.ReadStream(context.Background(), stream, esdb.ReadStreamOptions{From: esdb.Start{}}, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rs.Close()
+	var out []uuid.UUID
+	for {
+		ev, err := rs.Recv()
+		if errors.Is(err, io.EOF) || hasCode(err, esdb.ErrorCodeResourceNotFound) {
+			return out
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, ev.Event.EventID)
+	}
+}
+
+func wantIDs(t *testing.T, c *esdb.Client, stream string, evs []sinks.Event) {
+	t.Helper()
+	got := ids(t, c, stream)
+	if len(got) != len(evs) {
+		t.Fatalf("%s holds %d events, want %d", stream, len(got), len(evs))
+	}
+	for i := range evs {
+		if got[i] != evs[i].ID {
+			t.Fatalf("%s #%d is %s, want %s", stream, i, got[i], evs[i].ID)
+		}
+	}
+}
+
+func kind(err error) sinks.Kind { return sinks.Classify(err).Kind }
+
+func TestRewriteOfWrittenBatchIsAcked(t *testing.T) {
+	s, c := newSink(t, Options{})
+	ctx := context.Background()
+	evs := events("s-1", 0, 10)
+	if err := s.Write(ctx, "s-1", evs[:5]); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Write(ctx, "s-1", evs[5:]); err != nil {
+		t.Fatal(err)
+	}
+	// A crash after the write and before the ack: both batches come again.
+	for _, b := range [][]sinks.Event{evs[:5], evs[5:], evs[2:7]} {
+		if err := s.Write(ctx, "s-1", b); err != nil {
+			t.Fatalf("rewrite of #%d..: %v", b[0].Number, err)
+		}
+	}
+	wantIDs(t, c, "s-1", evs)
+}
+
+// Regression: a batch overlapping the end of the destination is not covered
+// by the server's idempotency; the written prefix must be trimmed.
+func TestBatchOverlappingEndIsTrimmed(t *testing.T) {
+	s, c := newSink(t, Options{})
+	ctx := context.Background()
+	evs := events("s-2", 0, 10)
+	if err := s.Write(ctx, "s-2", evs[:6]); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Write(ctx, "s-2", evs[3:]); err != nil {
+		t.Fatal(err)
+	}
+	wantIDs(t, c, "s-2", evs)
+}
+
+func TestDestinationBehindIsRetryable(t *testing.T) {
+	s, c := newSink(t, Options{})
+	evs := events("s-3", 0, 6)
+	err := s.Write(context.Background(), "s-3", evs[3:])
+	if kind(err) != sinks.Behind || sinks.Classify(err).Written != 0 {
+		t.Fatalf("want Behind with nothing written, got %v", err)
+	}
+	if got := ids(t, c, "s-3"); len(got) != 0 {
+		t.Fatalf("wrote %d events past a gap", len(got))
+	}
+}
+
+func TestDivergedStreamIsConflictAfterMatchingPrefix(t *testing.T) {
+	s, c := newSink(t, Options{})
+	ctx := context.Background()
+	evs := events("s-4", 0, 6)
+	foreign := events("s-4", 3, 2)
+	if err := s.Write(ctx, "s-4", evs[:3]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.AppendToStream(ctx, "s-4", esdb.AppendToStreamOptions{ExpectedRevision: esdb.Revision(2)},
+		esdb.EventData{EventID: foreign[0].ID, EventType: "x", ContentType: esdb.ContentTypeJson, Data: []byte("{}")}); err != nil {
+		t.Fatal(err)
+	}
+	err := s.Write(ctx, "s-4", evs[1:])
+	we := sinks.Classify(err)
+	if we.Kind != sinks.Conflict || we.Written != 2 || !strings.Contains(we.Reason, "destination stream s-4 diverged at 3") {
+		t.Fatalf("want Conflict at 3 after 2 written, got %+v", we)
+	}
+}
+
+func TestTooLargeEventIsPermanent(t *testing.T) {
+	s, _ := newSink(t, Options{})
+	ev := events("s-5", 0, 1)
+	ev[0].Data = make([]byte, 100<<10)
+	we := sinks.Classify(s.Write(context.Background(), "s-5", ev))
+	if we.Kind != sinks.Permanent || !strings.Contains(we.Reason, "Maximum Append Size") {
+		t.Fatalf("want Permanent naming the size limit, got %+v", we)
+	}
+}
+
+func TestTombstonedDestinationIsPermanent(t *testing.T) {
+	s, c := newSink(t, Options{})
+	if _, err := c.TombstoneStream(context.Background(), "s-6", esdb.TombstoneStreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	we := sinks.Classify(s.Write(context.Background(), "s-6", events("s-6", 0, 2)))
+	if we.Kind != sinks.Permanent || !strings.Contains(we.Reason, "destination stream s-6 is deleted") {
+		t.Fatalf("want Permanent 'deleted', got %+v", we)
+	}
+}
+
+func TestSkipVersionCheckIsIdempotent(t *testing.T) {
+	s, c := newSink(t, Options{SkipVersionCheck: true})
+	ctx := context.Background()
+	evs := events("s-7", 0, 8)
+	if err := s.Write(ctx, "s-7", evs[:5]); err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range [][]sinks.Event{evs[:5], evs[3:]} {
+		if err := s.Write(ctx, "s-7", b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wantIDs(t, c, "s-7", evs)
+}
+
+func TestUnreachableDestinationIsTransient(t *testing.T) {
+	conf, err := esdb.ParseConnectionString("esdb://127.0.0.1:1?tls=false&maxDiscoverAttempts=1&discoveryInterval=10&gossipTimeout=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf.Logger = esdb.NoopLogging()
+	c, err := esdb.NewClient(conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s := New(c, Options{})
+	if k := kind(s.Write(context.Background(), "s-8", events("s-8", 0, 1))); k != sinks.Transient {
+		t.Fatalf("want Transient, got %v", k)
+	}
+	if err := s.Ready(context.Background()); err == nil {
+		t.Fatal("Ready reports an unreachable destination as ready")
+	}
+}
