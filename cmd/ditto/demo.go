@@ -98,10 +98,7 @@ func runDemo(ctx context.Context, srcAddr, dstAddr string, customers int, exit b
 		"DITTO_LOG_LEVEL":                     "debug",
 		"DITTO_SHUTDOWN_TIMEOUT":              "5s",
 	}
-	for k, v := range env {
-		os.Setenv(k, v)
-	}
-	cfg, err := config.Load()
+	cfg, err := loadWith(env)
 	if err != nil {
 		return err
 	}
@@ -200,4 +197,21 @@ func counterValue(c prometheus.Counter) float64 {
 		return 0
 	}
 	return m.GetCounter().GetValue()
+}
+
+// loadWith loads the configuration with env on top of the process
+// environment, then restores the environment.
+func loadWith(env map[string]string) (*config.Config, error) {
+	for k, v := range env {
+		old, had := os.LookupEnv(k)
+		os.Setenv(k, v)
+		defer func() {
+			if had {
+				os.Setenv(k, old)
+			} else {
+				os.Unsetenv(k)
+			}
+		}()
+	}
+	return config.Load()
 }
