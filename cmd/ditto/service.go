@@ -136,7 +136,15 @@ func (s *service) run(ctx context.Context) error {
 		defer srv.Close()
 	}
 	if s.readyProbe != nil {
-		go s.probe(stop)
+		// The probe must end before close: the v4 client panics on calls
+		// racing its Close.
+		probed := make(chan struct{})
+		go func() {
+			defer close(probed)
+			s.probe(stop)
+		}()
+		defer func() { <-probed }()
+		defer cancel(nil)
 	}
 
 	rep := replicator.New(s.sink, s.metrics, replicator.Options{
