@@ -3,7 +3,8 @@
 // and for demos. It is never a production store.
 //
 //	esdb-emulator --addr 127.0.0.1:2113 [--insecure] [--db DIR]
-//	              [--cert FILE --key FILE] [--max-append-size N] [--allow-remote]
+//	              [--cert FILE --key FILE] [--max-append-size N]
+//	              [--max-append-event-size N] [--allow-remote]
 //
 // Once it accepts connections it prints exactly one line naming the address
 // and a connection string (without the password). SIGTERM and SIGINT stop
@@ -38,6 +39,7 @@ func run(args []string) error {
 	cert := fs.String("cert", "", "PEM certificate file to serve (default: self-signed)")
 	key := fs.String("key", "", "PEM private key file for --cert")
 	maxAppend := fs.Int("max-append-size", esdbtest.DefaultMaxAppendSize, "maximum total size of one append in bytes")
+	maxEvent := fs.Int("max-append-event-size", 0, "maximum size of one event in bytes (0: no per-event limit)")
 	allowRemote := fs.Bool("allow-remote", false, "allow a non-loopback --addr")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -54,12 +56,13 @@ func run(args []string) error {
 		}
 	}
 	srv, err := esdbtest.StartServer(esdbtest.Options{
-		Addr:          *addr,
-		Insecure:      *insecure,
-		Dir:           *dir,
-		CertFile:      *cert,
-		KeyFile:       *key,
-		MaxAppendSize: *maxAppend,
+		Addr:               *addr,
+		Insecure:           *insecure,
+		Dir:                *dir,
+		CertFile:           *cert,
+		KeyFile:            *key,
+		MaxAppendSize:      *maxAppend,
+		MaxAppendEventSize: *maxEvent,
 	})
 	if err != nil {
 		return err
@@ -68,8 +71,14 @@ func run(args []string) error {
 	// the line can stop us cleanly at once.
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
-	conn := strings.Replace(srv.ConnectionString(), "admin:changeit@", "admin@", 1)
-	fmt.Printf("esdb-emulator listening on %s (connection string %s)\n", srv.Addr(), conn)
+	// The announced connection string leaves the credentials out; with
+	// TLS the users are admin and ops (password changeit).
+	conn := strings.Replace(srv.ConnectionString(), "admin:changeit@", "", 1)
+	mode := "insecure"
+	if !*insecure {
+		mode = "TLS, users admin and ops"
+	}
+	fmt.Printf("esdb-emulator listening on %s (%s; connection string %s)\n", srv.Addr(), mode, conn)
 	<-sig
 	return srv.Close()
 }

@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/emptypb"
 )
 
 type userKey struct{}
@@ -100,9 +101,16 @@ func (a authenticator) unary(ctx context.Context, req any, _ *grpc.UnaryServerIn
 	return handler(ctx, req)
 }
 
-func (a authenticator) stream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+func (a authenticator) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	ctx, err := a.authenticate(ss.Context())
 	if err != nil {
+		if info.IsClientStream && !info.IsServerStream {
+			// Read the request to its end first. Answering while the
+			// client still sends makes its Send fail with a bare EOF,
+			// which the Go client reports instead of the status.
+			for ss.RecvMsg(new(emptypb.Empty)) == nil {
+			}
+		}
 		return err
 	}
 	return handler(srv, &userStream{ServerStream: ss, ctx: ctx})

@@ -124,11 +124,15 @@ func (p *persistentService) create(s *psSettings, user string) psStatus {
 	if err := s.validate(p.store.HeadPosition()); err != nil {
 		return psFailed(s.Stream, s.Group, err)
 	}
-	p.subs[s.key()] = newSub(p.store, s)
-	p.seen[s.Stream] = true
+	sub := newSub(p.store, s)
+	p.subs[s.key()] = sub
 	if err := p.persist(user); err != nil {
+		// Not persisted means not created: a restart would lose it.
+		sub.shutdown(false)
+		delete(p.subs, s.key())
 		return psFailed(s.Stream, s.Group, err)
 	}
+	p.seen[s.Stream] = true
 	return psStatus{}
 }
 
@@ -326,6 +330,7 @@ func (s *psSub) buildInfo() *persistent.SubscriptionInfo {
 		NamedConsumerStrategy:       st.Strategy,
 		MaxSubscriberCount:          st.MaxSubscriberCount,
 		ParkedMessageCount:          s.parkedCount(),
+		TotalItems:                  s.totalItems,
 	}
 	if s.hasCheckpoint {
 		info.LastCheckpointedEventPosition = s.formatPosition(s.lastCheckpoint)
@@ -342,6 +347,7 @@ func (s *psSub) buildInfo() *persistent.SubscriptionInfo {
 			Username:         c.user,
 			AvailableSlots:   int32(c.bufferSize - c.inFlight),
 			InFlightMessages: int32(c.inFlight),
+			TotalItems:       c.total,
 			ConnectionName:   "<unknown>",
 		})
 	}

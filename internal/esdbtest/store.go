@@ -1,9 +1,14 @@
 package esdbtest
 
 // This file is the contract between the store (log, streams, metadata,
-// projections, persistence) and the gRPC/HTTP services built on top of it.
-// Bodies marked "not implemented" are filled in by store_impl work; the
-// signatures and documented semantics are fixed.
+// projections, persistence) and the gRPC/HTTP services built on top of it:
+// the exported types and the write path (Append, Delete, TombstoneStream
+// with the checks of §2 and §7). Reads are in store_read.go, the commit
+// machinery in store_commit.go, the projections in projections.go and the
+// file format in persist.go.
+//
+// Lock order: Store.mu is the only lock; nothing is called with it held
+// that takes another.
 
 import (
 	crand "crypto/rand"
@@ -101,7 +106,9 @@ var ErrStreamNotFound = errors.New("stream not found")
 // StreamDeletedError: the stream is tombstoned (or stream_exists on a soft-deleted stream).
 type StreamDeletedError struct{ Stream string }
 
-func (e *StreamDeletedError) Error() string { return fmt.Sprintf("Event stream '%s' is deleted.", e.Stream) }
+func (e *StreamDeletedError) Error() string {
+	return fmt.Sprintf("Event stream '%s' is deleted.", e.Stream)
+}
 
 // WrongExpectedVersionError: the expected-version check failed.
 // Current is -1 when the stream has no events.
@@ -137,12 +144,12 @@ type Store struct {
 
 	// Per-commit scratch state, reused to keep the append path
 	// allocation-light. Guarded by mu.
-	pending []*Record // records of the running commit, in log order
-	slab    []Record  // preallocated records handed out by newRecord
-	bytes   []byte    // preallocated byte space handed out by keep
-	scratch []byte    // builder for link data and metadata
-	rng     *rand.PCG // link event ids; crypto strength is not needed
-	now     time.Time // timestamp of the running commit
+	pending []*Record               // records of the running commit, in log order
+	slab    []Record                // preallocated records handed out by newRecord
+	bytes   []byte                  // preallocated byte space handed out by keep
+	scratch []byte                  // builder for link data and metadata
+	rng     *rand.PCG               // link event ids; crypto strength is not needed
+	now     time.Time               // timestamp of the running commit
 	et      map[string]*streamState // $et-<type> by type, a projection cache
 }
 
