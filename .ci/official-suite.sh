@@ -71,7 +71,8 @@ grep -aE '^\s*(=== RUN|--- (PASS|FAIL|SKIP)|PASS$|FAIL|ok |panic|\s+\S+_test\.go
 pass=$(grep -acE '^\s*--- PASS' "$work/suite.log" || true)
 fail=$(grep -acE '^\s*--- FAIL' "$work/suite.log" || true)
 skip=$(grep -acE '^\s*--- SKIP' "$work/suite.log" || true)
-echo "== official suite: $pass passed, $fail failed, $skip skipped (test binary exit status $status)"
+echo "== official suite: test binary exit status $status"
+echo "official-suite: $pass passed, $fail failed, $skip skipped"
 if [ "$fail" -gt 0 ]; then
   echo "failed:"
   grep -aE '^\s*--- FAIL' "$work/suite.log"
