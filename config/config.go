@@ -4,6 +4,7 @@
 package config
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -29,7 +30,7 @@ type Config struct {
 	DestinationConnectionString string        `envconfig:"DESTINATION_CONNECTION_STRING" secret:"true" desc:"Connection string of the destination cluster; required for the eventstore sink."`
 	Subscriptions               string        `envconfig:"SUBSCRIPTIONS" ditto:"required" desc:"Comma-separated stream:group pairs to read, e.g. $ce-customer:ditto-customer,$ce-order:ditto-order. Escape a literal ',' or ':' in a name with a backslash."`
 	Sink                        string        `envconfig:"SINK" default:"eventstore" desc:"Where events go: eventstore (append to the original stream on the destination) or stdout (one JSON line per event)."`
-	BufferSize                  int           `envconfig:"BUFFER_SIZE" default:"500" desc:"Persistent-subscription buffer size: events in flight per consumer connection (1-10000)."`
+	BufferSize                  int           `envconfig:"BUFFER_SIZE" default:"5000" desc:"Persistent-subscription buffer size: events in flight per consumer connection (1-10000). Batches can only be as large as the events of one stream among those in flight, so with many interleaved streams a larger buffer means fewer, larger appends; memory grows with buffer size times event size."`
 	ConsumersPerSubscription    int           `envconfig:"CONSUMERS_PER_SUBSCRIPTION" default:"1" desc:"Consumer connections per subscription group in this process (1-64)."`
 	SkipVersionCheck            bool          `envconfig:"SKIP_VERSION_CHECK" default:"false" desc:"Append with expected revision any instead of n-1. Needed when the destination does not start from the same event numbers; loses the ordering guarantee across processes."`
 	ReplicationThrottleInterval time.Duration `envconfig:"REPLICATION_THROTTLE_INTERVAL" default:"0s" desc:"Minimum pause between two writes of this process, to spare the destination (0 = no throttle)."`
@@ -112,7 +113,7 @@ func (c *Config) validate() []string {
 		p = append(p, Prefix+"_"+name+msg)
 	}
 	if c.SourceConnectionString != "" {
-		if _, err := esdb.ParseConnectionString(c.SourceConnectionString); err != nil {
+		if err := checkConnectionString(c.SourceConnectionString); err != nil {
 			bad("SOURCE_CONNECTION_STRING", "is not a valid connection string (%s): %s", Redact(c.SourceConnectionString), redactErr(err, c.SourceConnectionString))
 		}
 	}
@@ -126,7 +127,7 @@ func (c *Config) validate() []string {
 		bad("SINK", "=%q is not a known sink: expected eventstore or stdout", c.Sink)
 	}
 	if c.DestinationConnectionString != "" {
-		if _, err := esdb.ParseConnectionString(c.DestinationConnectionString); err != nil {
+		if err := checkConnectionString(c.DestinationConnectionString); err != nil {
 			bad("DESTINATION_CONNECTION_STRING", "is not a valid connection string (%s): %s", Redact(c.DestinationConnectionString), redactErr(err, c.DestinationConnectionString))
 		}
 	}
@@ -178,6 +179,25 @@ func (c *Config) validate() []string {
 		bad("LOG_FORMAT", "=%q: expected json or console", c.LogFormat)
 	}
 	return p
+}
+
+// checkConnectionString parses cs and checks what the client would only
+// reject when connecting, over and over: userCertFile without userKeyFile
+// (or the reverse), and a client certificate that does not load.
+func checkConnectionString(cs string) error {
+	conf, err := esdb.ParseConnectionString(cs)
+	if err != nil {
+		return err
+	}
+	if err := conf.Validate(); err != nil {
+		return err
+	}
+	if conf.UserCertFile != "" {
+		if _, err := tls.LoadX509KeyPair(conf.UserCertFile, conf.UserKeyFile); err != nil {
+			return fmt.Errorf("client certificate: %w", err)
+		}
+	}
+	return nil
 }
 
 // SubscriptionList is the parsed DITTO_SUBSCRIPTIONS.

@@ -32,7 +32,7 @@ func TestDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Sink != "eventstore" || c.BufferSize != 500 || c.ConsumersPerSubscription != 1 || c.MetricsAddress != ":5000" ||
+	if c.Sink != "eventstore" || c.BufferSize != 5000 || c.ConsumersPerSubscription != 1 || c.MetricsAddress != ":5000" ||
 		c.LogLevel != "info" || c.LogFormat != "json" || c.SkipVersionCheck || c.ReadOnly || c.TimeToLive != 0 {
 		t.Fatalf("unexpected defaults: %+v", c)
 	}
@@ -53,6 +53,9 @@ func TestInvalidValuesNameTheVariable(t *testing.T) {
 		{"destination missing", map[string]string{"DITTO_DESTINATION_CONNECTION_STRING": ""}, "DITTO_DESTINATION_CONNECTION_STRING is required when DITTO_SINK=eventstore"},
 		{"source malformed", map[string]string{"DITTO_SOURCE_CONNECTION_STRING": "http://nope"}, "DITTO_SOURCE_CONNECTION_STRING is not a valid connection string"},
 		{"destination malformed", map[string]string{"DITTO_DESTINATION_CONNECTION_STRING": "esdb://h:notaport"}, "DITTO_DESTINATION_CONNECTION_STRING is not a valid connection string"},
+		// Regression: the client only rejected these when connecting, again and again.
+		{"client certificate without key", map[string]string{"DITTO_SOURCE_CONNECTION_STRING": "esdb://h:2113?userCertFile=/tmp/u.crt"}, "both userCertFile and userKeyFile must be provided"},
+		{"client certificate unreadable", map[string]string{"DITTO_DESTINATION_CONNECTION_STRING": "esdb://h:2113?userCertFile=/nonexistent/u.crt&userKeyFile=/nonexistent/u.key"}, "DITTO_DESTINATION_CONNECTION_STRING is not a valid connection string"},
 		{"subscription without group", map[string]string{"DITTO_SUBSCRIPTIONS": "$ce-customer"}, `DITTO_SUBSCRIPTIONS="$ce-customer": "$ce-customer" is not stream:group`},
 		{"subscription empty group", map[string]string{"DITTO_SUBSCRIPTIONS": "$ce-a:"}, "empty stream or group"},
 		{"subscription twice", map[string]string{"DITTO_SUBSCRIPTIONS": "a:b,a:b"}, "listed twice"},

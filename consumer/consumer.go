@@ -17,6 +17,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/ditto-replicator/ditto/config"
+	"github.com/ditto-replicator/ditto/internal/esdbconn"
 	"github.com/ditto-replicator/ditto/internal/metrics"
 )
 
@@ -61,11 +62,16 @@ type Options struct {
 	// BackoffInitial and BackoffMax bound the pause between reconnects
 	// (exponential with jitter). Defaults: 100ms and 10s.
 	BackoffInitial, BackoffMax time.Duration
+	// Dial, if set, makes a new source client when the current one has
+	// closed itself (the v4 client does so for good when the source is
+	// unreachable during a discovery; see esdbconn). Without it, a source
+	// outage at start or of more than a second or two is never recovered.
+	Dial func() (*esdb.Client, error)
 }
 
 // Consumer reads every configured subscription group.
 type Consumer struct {
-	client    *esdb.Client
+	client    *esdbconn.Client
 	subs      []*Subscription
 	opts      Options
 	log       zerolog.Logger
@@ -79,7 +85,8 @@ type Consumer struct {
 	conns map[*conn]struct{}
 }
 
-// New returns a consumer of subs on client; m provides the per-group metrics.
+// New returns a consumer of subs on client, which it owns from now on (Close
+// closes it); m provides the per-group metrics.
 func New(client *esdb.Client, subs []config.Subscription, m *metrics.Metrics, opts Options, log zerolog.Logger) *Consumer {
 	if opts.BackoffInitial <= 0 {
 		opts.BackoffInitial = 100 * time.Millisecond
@@ -90,7 +97,7 @@ func New(client *esdb.Client, subs []config.Subscription, m *metrics.Metrics, op
 	if opts.ConsumersPerSubscription <= 0 {
 		opts.ConsumersPerSubscription = 1
 	}
-	c := &Consumer{client: client, opts: opts, log: log, conns: map[*conn]struct{}{}}
+	c := &Consumer{client: esdbconn.New(client, opts.Dial), opts: opts, log: log, conns: map[*conn]struct{}{}}
 	c.connCtx, c.cancelConns = context.WithCancel(context.Background())
 	for _, s := range subs {
 		c.subs = append(c.subs, &Subscription{Subscription: s, Metrics: m.ForSubscription(s.Stream, s.Group)})
@@ -184,14 +191,27 @@ func (c *Consumer) runOne(ctx context.Context, s *Subscription, out chan<- *Deli
 // subscribe opens one connection, creating the group first if allowed.
 func (c *Consumer) subscribe(ctx context.Context, s *Subscription) (*conn, error) {
 	opts := esdb.SubscribeToPersistentSubscriptionOptions{BufferSize: uint32(c.opts.BufferSize)}
-	// The connection lives on connCtx, not ctx: after a stop it must stay
-	// open until in-flight events are acked.
-	ps, err := c.client.SubscribeToPersistentSubscription(c.connCtx, s.Stream, s.Group, opts)
-	if code(err) == esdb.ErrorCodeResourceNotFound && c.opts.Create {
-		if cerr := c.create(ctx, s); cerr != nil {
-			return nil, cerr
+	// Call gives up on a call the v4 client never answers (see esdbconn)
+	// and replaces a client that has closed itself.
+	ps, err := esdbconn.Call(ctx, c.client, func(client *esdb.Client, abandoned func() bool) (*esdb.PersistentSubscription, error) {
+		// The connection lives on connCtx, not ctx: after a stop it must
+		// stay open until in-flight events are acked.
+		ps, err := client.SubscribeToPersistentSubscription(c.connCtx, s.Stream, s.Group, opts)
+		if code(err) == esdb.ErrorCodeResourceNotFound && c.opts.Create {
+			if cerr := c.create(ctx, client, s); cerr != nil {
+				return nil, cerr
+			}
+			ps, err = client.SubscribeToPersistentSubscription(c.connCtx, s.Stream, s.Group, opts)
 		}
-		ps, err = c.client.SubscribeToPersistentSubscription(c.connCtx, s.Stream, s.Group, opts)
+		if err == nil && abandoned() {
+			ps.Close()
+			return nil, esdbconn.ErrAbandoned
+		}
+		return ps, err
+	})
+	if esdbconn.IsClosed(err) {
+		c.log.Info().Str("stream", s.Stream).Str("group", s.Group).
+			Msg("the source client closed itself after a failed discovery; retrying with a new one")
 	}
 	if err != nil {
 		switch code(err) {
@@ -213,11 +233,11 @@ func (c *Consumer) subscribe(ctx context.Context, s *Subscription) (*conn, error
 
 // create creates the group with the settings ditto needs: links resolved,
 // Pinned (a stream's events stay on one consumer), from the start.
-func (c *Consumer) create(ctx context.Context, s *Subscription) error {
+func (c *Consumer) create(ctx context.Context, client *esdb.Client, s *Subscription) error {
 	settings := esdb.SubscriptionSettingsDefault()
 	settings.ResolveLinkTos = true
 	settings.ConsumerStrategyName = esdb.ConsumerStrategyPinned
-	err := c.client.CreatePersistentSubscription(ctx, s.Stream, s.Group, esdb.PersistentStreamSubscriptionOptions{
+	err := client.CreatePersistentSubscription(ctx, s.Stream, s.Group, esdb.PersistentStreamSubscriptionOptions{
 		Settings: &settings, StartFrom: esdb.Start{},
 	})
 	if err != nil && code(err) != esdb.ErrorCodeResourceAlreadyExists {
@@ -294,6 +314,7 @@ func (c *Consumer) Close() {
 		cn.close()
 	}
 	c.cancelConns()
+	c.client.Close()
 }
 
 // Ack acknowledges deliveries, grouped into one message per connection. A

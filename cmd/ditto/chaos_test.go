@@ -16,6 +16,7 @@ import (
 	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
 
 	"github.com/ditto-replicator/ditto/internal/faultproxy"
+	"github.com/ditto-replicator/ditto/internal/testutil"
 	"github.com/ditto-replicator/ditto/verify"
 )
 
@@ -41,7 +42,7 @@ type fault struct {
 	kind   string // kill-ditto, restart-destination, drop, delay, blackhole
 	proxy  string // source or destination, for proxy faults
 	pause  time.Duration
-	length time.Duration // how long a delay or black hole lasts
+	length time.Duration // how long a delay, black hole or destination outage lasts
 	delay  time.Duration // latency added by a delay fault
 }
 
@@ -124,6 +125,11 @@ func TestChaos(t *testing.T) {
 			f.delay = 20*time.Millisecond + time.Duration(rng.Int63n(int64(180*time.Millisecond)))
 		case "blackhole":
 			f.length = time.Second + time.Duration(rng.Int63n(int64(3*time.Second)))
+		case "restart-destination":
+			// Down for up to 5 s: longer than the client's discovery
+			// window (10 attempts, 100 ms apart), after which a v4
+			// client closes itself for good.
+			f.length = time.Duration(rng.Int63n(int64(5 * time.Second)))
 		}
 		planned += f.pause + f.length
 	}
@@ -164,7 +170,9 @@ func TestChaos(t *testing.T) {
 			p = startProcess(t, dittoEnv)
 			outputs = append(outputs, p)
 		case "restart-destination":
-			dst.restart(t)
+			dst.proc.kill()
+			time.Sleep(f.length) // the outage
+			dst.start(t)
 		case "drop":
 			proxies[f.proxy].DropAll()
 		case "delay":
@@ -197,19 +205,22 @@ func TestChaos(t *testing.T) {
 	// Fresh clients: the destination has been restarted under the old ones.
 	e := &env{srcC: srcC, dstC: mustClient(t, dst.connectionString())}
 	var rep *verify.Report
-	deadline := time.Now().Add(prof.settle)
-	for time.Now().Before(deadline) { // bounded: prof.settle
+	defer func() {
+		if t.Failed() && rep != nil {
+			var text strings.Builder
+			rep.WriteText(&text)
+			t.Logf("last verify report:\n%s\nlast ditto output:\n%s", tail(text.String(), 4000), tail(p.output.String(), 4000))
+		}
+	}()
+	testutil.Eventually(t, prof.settle, "destination identical to source", func() bool {
 		select {
 		case <-p.exited:
-			t.Fatalf("ditto exited by itself after the faults:\n%s", p.output)
+			t.Fatalf("ditto exited by itself after the faults:\n%s", tail(p.output.String(), 4000))
 		default:
 		}
 		rep = e.compare(t, verify.Options{Streams: names, PageSize: 1000})
-		if rep.OK() && rep.DestinationEvents == rep.SourceEvents {
-			break
-		}
-		time.Sleep(500 * time.Millisecond) // verify is a full comparison; poll it gently
-	}
+		return rep.OK() && rep.DestinationEvents == rep.SourceEvents
+	})
 	var text strings.Builder
 	rep.WriteText(&text)
 	total := prof.streams * prof.perStream
@@ -227,11 +238,20 @@ func TestChaos(t *testing.T) {
 	if parked := readAllOrNone(t, srcC, "$persistentsubscription-$ce-chaos::ditto-parked"); parked != 0 {
 		t.Fatalf("%d events were parked during the chaos run", parked)
 	}
+	// The last ditto stops cleanly after all that (no hang, no panic).
+	stopGracefully(t, p)
+	renewed, abandoned, retried := 0, 0, 0
 	for _, o := range outputs {
-		if s := o.output.String(); strings.Contains(s, "panic:") {
+		s := o.output.String()
+		if strings.Contains(s, "panic:") {
 			t.Fatalf("a ditto process panicked:\n%s", tail(s, 4000))
 		}
+		renewed += strings.Count(s, "closed itself")
+		abandoned += strings.Count(s, "call abandoned")
+		retried += strings.Count(s, "retrying write")
 	}
+	t.Logf("ditto processes: %d; log lines: %d write retries, %d client renewals, %d abandoned calls",
+		len(outputs), retried, renewed, abandoned)
 }
 
 // chaosWriter appends perStream events to every stream in random chunks, in

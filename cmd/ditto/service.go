@@ -78,6 +78,7 @@ func newService(cfg *config.Config, log zerolog.Logger, out io.Writer) (*service
 			Observe: func(op string, d time.Duration) {
 				io.WithLabelValues(metrics.App, "eventstore", "destination", op).Observe(d.Seconds())
 			},
+			Dial: func() (*esdb.Client, error) { return newClient(cfg.DestinationConnectionString, log) },
 		})
 		s.sink = es
 		s.readyProbe = es.Ready
@@ -86,6 +87,7 @@ func newService(cfg *config.Config, log zerolog.Logger, out io.Writer) (*service
 		BufferSize:               cfg.BufferSize,
 		ConsumersPerSubscription: cfg.ConsumersPerSubscription,
 		Create:                   cfg.CreateSubscriptions,
+		Dial:                     func() (*esdb.Client, error) { return newClient(cfg.SourceConnectionString, log) },
 	}, log)
 	if cfg.MetricsAddress != "" {
 		if s.listener, err = net.Listen("tcp", cfg.MetricsAddress); err != nil {
@@ -141,7 +143,7 @@ func (s *service) run(ctx context.Context) error {
 		probed := make(chan struct{})
 		go func() {
 			defer close(probed)
-			s.probe(stop)
+			s.probe(stop, cancel)
 		}()
 		defer func() { <-probed }()
 		defer cancel(nil)
@@ -179,7 +181,11 @@ func (s *service) run(ctx context.Context) error {
 }
 
 // probe refreshes the sink's readiness every few seconds.
-func (s *service) probe(ctx context.Context) {
+//
+// A destination that rejects the credentials stops the service: retrying
+// cannot fix it, and every event would otherwise be retried until the
+// source parks it.
+func (s *service) probe(ctx context.Context, fatal context.CancelCauseFunc) {
 	t := time.NewTicker(5 * time.Second)
 	defer t.Stop()
 	for {
@@ -187,6 +193,10 @@ func (s *service) probe(ctx context.Context) {
 		err := s.readyProbe(pctx)
 		cancel()
 		if ctx.Err() != nil {
+			return
+		}
+		if hasCode(err, esdb.ErrorCodeUnauthenticated) {
+			fatal(fmt.Errorf("DITTO_DESTINATION_CONNECTION_STRING: the destination rejected the credentials: %w", err))
 			return
 		}
 		if s.sinkReady.Swap(err == nil) != (err == nil) && err != nil {
@@ -210,10 +220,17 @@ func (s *service) close() {
 	if s.listener != nil {
 		s.listener.Close()
 	}
-	if s.destination != nil {
+	// The consumer and the sink own their clients once made (they may have
+	// replaced them, see esdbconn); close only those never handed over.
+	if s.destination != nil && s.sink == nil {
 		s.destination.Close()
 	}
-	if s.source != nil {
+	if s.source != nil && s.consumer == nil {
 		s.source.Close()
 	}
+}
+
+func hasCode(err error, code esdb.ErrorCode) bool {
+	var e *esdb.Error
+	return errors.As(err, &e) && e.Code() == code
 }

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/ditto-replicator/ditto/internal/esdbconn"
 	"github.com/ditto-replicator/ditto/sinks"
 )
 
@@ -27,31 +28,43 @@ type Options struct {
 	// Observe, if set, is called after every destination call with the
 	// operation name and its duration (for ditto_io_duration_seconds).
 	Observe func(operation string, d time.Duration)
+	// Dial, if set, makes a new destination client when the current one has
+	// closed itself (the v4 client does so for good when the destination is
+	// unreachable during a discovery; see esdbconn). Without it, a
+	// destination outage of more than a second or two is never recovered.
+	Dial func() (*esdb.Client, error)
 }
 
 // Sink appends to a destination cluster.
 type Sink struct {
-	client *esdb.Client
+	client *esdbconn.Client
 	opts   Options
 }
 
-// New returns a sink writing through client, which the caller owns.
+// New returns a sink writing through client, which the sink owns from now on.
 func New(client *esdb.Client, opts Options) *Sink {
-	return &Sink{client: client, opts: opts}
+	return &Sink{client: esdbconn.New(client, opts.Dial), opts: opts}
 }
 
-// Close does nothing: the caller owns the client.
-func (s *Sink) Close() error { return nil }
+// Close closes the sink's client (the one given to New, or its replacement;
+// a client that has closed itself is left alone, see esdbconn).
+func (s *Sink) Close() error {
+	s.client.Close()
+	return nil
+}
 
 // Ready reports whether the destination answers: it reads a stream that does
 // not exist, which any reachable, authenticated server answers with
 // "not found".
 func (s *Sink) Ready(ctx context.Context) error {
-	rs, err := s.client.ReadStream(ctx, "ditto-readiness-probe", esdb.ReadStreamOptions{From: esdb.Start{}}, 1)
-	if err == nil {
-		defer rs.Close()
-		_, err = rs.Recv()
-	}
+	_, err := esdbconn.Call(ctx, s.client, func(client *esdb.Client, _ func() bool) (struct{}, error) {
+		rs, err := client.ReadStream(ctx, "ditto-readiness-probe", esdb.ReadStreamOptions{From: esdb.Start{}}, 1)
+		if err == nil {
+			defer rs.Close()
+			_, err = rs.Recv()
+		}
+		return struct{}{}, err
+	})
 	if err == nil || errors.Is(err, io.EOF) || hasCode(err, esdb.ErrorCodeResourceNotFound) {
 		return nil
 	}
@@ -80,9 +93,9 @@ func (s *Sink) Write(ctx context.Context, stream string, events []sinks.Event) e
 	// already on the destination, so it runs at most len(events)+1 times.
 	for written < len(events) {
 		batch := events[written:]
-		err := s.append(ctx, stream, expectedBefore(batch[0].Number), batch)
+		res, err := s.append(ctx, stream, expectedBefore(batch[0].Number), batch)
 		if err == nil {
-			return nil
+			return renumbered(stream, batch, res, written)
 		}
 		if !hasCode(err, esdb.ErrorCodeWrongExpectedVersion) {
 			we := classify(err, stream)
@@ -101,6 +114,22 @@ func (s *Sink) Write(ctx context.Context, stream string, events []sinks.Event) e
 		}
 	}
 	return nil
+}
+
+// renumbered checks that a successful append put batch at its own numbers.
+// A soft-deleted destination stream accepts an append with no-stream and
+// numbers the events after its hidden ones: the events are then on the
+// destination at other numbers, which is a divergence to park, not a success
+// to ack. (A real or repeated append reports the batch's last number.)
+func renumbered(stream string, batch []sinks.Event, res *esdb.WriteResult, written int) error {
+	last := batch[len(batch)-1].Number
+	if res == nil || res.NextExpectedVersion == last {
+		return nil
+	}
+	first := res.NextExpectedVersion - uint64(len(batch)-1)
+	return &sinks.WriteError{Kind: sinks.Conflict, Written: written,
+		Reason: fmt.Sprintf("destination stream %s diverged at %d: it was soft-deleted on the destination, which wrote events %d..%d as %d..%d",
+			stream, batch[0].Number, batch[0].Number, last, first, res.NextExpectedVersion)}
 }
 
 // alreadyWritten compares batch with what the destination holds from the
@@ -147,7 +176,7 @@ func (s *Sink) alreadyWritten(ctx context.Context, stream string, batch []sinks.
 // end of the stream; such a batch is then written one event at a time, each
 // either recognised or appended.
 func (s *Sink) writeAny(ctx context.Context, stream string, events []sinks.Event) error {
-	err := s.append(ctx, stream, esdb.Any{}, events)
+	_, err := s.append(ctx, stream, esdb.Any{}, events)
 	if err == nil {
 		return nil
 	}
@@ -155,7 +184,7 @@ func (s *Sink) writeAny(ctx context.Context, stream string, events []sinks.Event
 		return classify(err, stream)
 	}
 	for i := range events {
-		if err := s.append(ctx, stream, esdb.Any{}, events[i:i+1]); err != nil {
+		if _, err := s.append(ctx, stream, esdb.Any{}, events[i:i+1]); err != nil {
 			we := classify(err, stream)
 			we.Written = i
 			return we
@@ -164,7 +193,7 @@ func (s *Sink) writeAny(ctx context.Context, stream string, events []sinks.Event
 	return nil
 }
 
-func (s *Sink) append(ctx context.Context, stream string, exp esdb.ExpectedRevision, events []sinks.Event) error {
+func (s *Sink) append(ctx context.Context, stream string, exp esdb.ExpectedRevision, events []sinks.Event) (*esdb.WriteResult, error) {
 	data := make([]esdb.EventData, len(events))
 	for i := range events {
 		e := &events[i]
@@ -175,15 +204,23 @@ func (s *Sink) append(ctx context.Context, stream string, exp esdb.ExpectedRevis
 		data[i] = esdb.EventData{EventID: e.ID, EventType: e.Type, ContentType: ct, Data: e.Data, Metadata: e.Metadata}
 	}
 	start := time.Now()
-	_, err := s.client.AppendToStream(ctx, stream, esdb.AppendToStreamOptions{ExpectedRevision: exp}, data...)
+	res, err := esdbconn.Call(ctx, s.client, func(client *esdb.Client, _ func() bool) (*esdb.WriteResult, error) {
+		return client.AppendToStream(ctx, stream, esdb.AppendToStreamOptions{ExpectedRevision: exp}, data...)
+	})
 	s.observe("append_to_stream", start)
-	return err
+	return res, err
 }
 
 func (s *Sink) read(ctx context.Context, stream string, from uint64, count int) ([]*esdb.RecordedEvent, error) {
 	start := time.Now()
 	defer s.observe("read_stream", start)
-	rs, err := s.client.ReadStream(ctx, stream, esdb.ReadStreamOptions{Direction: esdb.Forwards, From: esdb.Revision(from)}, uint64(count))
+	return esdbconn.Call(ctx, s.client, func(client *esdb.Client, _ func() bool) ([]*esdb.RecordedEvent, error) {
+		return readStream(ctx, client, stream, from, count)
+	})
+}
+
+func readStream(ctx context.Context, client *esdb.Client, stream string, from uint64, count int) ([]*esdb.RecordedEvent, error) {
+	rs, err := client.ReadStream(ctx, stream, esdb.ReadStreamOptions{Direction: esdb.Forwards, From: esdb.Revision(from)}, uint64(count))
 	if err != nil {
 		return nil, err
 	}
@@ -209,7 +246,9 @@ func (s *Sink) setTTL(ctx context.Context, stream string) error {
 	var md esdb.StreamMetadata
 	md.SetMaxAge(s.opts.TimeToLive.Truncate(time.Second))
 	start := time.Now()
-	_, err := s.client.SetStreamMetadata(ctx, stream, esdb.AppendToStreamOptions{ExpectedRevision: esdb.Any{}}, md)
+	_, err := esdbconn.Call(ctx, s.client, func(client *esdb.Client, _ func() bool) (*esdb.WriteResult, error) {
+		return client.SetStreamMetadata(ctx, stream, esdb.AppendToStreamOptions{ExpectedRevision: esdb.Any{}}, md)
+	})
 	s.observe("set_stream_metadata", start)
 	if err != nil {
 		we := classify(err, stream)

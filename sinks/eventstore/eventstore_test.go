@@ -195,3 +195,29 @@ func TestUnreachableDestinationIsTransient(t *testing.T) {
 		t.Fatal("Ready reports an unreachable destination as ready")
 	}
 }
+
+// TestSoftDeletedDestinationIsConflict is the regression test for a silent
+// renumbering: a soft-deleted destination stream accepts an append with
+// expected no-stream and numbers it after its hidden events, so source
+// event 0 became event 2 and the write counted as a success.
+func TestSoftDeletedDestinationIsConflict(t *testing.T) {
+	s, c := newSink(t, Options{})
+	if _, err := c.AppendToStream(context.Background(), "s-soft", esdb.AppendToStreamOptions{}, toData(events("s-soft", 0, 2))...); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.DeleteStream(context.Background(), "s-soft", esdb.DeleteStreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	we := sinks.Classify(s.Write(context.Background(), "s-soft", events("s-soft", 0, 3)))
+	if we.Kind != sinks.Conflict || we.Written != 0 || !strings.Contains(we.Reason, "destination stream s-soft diverged at 0: it was soft-deleted") {
+		t.Fatalf("want Conflict naming the soft delete, got %+v", we)
+	}
+}
+
+func toData(evs []sinks.Event) []esdb.EventData {
+	out := make([]esdb.EventData, len(evs))
+	for i, e := range evs {
+		out[i] = esdb.EventData{EventID: e.ID, EventType: e.Type, ContentType: esdb.ContentTypeJson, Data: e.Data}
+	}
+	return out
+}
