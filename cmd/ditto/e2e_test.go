@@ -16,10 +16,12 @@ import (
 	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
 	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/rs/zerolog"
 
 	"github.com/ditto-replicator/ditto/config"
 	"github.com/ditto-replicator/ditto/internal/esdbtest"
+	"github.com/ditto-replicator/ditto/internal/faultproxy"
 	"github.com/ditto-replicator/ditto/internal/metrics"
 	"github.com/ditto-replicator/ditto/internal/testutil"
 	"github.com/ditto-replicator/ditto/verify"
@@ -370,4 +372,48 @@ func readAll(t *testing.T, c *esdb.Client, stream string) []*esdb.RecordedEvent 
 		}
 		out = append(out, ev.Event)
 	}
+}
+
+// Bounded memory: a destination that accepts nothing holds ditto at the
+// subscription's buffer size; nothing is acked, so the source sends no more
+// and no queue grows inside ditto.
+func TestStalledDestinationHoldsBackTheSource(t *testing.T) {
+	e := newEnv(t)
+	e.createGroup(t, "$ce-customer", "ditto", esdb.ConsumerStrategyRoundRobin)
+	e.seed(t, "customer", 50, 10)
+	proxy, err := faultproxy.Start(e.dst.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { proxy.Close() })
+	proxy.SetBlackhole(true)
+	r := startDitto(t, e, map[string]string{
+		"DITTO_BUFFER_SIZE":                   "20",
+		"DITTO_DESTINATION_CONNECTION_STRING": "esdb://" + proxy.Addr() + "?tls=false",
+	})
+	var info *esdb.PersistentSubscriptionInfo
+	testutil.Eventually(t, 30*time.Second, "the consumer's buffer is full", func() bool {
+		info, err = e.srcC.GetPersistentSubscriptionInfo(context.Background(), "$ce-customer", "ditto", esdb.GetPersistentSubscriptionOptions{})
+		return err == nil && len(info.Connections) == 1 && info.Connections[0].InFlightMessages == 20
+	})
+	if c := info.Connections[0]; c.AvailableSlots != 0 {
+		t.Fatalf("connection has %d free slots with 20 in flight", c.AvailableSlots)
+	}
+	if inFlight := gaugeValue(r.svc.metrics.InFlight); inFlight > 20 {
+		t.Fatalf("ditto holds %v events, more than its buffer of 20", inFlight)
+	}
+	if n := r.metric("processed"); n != 0 {
+		t.Fatalf("%v events acked as written to a destination that accepts nothing", n)
+	}
+	// Once the destination answers, everything arrives.
+	proxy.SetBlackhole(false)
+	e.waitIdentical(t, verify.Options{})
+}
+
+func gaugeValue(g prometheus.Gauge) float64 {
+	var m dto.Metric
+	if err := g.Write(&m); err != nil {
+		return 0
+	}
+	return m.GetGauge().GetValue()
 }
