@@ -1,0 +1,270 @@
+package main
+
+import (
+	"context"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ditto-replicator/ditto/internal/esdbtest"
+)
+
+func TestPercentileNearestRank(t *testing.T) {
+	ms := func(v ...int) []time.Duration {
+		out := make([]time.Duration, len(v))
+		for i, x := range v {
+			out[i] = time.Duration(x) * time.Millisecond
+		}
+		return out
+	}
+	hundred := make([]time.Duration, 100)
+	for i := range hundred {
+		hundred[i] = time.Duration(i+1) * time.Millisecond
+	}
+	cases := []struct {
+		name   string
+		sorted []time.Duration
+		p      float64
+		want   time.Duration
+	}{
+		{"empty", nil, 50, 0},
+		{"one value", ms(7), 99, 7 * time.Millisecond},
+		{"p50 of 1..100", hundred, 50, 50 * time.Millisecond},
+		{"p99 of 1..100", hundred, 99, 99 * time.Millisecond},
+		{"p100 is the max", hundred, 100, 100 * time.Millisecond},
+		{"tiny p is the min", hundred, 0.001, 1 * time.Millisecond},
+		// Nearest rank: ceil(0.5*4) = 2nd value, never an interpolation.
+		{"p50 of four", ms(1, 2, 3, 4), 50, 2 * time.Millisecond},
+		{"p99 of four is the max", ms(1, 2, 3, 40), 99, 40 * time.Millisecond},
+	}
+	for _, c := range cases {
+		if got := percentile(c.sorted, c.p); got != c.want {
+			t.Errorf("%s: percentile(%d values, %g) = %s, want %s", c.name, len(c.sorted), c.p, got, c.want)
+		}
+	}
+}
+
+func TestSummarizeSortsACopy(t *testing.T) {
+	lags := []time.Duration{30, 10, 20}
+	s := summarize(lags)
+	if s.N != 3 || s.P50 != 20 || s.P99 != 30 || s.Max != 30 {
+		t.Errorf("summarize = %+v", s)
+	}
+	if lags[0] != 30 {
+		t.Errorf("summarize reordered its input: %v", lags)
+	}
+}
+
+func TestRateAndRatio(t *testing.T) {
+	if got := rate(1000, 2*time.Second); got != 500 {
+		t.Errorf("rate = %g, want 500", got)
+	}
+	if rate(0, time.Second) != 0 || rate(10, 0) != 0 {
+		t.Error("rate of nothing must be 0")
+	}
+	if got := ratio(30, 3); got != 10 {
+		t.Errorf("ratio = %g, want 10", got)
+	}
+	if ratio(30, 0) != 0 || ratio(0, 3) != 0 {
+		t.Error("a ratio with an unknown side must be 0 (shown as -)")
+	}
+}
+
+func TestWorkloadLayoutAndIDs(t *testing.T) {
+	w := newWorkload(10, 3)
+	if w.stream(4) != "bench-1" || w.number(4) != 1 {
+		t.Errorf("event 4 is %d@%s, want 1@bench-1", w.number(4), w.stream(4))
+	}
+	total := 0
+	for s := 0; s < w.streams; s++ {
+		for n := 0; n < w.perStream(s); n++ {
+			i := w.indexOf(s, n)
+			if w.stream(i) != w.stream(s) || w.number(i) != uint64(n) {
+				t.Errorf("indexOf(%d, %d) = %d, which is %d@%s", s, n, i, w.number(i), w.stream(i))
+			}
+			total++
+		}
+	}
+	if total != w.events {
+		t.Errorf("perStream sums to %d, want %d", total, w.events)
+	}
+	seen := map[string]bool{}
+	for i := 0; i < w.events; i++ {
+		id := w.id(i)
+		if got := w.indexFromID(id); got != i {
+			t.Errorf("indexFromID(id(%d)) = %d", i, got)
+		}
+		if seen[id.String()] {
+			t.Errorf("id of event %d repeats", i)
+		}
+		seen[id.String()] = true
+	}
+	other := newWorkload(10, 3)
+	if other.indexFromID(w.id(1)) != -1 {
+		t.Error("an id of another workload must not map to an index")
+	}
+	if w.indexFromID(newWorkload(100, 3).id(50)) != -1 {
+		t.Error("an index beyond the workload must be rejected")
+	}
+	if w := newWorkload(5, 1000); w.streams != 5 {
+		t.Errorf("streams = %d, want at most one per event", w.streams)
+	}
+}
+
+func TestParseProc(t *testing.T) {
+	status := []byte("Name:\tditto\nVmPeak:\t  812345 kB\nVmHWM:\t   51200 kB\nVmRSS:\t   40000 kB\n")
+	if got, err := parseStatusKB(status, "VmHWM"); err != nil || got != 50<<20 {
+		t.Errorf("VmHWM = %d, %v; want %d", got, err, 50<<20)
+	}
+	if _, err := parseStatusKB(status, "VmSwap"); err == nil {
+		t.Error("a missing key must be an error")
+	}
+	// The command name may contain spaces and parentheses.
+	stat := []byte("1234 (dit to) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 8 0 1000 1000000 2000")
+	if got, err := parseStatCPU(stat); err != nil || got != 3*time.Second {
+		t.Errorf("parseStatCPU = %s, %v; want 3s (300 ticks)", got, err)
+	}
+}
+
+func TestMeanFromMetrics(t *testing.T) {
+	text := []byte("# HELP ditto_batch_size x\n# TYPE ditto_batch_size histogram\nditto_batch_size_bucket{le=\"1\"} 3\nditto_batch_size_sum 120\nditto_batch_size_count 12\n")
+	if got := meanFromMetrics(text, "ditto_batch_size"); got != 10 {
+		t.Errorf("mean = %g, want 10", got)
+	}
+	if got := meanFromMetrics([]byte("other_sum 1\n"), "ditto_batch_size"); got != 0 {
+		t.Errorf("mean without the metric = %g, want 0", got)
+	}
+}
+
+func TestTargets(t *testing.T) {
+	r := &result{Scenario: "a", Ditto: &measured{EventsPerSec: 30000}, Baseline1: &measured{EventsPerSec: 2000}, Baseline2: &measured{EventsPerSec: 100000}}
+	r.evaluate()
+	if len(r.Targets) != 2 || !r.Targets[0].Met || r.Targets[1].Met {
+		t.Errorf("(a) targets = %+v; want ×15 met and 0.3 of raw not met", r.Targets)
+	}
+	c := &result{Scenario: "c", Lag: &lagFigures{P99Ms: 49}}
+	c.evaluate()
+	if !c.Targets[0].Met {
+		t.Errorf("(c) p99 49 ms must meet < 50 ms: %+v", c.Targets)
+	}
+	failed := &result{Scenario: "d", Ditto: &measured{EventsPerSec: 1}, PeakRSSMB: 10, Error: "boom"}
+	failed.evaluate()
+	if failed.Targets[0].Met {
+		t.Error("a failed scenario must not meet its target")
+	}
+}
+
+func TestParseFlags(t *testing.T) {
+	c, err := parseFlags([]string{"--scenario", "c, a,c", "--scale", "0.1"}, io.Discard)
+	if err != nil || strings.Join(c.scenarios, ",") != "c,a" || c.scale != 0.1 {
+		t.Errorf("parseFlags = %+v, %v", c, err)
+	}
+	for _, bad := range [][]string{{"--scenario", "z"}, {"--scale", "0"}, {"extra"}} {
+		if _, err := parseFlags(bad, io.Discard); err == nil {
+			t.Errorf("parseFlags(%q) must fail", bad)
+		}
+	}
+}
+
+// TestBaselinesReplicate runs both baselines on a tiny workload against
+// test servers and checks that they wrote what they claim: the reference
+// algorithm must leave the destination identical to the source.
+func TestBaselinesReplicate(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts servers")
+	}
+	ctx := context.Background()
+	w := newWorkload(60, 4)
+	src := esdbtest.Start(t, esdbtest.Options{Insecure: true})
+	if err := seed(ctx, src.Store(), w); err != nil {
+		t.Fatal(err)
+	}
+	admin, err := newClient(src.ConnectionString())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	if err := createGroup(ctx, admin, "baseline-1"); err != nil {
+		t.Fatal(err)
+	}
+
+	dst1 := esdbtest.Start(t, esdbtest.Options{Insecure: true})
+	b1, err := baseline1(ctx, src.ConnectionString(), dst1.ConnectionString(), "baseline-1", w.events, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b1.events != w.events || b1.sampled {
+		t.Errorf("baseline 1 wrote %d events (sampled %v), want all %d", b1.events, b1.sampled, w.events)
+	}
+	checkCopy(t, dst1.Store(), w)
+	if _, err := waitDestination(ctx, dst1.Store(), w.events, time.Second, time.Second, nil); err != nil {
+		t.Errorf("waitDestination on a complete destination: %v", err)
+	}
+
+	dst2 := esdbtest.Start(t, esdbtest.Options{Insecure: true})
+	if _, err := baseline2(ctx, dst2.ConnectionString(), w, 7, 3, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	checkCopy(t, dst2.Store(), w)
+
+	// A destination that never fills up is reported, not waited on forever.
+	empty := esdbtest.Start(t, esdbtest.Options{Insecure: true})
+	if _, err := waitDestination(ctx, empty.Store(), 1, time.Second, 100*time.Millisecond, nil); err == nil {
+		t.Error("waitDestination on an empty destination must fail")
+	}
+}
+
+// checkCopy checks that every stream of w is on store with the workload's
+// ids, numbers and data.
+func checkCopy(t *testing.T, store *esdbtest.Store, w workload) {
+	t.Helper()
+	for s := 0; s < w.streams; s++ {
+		recs, err := store.ReadStream(w.stream(s), 0, true, 1000, false)
+		if err != nil {
+			t.Fatalf("%s: %v", w.stream(s), err)
+		}
+		if len(recs) != w.perStream(s) {
+			t.Fatalf("%s has %d events, want %d", w.stream(s), len(recs), w.perStream(s))
+		}
+		for n, r := range recs {
+			i := w.indexOf(s, n)
+			if r.Event.ID != w.id(i) || r.Event.Number != int64(n) || string(r.Event.Data) != string(w.data(i)) || string(r.Event.Metadata) != string(w.metadata(i)) {
+				t.Fatalf("%s event %d differs from the workload's event %d", w.stream(s), n, i)
+			}
+		}
+	}
+}
+
+// TestSteadyLagMeasures runs the steady-rate measurement with a trivial
+// "replicator" (the destination is the source) to check the bookkeeping:
+// every sent event gets exactly one lag.
+func TestSteadyLagMeasures(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts servers")
+	}
+	srv := esdbtest.Start(t, esdbtest.Options{Insecure: true})
+	w := newWorkload(200, 8)
+	l, err := steadyLag(context.Background(), srv.ConnectionString(), srv.ConnectionString(), w, 1000, 4, 5*time.Second, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.sent != w.events || l.seen != w.events || len(l.lags) != w.events {
+		t.Errorf("sent %d, seen %d, lags %d; want %d each", l.sent, l.seen, len(l.lags), w.events)
+	}
+	// With a warm-up, the events of the warm-up arrive but are not measured
+	// (at 1000/s, 100ms is about 100 of the 200 events).
+	fresh := esdbtest.Start(t, esdbtest.Options{Insecure: true})
+	l, err = steadyLag(context.Background(), fresh.ConnectionString(), fresh.ConnectionString(), newWorkload(200, 8), 1000, 4, 5*time.Second, 100*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.seen != 200 || len(l.lags) == 0 || len(l.lags) >= 200 {
+		t.Errorf("with a warm-up: seen %d, measured %d; want 200 seen and fewer measured", l.seen, len(l.lags))
+	}
+	for _, d := range l.lags {
+		if d <= 0 || d > 5*time.Second {
+			t.Fatalf("implausible lag %s", d)
+		}
+	}
+}

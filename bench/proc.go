@@ -1,0 +1,409 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/ditto-replicator/ditto/internal/esdbtest"
+	"github.com/ditto-replicator/ditto/internal/faultproxy"
+)
+
+// server is an in-process test server, optionally behind a fault proxy that
+// delays traffic (each way) between its clients and the server.
+type server struct {
+	*esdbtest.Server
+	proxy *faultproxy.Proxy
+}
+
+// startServer starts an insecure, memory-only test server on a random
+// 127.0.0.1 port; with delay > 0, clients reach it through a proxy that adds
+// delay to every chunk in each direction.
+func startServer(delay time.Duration) (*server, error) {
+	srv, err := esdbtest.StartServer(esdbtest.Options{Insecure: true, Addr: "127.0.0.1:0"})
+	if err != nil {
+		return nil, fmt.Errorf("starting test server: %w", err)
+	}
+	s := &server{Server: srv}
+	if delay > 0 {
+		if s.proxy, err = faultproxy.Start(srv.Addr()); err != nil {
+			srv.Close()
+			return nil, fmt.Errorf("starting fault proxy: %w", err)
+		}
+		s.proxy.SetDelay(delay)
+	}
+	return s, nil
+}
+
+// conn is the connection string clients use: through the proxy, if any.
+func (s *server) conn() string {
+	if s.proxy != nil {
+		return "esdb://" + s.proxy.Addr() + "?tls=false"
+	}
+	return s.ConnectionString()
+}
+
+func (s *server) Close() {
+	if s.proxy != nil {
+		s.proxy.Close()
+	}
+	s.Server.Close()
+}
+
+// buildDitto builds cmd/ditto into dir and returns the binary's path.
+func buildDitto(ctx context.Context, dir string) (string, error) {
+	out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOMOD: %w", err)
+	}
+	gomod := strings.TrimSpace(string(out))
+	if gomod == "" || gomod == os.DevNull {
+		return "", errors.New("run the bench inside the ditto module (go run ./bench), or pass --ditto-bin")
+	}
+	bin := filepath.Join(dir, "ditto")
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/ditto")
+	cmd.Dir = filepath.Dir(gomod)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build ./cmd/ditto: %v\n%s", err, out)
+	}
+	return bin, nil
+}
+
+// ditto is a running ditto child process.
+type ditto struct {
+	cmd     *exec.Cmd
+	log     string // path of its stderr
+	metrics string // host:port of /metrics and /health
+	done    chan struct{}
+	err     error // exit status, after done
+
+	mu      sync.Mutex
+	peakRSS int64 // highest VmHWM seen, bytes
+}
+
+// benchVars are the variables the bench sets; any other DITTO_* variable of
+// the bench's environment (DITTO_BUFFER_SIZE, DITTO_WRITERS, …) is passed
+// through, to try settings without editing defaults.
+var benchVars = []string{
+	"DITTO_SOURCE_CONNECTION_STRING", "DITTO_DESTINATION_CONNECTION_STRING", "DITTO_SUBSCRIPTIONS",
+	"DITTO_METRICS_ADDRESS", "DITTO_LOG_LEVEL", "DITTO_LOG_FORMAT", "DITTO_SHUTDOWN_TIMEOUT",
+	"DITTO_CREATE_SUBSCRIPTIONS", "DITTO_SINK", "DITTO_READ_ONLY",
+}
+
+// tuningVars lists the DITTO_* variables passed through from the
+// environment, for the report.
+func tuningVars() []string {
+	var out []string
+	for _, kv := range os.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		if strings.HasPrefix(k, "DITTO_") && !contains(benchVars, k) {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// leverVars are the settings the bench reports the defaults of.
+var leverVars = []string{"DITTO_BUFFER_SIZE", "DITTO_WRITERS", "DITTO_BATCH_MAX_EVENTS", "DITTO_CONSUMERS_PER_SUBSCRIPTION"}
+
+// dittoDefaults asks the binary ("ditto config") for the defaults of
+// leverVars; it returns what it could parse.
+func dittoDefaults(ctx context.Context, bin string) map[string]string {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	out, _ := exec.CommandContext(ctx, bin, "config").Output()
+	defs := map[string]string{}
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 2 && contains(leverVars, f[0]) {
+			defs[f[0]] = f[1]
+		}
+	}
+	return defs
+}
+
+// freePort returns a free 127.0.0.1 port (the usual small race: another
+// process could take it before ditto listens).
+func freePort() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+// startDitto runs bin replicating $ce-bench from source to destination.
+// The process gets its own process group and dies with the bench (SIGKILL
+// on parent death); stop ends it.
+func startDitto(bin, logDir, source, destination, group string) (*ditto, error) {
+	addr, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	logf, err := os.CreateTemp(logDir, "ditto-*.log")
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	env := []string{
+		"DITTO_SOURCE_CONNECTION_STRING=" + source,
+		"DITTO_DESTINATION_CONNECTION_STRING=" + destination,
+		"DITTO_SUBSCRIPTIONS=$ce-" + category + ":" + group,
+		"DITTO_METRICS_ADDRESS=" + addr,
+		"DITTO_LOG_LEVEL=warn",
+		"DITTO_LOG_FORMAT=json",
+		"DITTO_SHUTDOWN_TIMEOUT=5s",
+	}
+	for _, kv := range os.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		if !contains(benchVars, k) {
+			env = append(env, kv)
+		}
+	}
+	cmd := exec.Command(bin)
+	cmd.Env = env
+	cmd.Stdout = logf
+	cmd.Stderr = logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("starting ditto: %w", err)
+	}
+	d := &ditto{cmd: cmd, log: logf.Name(), metrics: addr, done: make(chan struct{})}
+	go func() {
+		d.err = cmd.Wait()
+		close(d.done)
+	}()
+	return d, nil
+}
+
+// alive returns an error if the process has exited.
+func (d *ditto) alive() error {
+	select {
+	case <-d.done:
+		return fmt.Errorf("ditto exited (%v); log:\n%s", d.err, tail(d.log, 20))
+	default:
+		return nil
+	}
+}
+
+// sampleRSS records the process's peak resident set (VmHWM) so far.
+func (d *ditto) sampleRSS() {
+	if d.alive() != nil {
+		return
+	}
+	if hwm, err := vmHWM(d.cmd.Process.Pid); err == nil {
+		d.mu.Lock()
+		d.peakRSS = max(d.peakRSS, hwm)
+		d.mu.Unlock()
+	}
+}
+
+// PeakRSS is the highest VmHWM sampled, in bytes.
+func (d *ditto) PeakRSS() int64 {
+	d.sampleRSS()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.peakRSS
+}
+
+// waitReady polls /health/ready until it answers 200, for at most timeout.
+func (d *ditto) waitReady(ctx context.Context, timeout time.Duration) error {
+	client := &http.Client{Timeout: time.Second}
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if err := d.alive(); err != nil {
+			return err
+		}
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+d.metrics+"/health/ready", nil)
+		if resp, err := client.Do(req); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("ditto not ready within %s; log:\n%s", timeout, tail(d.log, 20))
+}
+
+// meanBatch reads ditto_batch_size from /metrics: the mean number of events
+// per append so far, or 0 if unknown.
+func (d *ditto) meanBatch(ctx context.Context) float64 {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+d.metrics+"/metrics", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	if err != nil {
+		return 0
+	}
+	return meanFromMetrics(b, "ditto_batch_size")
+}
+
+// meanFromMetrics returns sum/count of a Prometheus histogram or summary
+// in the text format, or 0.
+func meanFromMetrics(text []byte, name string) float64 {
+	var sum, count float64
+	for _, line := range strings.Split(string(text), "\n") {
+		f := strings.Fields(line)
+		if len(f) != 2 {
+			continue
+		}
+		v, err := strconv.ParseFloat(f[1], 64)
+		if err != nil {
+			continue
+		}
+		switch f[0] {
+		case name + "_sum":
+			sum = v
+		case name + "_count":
+			count = v
+		}
+	}
+	if count == 0 {
+		return 0
+	}
+	return sum / count
+}
+
+// stop sends SIGTERM and waits up to 10s, then kills the process group.
+// It is safe to call more than once.
+func (d *ditto) stop() {
+	select {
+	case <-d.done:
+		return
+	default:
+	}
+	d.sampleRSS()
+	_ = syscall.Kill(-d.cmd.Process.Pid, syscall.SIGTERM)
+	select {
+	case <-d.done:
+	case <-time.After(10 * time.Second):
+		_ = syscall.Kill(-d.cmd.Process.Pid, syscall.SIGKILL)
+		<-d.done
+	}
+}
+
+// cpuTime is the CPU time (user + system) the process has used so far, or
+// 0 if unknown.
+func (d *ditto) cpuTime() time.Duration {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(d.cmd.Process.Pid) + "/stat")
+	if err != nil {
+		return 0
+	}
+	t, _ := parseStatCPU(b)
+	return t
+}
+
+// clockTick is USER_HZ, the unit of /proc/PID/stat times: 100 on every
+// Linux architecture Go supports.
+const clockTick = 10 * time.Millisecond
+
+// parseStatCPU returns utime + stime from the contents of /proc/PID/stat.
+// The command name (field 2) may contain spaces, so fields are counted from
+// the last ')'.
+func parseStatCPU(stat []byte) (time.Duration, error) {
+	i := bytes.LastIndexByte(stat, ')')
+	if i < 0 {
+		return 0, errors.New("no ')' in stat")
+	}
+	f := strings.Fields(string(stat[i+1:]))
+	// f[0] is field 3 (state); utime and stime are fields 14 and 15.
+	if len(f) < 13 {
+		return 0, fmt.Errorf("stat has %d fields after the name", len(f))
+	}
+	var total int64
+	for _, s := range f[11:13] {
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("stat: %w", err)
+		}
+		total += n
+	}
+	return time.Duration(total) * clockTick, nil
+}
+
+// selfCPU is this process's CPU time (user + system) so far.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// vmHWM reads a process's peak resident set size from /proc/PID/status.
+func vmHWM(pid int) (int64, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0, err
+	}
+	return parseStatusKB(b, "VmHWM")
+}
+
+// parseStatusKB returns the value of a "Key:   1234 kB" line in bytes.
+func parseStatusKB(status []byte, key string) (int64, error) {
+	sc := bufio.NewScanner(bytes.NewReader(status))
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), ":")
+		if !ok || k != key {
+			continue
+		}
+		f := strings.Fields(v)
+		if len(f) != 2 || f[1] != "kB" {
+			return 0, fmt.Errorf("unexpected %s line %q", key, sc.Text())
+		}
+		n, err := strconv.ParseInt(f[0], 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("unexpected %s line %q: %w", key, sc.Text(), err)
+		}
+		return n * 1024, nil
+	}
+	return 0, fmt.Errorf("no %s line", key)
+}
+
+// tail returns the last n lines of a file, for error messages.
+func tail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "(no log: " + err.Error() + ")"
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}

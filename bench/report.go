@@ -1,0 +1,213 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// report is the whole run, as printed or encoded with --json.
+type report struct {
+	Cores      int     `json:"cores"` // runtime.NumCPU()
+	GOMAXPROCS int     `json:"gomaxprocs"`
+	GoVersion  string  `json:"go_version"`
+	Scale      float64 `json:"scale"`
+	Repeat     int     `json:"repeat"`
+	// DittoDefaults are the defaults of the levers in the built ditto;
+	// DittoEnv the DITTO_* tuning variables passed through, which override
+	// them.
+	DittoDefaults map[string]string `json:"ditto_defaults,omitempty"`
+	DittoEnv      []string          `json:"ditto_env,omitempty"`
+	Started       time.Time         `json:"started"`
+	Finished      time.Time         `json:"finished"`
+	Results       []*result         `json:"results"`
+}
+
+// measured is one throughput figure.
+type measured struct {
+	Events       int     `json:"events"`
+	Seconds      float64 `json:"seconds"`
+	EventsPerSec float64 `json:"events_per_sec"`
+	Sampled      bool    `json:"sampled,omitempty"`    // a sample, extrapolated as a rate
+	MeanBatch    float64 `json:"mean_batch,omitempty"` // ditto: events per append
+	// CPU time per event: of the ditto process, or of the whole baseline
+	// (client and server); ServersCPU… is the bench process (the test
+	// servers) while ditto ran.
+	CPUMicrosPerEvent        float64 `json:"cpu_us_per_event,omitempty"`
+	ServersCPUMicrosPerEvent float64 `json:"servers_cpu_us_per_event,omitempty"`
+	Note                     string  `json:"note,omitempty"`
+}
+
+type lagFigures struct {
+	Samples       int     `json:"samples"` // events measured (sent after the warm-up)
+	Sent          int     `json:"sent"`
+	WarmupMs      float64 `json:"warmup_ms"`
+	OfferedPerSec float64 `json:"offered_events_per_sec"`
+	P50Ms         float64 `json:"p50_ms"`
+	P99Ms         float64 `json:"p99_ms"`
+	MaxMs         float64 `json:"max_ms"`
+}
+
+type target struct {
+	Name string  `json:"name"`
+	Want string  `json:"want"`
+	Got  float64 `json:"got"`
+	Met  bool    `json:"met"`
+}
+
+// result is one scenario's figures.
+type result struct {
+	Scenario  string      `json:"scenario"`
+	Title     string      `json:"title"`
+	Events    int         `json:"events"`
+	Streams   int         `json:"streams"`
+	DelayMs   float64     `json:"delay_ms_each_way,omitempty"`
+	Ditto     *measured   `json:"ditto,omitempty"`
+	Baseline1 *measured   `json:"baseline1,omitempty"` // benfoster/ditto's algorithm
+	Baseline2 *measured   `json:"baseline2,omitempty"` // raw destination limit
+	VsB1      float64     `json:"ratio_to_baseline1,omitempty"`
+	VsB2      float64     `json:"ratio_to_baseline2,omitempty"`
+	Lag       *lagFigures `json:"lag,omitempty"`
+	PeakRSSMB float64     `json:"ditto_peak_rss_mib,omitempty"`
+	Targets   []target    `json:"targets,omitempty"`
+	Error     string      `json:"error,omitempty"`
+	// Runs holds the key figure of every run when the scenario ran more
+	// than once (--repeat); the other figures are the median run's.
+	Runs []float64 `json:"runs,omitempty"`
+}
+
+func eps(m *measured) float64 {
+	if m == nil {
+		return 0
+	}
+	return m.EventsPerSec
+}
+
+// evaluate computes the ratios and checks the scenario's targets. A target
+// whose figure is missing (the scenario failed) is reported as not met.
+func (r *result) evaluate() {
+	r.VsB1 = ratio(eps(r.Ditto), eps(r.Baseline1))
+	r.VsB2 = ratio(eps(r.Ditto), eps(r.Baseline2))
+	atLeast := func(name string, got, want float64, unit string) {
+		r.Targets = append(r.Targets, target{Name: name, Want: fmt.Sprintf(">= %g%s", want, unit), Got: got, Met: got >= want})
+	}
+	switch r.Scenario {
+	case "a":
+		atLeast("ditto / baseline 1", r.VsB1, targetAB1, "x")
+		atLeast("ditto / baseline 2", r.VsB2, targetAB2, "")
+	case "b":
+		atLeast("ditto / baseline 2", r.VsB2, targetBB2, "")
+	case "c":
+		got := -1.0
+		if r.Lag != nil {
+			got = r.Lag.P99Ms
+		}
+		r.Targets = append(r.Targets, target{Name: "lag p99 (ms)", Want: fmt.Sprintf("< %g", ms(targetCP99)), Got: got,
+			Met: r.Lag != nil && r.Error == "" && got < ms(targetCP99)})
+	case "d":
+		r.Targets = append(r.Targets, target{Name: "peak RSS (MiB)", Want: fmt.Sprintf("< %d", targetDRSS>>20), Got: r.PeakRSSMB,
+			Met: r.Ditto != nil && r.PeakRSSMB > 0 && r.PeakRSSMB < targetDRSS>>20})
+	case "e":
+		atLeast("ditto / baseline 1", r.VsB1, targetEB1, "x")
+	}
+	if r.Error != "" {
+		for i := range r.Targets {
+			r.Targets[i].Met = false
+		}
+	}
+}
+
+func num(v float64, format string) string {
+	if v <= 0 {
+		return "-"
+	}
+	return fmt.Sprintf(format, v)
+}
+
+// print writes the table, the targets and the notes.
+func (rep *report) print(w io.Writer) {
+	fmt.Fprintf(w, "ditto bench: %d cores (runtime.NumCPU), GOMAXPROCS %d, %s, scale %g, %d run(s) per scenario\n", rep.Cores, rep.GOMAXPROCS, rep.GoVersion, rep.Scale, rep.Repeat)
+	var defs []string
+	for _, k := range leverVars {
+		if v, ok := rep.DittoDefaults[k]; ok {
+			defs = append(defs, k+"="+v)
+		}
+	}
+	fmt.Fprintf(w, "ditto defaults: %s\n", strings.Join(defs, " "))
+	if len(rep.DittoEnv) > 0 {
+		fmt.Fprintf(w, "ditto settings from the environment (override the defaults): %s\n", strings.Join(rep.DittoEnv, " "))
+	}
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "scenario\tevents\tstreams\tdelay ms\tditto ev/s\tbaseline1 ev/s\tbaseline2 ev/s\tx baseline1\tx baseline2\tlag p50 ms\tlag p99 ms\tpeak RSS MiB\tev/append\tCPU µs/ev ditto+servers\t")
+	for _, r := range rep.Results {
+		p50, p99 := 0.0, 0.0
+		if r.Lag != nil {
+			p50, p99 = r.Lag.P50Ms, r.Lag.P99Ms
+		}
+		b1 := num(eps(r.Baseline1), "%.0f")
+		if r.Baseline1 != nil && r.Baseline1.Sampled {
+			b1 += "*"
+		}
+		batch, cpu := "-", "-"
+		if r.Ditto != nil {
+			batch = num(r.Ditto.MeanBatch, "%.1f")
+			if r.Ditto.CPUMicrosPerEvent > 0 {
+				cpu = fmt.Sprintf("%.1f+%.1f", r.Ditto.CPUMicrosPerEvent, r.Ditto.ServersCPUMicrosPerEvent)
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", r.Scenario, r.Events, r.Streams, num(r.DelayMs, "%g"),
+			num(eps(r.Ditto), "%.0f"), b1, num(eps(r.Baseline2), "%.0f"),
+			num(r.VsB1, "%.1f"), num(r.VsB2, "%.2f"), num(p50, "%.1f"), num(p99, "%.1f"), num(r.PeakRSSMB, "%.1f"), batch, cpu)
+	}
+	tw.Flush()
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "targets:")
+	for _, r := range rep.Results {
+		for _, t := range r.Targets {
+			verdict := "NOT MET"
+			if t.Met {
+				verdict = "met"
+			}
+			fmt.Fprintf(w, "  (%s) %s %s: %.2f  %s\n", r.Scenario, t.Name, t.Want, t.Got, verdict)
+		}
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "notes:")
+	for _, r := range rep.Results {
+		fmt.Fprintf(w, "  (%s) %s\n", r.Scenario, r.Title)
+		if r.Ditto != nil && r.Ditto.Note != "" {
+			fmt.Fprintf(w, "      ditto: %.2fs from process start, %s\n", r.Ditto.Seconds, r.Ditto.Note)
+		}
+		if r.Baseline1 != nil && r.Baseline1.Note != "" {
+			fmt.Fprintf(w, "      * baseline 1: %s\n", r.Baseline1.Note)
+		}
+		if r.Baseline2 != nil && r.Baseline2.Note != "" {
+			fmt.Fprintf(w, "      baseline 2: %s\n", r.Baseline2.Note)
+		}
+		if r.Lag != nil {
+			fmt.Fprintf(w, "      lag: %d events offered at %.0f/s, the %d sent after a %.0f ms warm-up measured; max %.1f ms (from just before the source append to arrival on a catch-up subscription to the destination's $ce-bench)\n",
+				r.Lag.Sent, r.Lag.OfferedPerSec, r.Lag.Samples, r.Lag.WarmupMs, r.Lag.MaxMs)
+		}
+		if len(r.Runs) > 0 {
+			runs := make([]string, len(r.Runs))
+			for i, v := range r.Runs {
+				runs[i] = strconv.FormatFloat(v, 'f', 1, 64)
+			}
+			what := "ditto events/s"
+			if r.Lag != nil {
+				what = "lag p99 ms"
+			}
+			fmt.Fprintf(w, "      %s of each run (the median run is shown): %s\n", what, strings.Join(runs, ", "))
+		}
+		if r.Error != "" {
+			fmt.Fprintf(w, "      ERROR: %s\n", r.Error)
+		}
+	}
+	fmt.Fprintln(w, "  baseline 1 = benfoster/ditto's algorithm (buffer 10, one append per event with expected version n-1, sequential, ack after each write);")
+	fmt.Fprintln(w, "  baseline 2 = the raw destination limit (the same events appended directly, no subscription).")
+	fmt.Fprintln(w, "  CPU µs/ev: CPU time per event of the ditto process + of this process (both test servers) while ditto ran.")
+}

@@ -1,0 +1,278 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"runtime/pprof"
+	"sync"
+	"time"
+)
+
+// env is what every scenario needs.
+type env struct {
+	bin   string // ditto binary
+	dir   string // temporary directory (ditto logs)
+	scale float64
+	log   io.Writer // progress lines
+	// cpuprof, if set, receives a CPU profile of this process (the test
+	// servers) while ditto runs.
+	cpuprof string
+}
+
+// profile starts the CPU profile if asked for; the returned func stops it.
+func (e *env) profile() func() {
+	if e.cpuprof == "" {
+		return func() {}
+	}
+	f, err := os.Create(e.cpuprof)
+	if err != nil {
+		e.logf("cpuprofile: %v", err)
+		return func() {}
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		e.logf("cpuprofile: %v", err)
+		return func() {}
+	}
+	return sync.OnceFunc(func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	})
+}
+
+func (e *env) scaled(n int) int { return max(1, int(float64(n)*e.scale)) }
+
+func (e *env) logf(format string, args ...any) {
+	fmt.Fprintf(e.log, "  "+format+"\n", args...)
+}
+
+// scenario is one benchmark.
+type scenario struct {
+	title string
+	run   func(context.Context, *env) (*result, error)
+}
+
+// Targets of the issue. They are reported, never enforced.
+const (
+	targetAB1   = 10.0 // (a) ditto ≥ 10× baseline 1
+	targetAB2   = 0.5  // (a) ditto ≥ 0.5 of the raw limit
+	targetEB1   = 50.0 // (e) ditto ≥ 50× baseline 1 across the delayed link
+	targetBB2   = 0.5  // (b) ditto ≥ 0.5 of the raw limit for the hot stream
+	targetCP99  = 50 * time.Millisecond
+	targetDRSS  = 150 << 20
+	steadyRate  = 2000.0
+	linkDelay   = 5 * time.Millisecond
+	rawBatch    = 100
+	rawWriters  = 4
+	lagWriters  = 4
+	lagWarmup   = time.Second
+	b1MaxSample = 5000
+)
+
+var scenarios = map[string]scenario{
+	"a": {"100k events over 1,000 streams", func(ctx context.Context, e *env) (*result, error) {
+		return throughput(ctx, e, e.scaled(100_000), 1000, 0, true)
+	}},
+	"b": {"20k events in one hot stream", func(ctx context.Context, e *env) (*result, error) {
+		return throughput(ctx, e, e.scaled(20_000), 1, 0, true)
+	}},
+	"c": {"steady 2,000 events/s over 1,000 streams: replication lag", lag},
+	"d": {"1M-event backlog over 1,000 streams: peak RSS of ditto", func(ctx context.Context, e *env) (*result, error) {
+		return throughput(ctx, e, e.scaled(1_000_000), 1000, 0, false)
+	}},
+	"e": {"scenario a through a 5 ms (each way) delay to each server", func(ctx context.Context, e *env) (*result, error) {
+		return throughput(ctx, e, e.scaled(100_000), 1000, linkDelay, true)
+	}},
+}
+
+// throughput seeds events over streams on a source, then measures the raw
+// limit (baseline 2), ditto and baseline 1, each into its own fresh
+// destination. With delay > 0 every client (ditto, both baselines) reaches
+// the servers through proxies adding delay each way.
+func throughput(ctx context.Context, e *env, events, streams int, delay time.Duration, baselines bool) (*result, error) {
+	w := newWorkload(events, streams)
+	res := &result{Events: w.events, Streams: w.streams, DelayMs: ms(delay)}
+	src, err := startServer(delay)
+	if err != nil {
+		return res, err
+	}
+	defer src.Close()
+	t := time.Now()
+	if err := seed(ctx, src.Store(), w); err != nil {
+		return res, err
+	}
+	e.logf("seeded %d events over %d streams in %s", w.events, w.streams, time.Since(t).Round(time.Millisecond))
+	admin, err := newClient(src.ConnectionString())
+	if err != nil {
+		return res, err
+	}
+	defer admin.Close()
+	groups := []string{"ditto-bench"}
+	if baselines {
+		groups = append(groups, "baseline-1")
+	}
+	for _, g := range groups {
+		if err := createGroup(ctx, admin, g); err != nil {
+			return res, err
+		}
+	}
+
+	if baselines {
+		if err := e.raw(ctx, res, w, delay); err != nil {
+			return res, err
+		}
+	}
+	if err := e.ditto(ctx, res, src, w, delay); err != nil {
+		return res, err
+	}
+	if baselines {
+		if err := e.reference(ctx, res, src, w, delay); err != nil {
+			return res, err
+		}
+	}
+	return res, nil
+}
+
+// raw measures baseline 2 into a fresh destination.
+func (e *env) raw(ctx context.Context, res *result, w workload, delay time.Duration) error {
+	dst, err := startServer(delay)
+	if err != nil {
+		return err
+	}
+	defer dst.Close()
+	writers := min(rawWriters, w.streams)
+	selfStart := selfCPU()
+	took, err := baseline2(ctx, dst.conn(), w, rawBatch, writers, 10*time.Minute)
+	if err != nil {
+		return err
+	}
+	cpu := perEvent(selfCPU()-selfStart, w.events)
+	res.Baseline2 = &measured{Events: w.events, Seconds: took.Seconds(), EventsPerSec: rate(w.events, took), CPUMicrosPerEvent: cpu,
+		Note: fmt.Sprintf("%d per append, %d writer(s); CPU per event (client and server) %.1f µs", rawBatch, writers, cpu)}
+	e.logf("baseline 2 (raw limit): %d events in %s: %.0f events/s, CPU/event %.1f µs", w.events, took.Round(time.Millisecond), res.Baseline2.EventsPerSec, cpu)
+	return nil
+}
+
+// ditto runs the ditto process from the source's start into a fresh
+// destination until it holds every event, and records rate and peak RSS.
+// The time runs from starting the process (connecting included) to the
+// last event visible on the destination.
+func (e *env) ditto(ctx context.Context, res *result, src *server, w workload, delay time.Duration) error {
+	dst, err := startServer(delay)
+	if err != nil {
+		return err
+	}
+	defer dst.Close()
+	stopProfile := e.profile()
+	defer stopProfile()
+	selfStart := selfCPU()
+	start := time.Now()
+	d, err := startDitto(e.bin, e.dir, src.conn(), dst.conn(), "ditto-bench")
+	if err != nil {
+		return err
+	}
+	defer d.stop()
+	limit := time.Minute + time.Duration(w.events/200)*time.Second
+	p, err := waitDestination(ctx, dst.Store(), w.events, limit, time.Minute, func() error {
+		d.sampleRSS()
+		return d.alive()
+	})
+	if err != nil {
+		return fmt.Errorf("ditto: %w", err)
+	}
+	took := p.done.Sub(start)
+	servers := selfCPU() - selfStart
+	stopProfile()
+	res.PeakRSSMB = float64(d.PeakRSS()) / (1 << 20)
+	cpu := d.cpuTime()
+	batch := d.meanBatch(ctx)
+	d.stop()
+	res.Ditto = &measured{Events: w.events, Seconds: took.Seconds(), EventsPerSec: rate(w.events, took), MeanBatch: batch,
+		CPUMicrosPerEvent: perEvent(cpu, w.events), ServersCPUMicrosPerEvent: perEvent(servers, w.events),
+		Note: fmt.Sprintf("first event on the destination after %s; %.1f events per append; CPU per event: ditto %.1f µs, test servers %.1f µs",
+			p.first.Sub(start).Round(time.Millisecond), batch, perEvent(cpu, w.events), perEvent(servers, w.events))}
+	e.logf("ditto: %d events in %s: %.0f events/s, %.1f events per append, peak RSS %.1f MiB, CPU/event ditto %.1f µs, servers %.1f µs",
+		w.events, took.Round(time.Millisecond), res.Ditto.EventsPerSec, batch, res.PeakRSSMB, res.Ditto.CPUMicrosPerEvent, res.Ditto.ServersCPUMicrosPerEvent)
+	return nil
+}
+
+// reference measures baseline 1 on a sample of the events.
+func (e *env) reference(ctx context.Context, res *result, src *server, w workload, delay time.Duration) error {
+	dst, err := startServer(delay)
+	if err != nil {
+		return err
+	}
+	defer dst.Close()
+	sample := min(w.events, b1MaxSample)
+	maxTime := time.Duration(float64(15*time.Second) * min(1, max(e.scale, 0.2)))
+	b1, err := baseline1(ctx, src.conn(), dst.conn(), "baseline-1", sample, maxTime)
+	if err != nil {
+		return err
+	}
+	m := &measured{Events: b1.events, Seconds: b1.elapsed.Seconds(), EventsPerSec: rate(b1.events, b1.elapsed)}
+	if b1.events < w.events {
+		m.Sampled = true
+		m.Note = fmt.Sprintf("sample of %d of %d events in %s, extrapolated as a rate", b1.events, w.events, b1.elapsed.Round(time.Millisecond))
+	}
+	res.Baseline1 = m
+	e.logf("baseline 1 (reference): %d events in %s: %.0f events/s", b1.events, b1.elapsed.Round(time.Millisecond), m.EventsPerSec)
+	return nil
+}
+
+// perEvent is CPU time per event in microseconds.
+func perEvent(cpu time.Duration, events int) float64 {
+	if events <= 0 {
+		return 0
+	}
+	return float64(cpu) / float64(time.Microsecond) / float64(events)
+}
+
+// lag is scenario c: ditto runs against an empty source; events arrive at
+// 2,000/s for 20s (scaled, at least 4s) and the lag of each one sent after
+// the first second is recorded.
+func lag(ctx context.Context, e *env) (*result, error) {
+	duration := max(4*time.Second, time.Duration(float64(20*time.Second)*e.scale))
+	events := int(steadyRate * duration.Seconds())
+	w := newWorkload(events, 1000)
+	res := &result{Events: w.events, Streams: w.streams}
+	src, err := startServer(0)
+	if err != nil {
+		return res, err
+	}
+	defer src.Close()
+	dst, err := startServer(0)
+	if err != nil {
+		return res, err
+	}
+	defer dst.Close()
+	admin, err := newClient(src.ConnectionString())
+	if err != nil {
+		return res, err
+	}
+	defer admin.Close()
+	if err := createGroup(ctx, admin, "ditto-bench"); err != nil {
+		return res, err
+	}
+	d, err := startDitto(e.bin, e.dir, src.conn(), dst.conn(), "ditto-bench")
+	if err != nil {
+		return res, err
+	}
+	defer d.stop()
+	if err := d.waitReady(ctx, 30*time.Second); err != nil {
+		return res, err
+	}
+	l, err := steadyLag(ctx, src.ConnectionString(), dst.ConnectionString(), w, steadyRate, lagWriters, duration+time.Second, lagWarmup)
+	res.PeakRSSMB = float64(d.PeakRSS()) / (1 << 20)
+	if aerr := d.alive(); aerr != nil && err == nil {
+		err = aerr
+	}
+	if err != nil {
+		return res, err
+	}
+	s := summarize(l.lags)
+	res.Lag = &lagFigures{Samples: s.N, Sent: l.sent, WarmupMs: ms(lagWarmup), OfferedPerSec: l.sendRate, P50Ms: ms(s.P50), P99Ms: ms(s.P99), MaxMs: ms(s.Max)}
+	e.logf("lag over %d events at %.0f events/s: p50 %.1f ms, p99 %.1f ms, max %.1f ms", s.N, l.sendRate, res.Lag.P50Ms, res.Lag.P99Ms, res.Lag.MaxMs)
+	return res, nil
+}
