@@ -22,7 +22,7 @@ import (
 )
 
 // The bad-input catalog: every way a user can hand ditto something wrong,
-// and what they see. Each case name is a row of docs/bad-input.md
+// and what they see. Each case name is a row of README.md's bad-input section
 // (TestBadInputCatalogIsDocumented keeps the two in step). The rule: a clear
 // error (exit code 2 for configuration, 1 for a fatal runtime problem), or a
 // parked event with a reason, or a documented retry with /health/ready 503;
@@ -150,10 +150,10 @@ func TestBadInputRuntime(t *testing.T) {
 	}
 }
 
-// TestBadInputCatalogIsDocumented keeps docs/bad-input.md in step with the
+// TestBadInputCatalogIsDocumented keeps README.md's bad-input section in step with the
 // cases above.
 func TestBadInputCatalogIsDocumented(t *testing.T) {
-	doc, err := os.ReadFile("../../docs/bad-input.md")
+	doc, err := os.ReadFile("../../README.md")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -161,7 +161,7 @@ func TestBadInputCatalogIsDocumented(t *testing.T) {
 	check := func(name string) {
 		n++
 		if !bytes.Contains(doc, []byte("| "+name+" |")) {
-			t.Errorf("docs/bad-input.md has no row %q", "| "+name+" |")
+			t.Errorf("README.md has no row %q", "| "+name+" |")
 		}
 	}
 	for _, tc := range badConfig {
