@@ -283,7 +283,7 @@ func testMetricsAddressInUse(t *testing.T) {
 // after its first failed discovery and every retry failed with "connection
 // is closed".
 func testSourceUnreachable(t *testing.T) {
-	srcAddr, metrics := freePort(t), freePort(t)
+	srcAddr, metrics := testutil.FreeAddr(t), testutil.FreeAddr(t)
 	dst := esdbtest.Start(t, esdbtest.Options{Insecure: true})
 	p := startProcess(t, baseEnv("esdb://"+srcAddr+"?tls=false", dst.ConnectionString(),
 		map[string]string{"DITTO_METRICS_ADDRESS": metrics, "DITTO_CREATE_SUBSCRIPTIONS": "true"}))
@@ -305,7 +305,7 @@ func testSourceUnreachable(t *testing.T) {
 }
 
 func testSourceHostUnknown(t *testing.T) {
-	metrics := freePort(t)
+	metrics := testutil.FreeAddr(t)
 	dst := esdbtest.Start(t, esdbtest.Options{Insecure: true})
 	p := startProcess(t, baseEnv("esdb://no-such-host.invalid:2113?tls=false", dst.ConnectionString(),
 		map[string]string{"DITTO_METRICS_ADDRESS": metrics}))
@@ -320,7 +320,7 @@ func testSourceHostUnknown(t *testing.T) {
 // away, and arrive once it is up; also a regression test for the closed
 // client (see testSourceUnreachable).
 func testDestinationUnreachable(t *testing.T) {
-	dstAddr, metrics := freePort(t), freePort(t)
+	dstAddr, metrics := testutil.FreeAddr(t), testutil.FreeAddr(t)
 	src := esdbtest.Start(t, esdbtest.Options{Insecure: true})
 	e := &env{src: src, srcC: mustClient(t, src.ConnectionString())}
 	e.createGroup(t, "$ce-customer", "ditto", esdb.ConsumerStrategyPinned)

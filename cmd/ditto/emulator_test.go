@@ -1,58 +1,14 @@
 package main
 
 import (
-	"fmt"
-	"net"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/ditto-replicator/ditto/internal/testutil"
 )
-
-var (
-	emulatorOnce sync.Once
-	emulatorPath string
-	emulatorErr  error
-)
-
-// emulatorBinary builds cmd/esdb-emulator once per test run.
-func emulatorBinary(t *testing.T) string {
-	t.Helper()
-	emulatorOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "esdb-emulator-bin")
-		if err != nil {
-			emulatorErr = err
-			return
-		}
-		emulatorPath = filepath.Join(dir, "esdb-emulator")
-		out, err := exec.Command("go", "build", "-o", emulatorPath, "github.com/ditto-replicator/ditto/cmd/esdb-emulator").CombinedOutput()
-		if err != nil {
-			emulatorErr = fmt.Errorf("go build esdb-emulator: %v\n%s", err, out)
-		}
-	})
-	if emulatorErr != nil {
-		t.Fatal(emulatorErr)
-	}
-	return emulatorPath
-}
-
-// freePort returns a 127.0.0.1 address that was free a moment ago; servers
-// restarted on it keep their address, as a real cluster node does.
-func freePort(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
 
 // emulator is an esdb-emulator process on a fixed address with a --db
 // directory, so it can be killed with SIGKILL and restarted losing nothing
@@ -67,7 +23,7 @@ type emulator struct {
 // startEmulator starts an insecure emulator process with a --db directory.
 func startEmulator(t *testing.T, extra ...string) *emulator {
 	t.Helper()
-	em := &emulator{addr: freePort(t), dir: t.TempDir(), args: append([]string{"--insecure"}, extra...)}
+	em := &emulator{addr: testutil.FreeAddr(t), dir: t.TempDir(), args: append([]string{"--insecure"}, extra...)}
 	em.start(t)
 	t.Cleanup(func() { em.proc.kill() })
 	return em
@@ -77,7 +33,7 @@ func startEmulator(t *testing.T, extra ...string) *emulator {
 func (em *emulator) start(t *testing.T) {
 	t.Helper()
 	args := append([]string{"--addr", em.addr, "--db", em.dir}, em.args...)
-	cmd := exec.Command(emulatorBinary(t), args...)
+	cmd := exec.Command(testutil.Binary(t, "github.com/ditto-replicator/ditto/cmd/esdb-emulator"), args...)
 	p := &process{cmd: cmd, output: &syncBuffer{}, exited: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.output, p.output
 	if err := cmd.Start(); err != nil {

@@ -6,9 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -19,33 +17,6 @@ import (
 	"github.com/ditto-replicator/ditto/verify"
 )
 
-var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
-)
-
-// dittoBinary builds the ditto command once per test run.
-func dittoBinary(t *testing.T) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "ditto-bin")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "ditto")
-		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return binPath
-}
-
 // process is ditto running as a child process.
 type process struct {
 	cmd    *exec.Cmd
@@ -55,7 +26,7 @@ type process struct {
 
 func startProcess(t *testing.T, env map[string]string, args ...string) *process {
 	t.Helper()
-	cmd := exec.Command(dittoBinary(t), args...)
+	cmd := exec.Command(testutil.Binary(t, "github.com/ditto-replicator/ditto/cmd/ditto"), args...)
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}
 	for k, v := range env {
 		cmd.Env = append(cmd.Env, k+"="+v)
@@ -86,45 +57,6 @@ func (p *process) exitCode(t *testing.T) int {
 		t.Fatalf("ditto did not exit; output:\n%s", p.output.String())
 	}
 	return p.cmd.ProcessState.ExitCode()
-}
-
-func TestBadConfigurationExitsWithCode2(t *testing.T) {
-	valid := map[string]string{
-		"DITTO_SOURCE_CONNECTION_STRING":      "esdb://127.0.0.1:1?tls=false",
-		"DITTO_DESTINATION_CONNECTION_STRING": "esdb://127.0.0.1:2?tls=false",
-		"DITTO_SUBSCRIPTIONS":                 "$ce-customer:ditto",
-	}
-	cases := map[string]struct {
-		set  map[string]string
-		want string
-	}{
-		"missing source":    {map[string]string{"DITTO_SOURCE_CONNECTION_STRING": ""}, "DITTO_SOURCE_CONNECTION_STRING is required"},
-		"bad buffer":        {map[string]string{"DITTO_BUFFER_SIZE": "-3"}, "DITTO_BUFFER_SIZE=-3 is out of range"},
-		"bad duration":      {map[string]string{"DITTO_TIME_TO_LIVE": "forever"}, "DITTO_TIME_TO_LIVE"},
-		"bad subscriptions": {map[string]string{"DITTO_SUBSCRIPTIONS": "nogroup"}, "DITTO_SUBSCRIPTIONS"},
-	}
-	for name, tc := range cases {
-		t.Run(name, func(t *testing.T) {
-			env := map[string]string{}
-			for k, v := range valid {
-				env[k] = v
-			}
-			for k, v := range tc.set {
-				if v == "" {
-					delete(env, k)
-				} else {
-					env[k] = v
-				}
-			}
-			p := startProcess(t, env)
-			if code := p.exitCode(t); code != 2 {
-				t.Fatalf("exit code %d, want 2; output:\n%s", code, p.output)
-			}
-			if !strings.Contains(p.output.String(), tc.want) {
-				t.Fatalf("output does not contain %q:\n%s", tc.want, p.output)
-			}
-		})
-	}
 }
 
 func TestConfigCommandListsEveryVariable(t *testing.T) {

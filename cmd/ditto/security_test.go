@@ -52,7 +52,7 @@ func TestTLSEndToEnd(t *testing.T) {
 	streams := e.seed(t, "customer", 5, 4)
 
 	t.Run("verification on without a trusted CA", func(t *testing.T) {
-		metrics := freePort(t)
+		metrics := testutil.FreeAddr(t)
 		noCA := strings.Replace(srcCS, "&tlsCAFile="+e.src.CAFile(), "", 1)
 		p := startProcess(t, baseEnv(noCA, dstCS, map[string]string{"DITTO_METRICS_ADDRESS": metrics}))
 		testutil.Eventually(t, 30*time.Second, "certificate rejected, retrying, not ready", func() bool {
@@ -91,7 +91,7 @@ func TestNoSecretInOutput(t *testing.T) {
 		all.WriteString("=== " + what + "\n" + s + "\n")
 	}
 
-	metrics := freePort(t)
+	metrics := testutil.FreeAddr(t)
 	p := startProcess(t, baseEnv(srcCS, dstCS, map[string]string{"DITTO_METRICS_ADDRESS": metrics, "DITTO_LOG_LEVEL": "debug"}))
 	e.waitIdentical(t, verify.Options{Streams: streams})
 	for _, path := range []string{"/metrics", "/health/ready", "/health/live"} {
@@ -268,7 +268,7 @@ func TestClientCertificate(t *testing.T) {
 	base := "esdb://admin:" + serverPassword + "@" + front + "?tls=true&tlsCAFile=" + p.caFile
 
 	t.Run("without a client certificate", func(t *testing.T) {
-		metrics := freePort(t)
+		metrics := testutil.FreeAddr(t)
 		proc := startProcess(t, baseEnv(base, e.dst.ConnectionString(), map[string]string{"DITTO_METRICS_ADDRESS": metrics}))
 		testutil.Eventually(t, 30*time.Second, "handshake rejected, retrying, not ready", func() bool {
 			code, _ := readyStatus(metrics)

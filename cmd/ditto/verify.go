@@ -3,9 +3,10 @@ package main
 import (
 	"context"
 	"fmt"
-	"github.com/rs/zerolog"
 	"io"
 	"os"
+
+	"github.com/rs/zerolog"
 
 	"github.com/ditto-replicator/ditto/config"
 	"github.com/ditto-replicator/ditto/verify"

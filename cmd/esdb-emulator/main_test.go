@@ -6,9 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -17,30 +15,9 @@ import (
 
 	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
 	"github.com/google/uuid"
+
+	"github.com/ditto-replicator/ditto/internal/testutil"
 )
-
-// buildEmulator compiles this command into a temporary directory.
-func buildEmulator(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "esdb-emulator")
-	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
-	if err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
-}
-
-// freeAddr picks a free loopback port. The emulator must come back on the
-// same address after a restart, so the port is chosen here.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
 
 // proc is a running emulator process.
 type proc struct {
@@ -123,8 +100,8 @@ func streamIDs(t *testing.T, c *esdb.Client, stream string) []uuid.UUID {
 // process is killed with SIGKILL, restarts it on the same --db, and checks
 // that every acknowledged event is there, in order.
 func TestKill9LosesNothingAcknowledged(t *testing.T) {
-	bin := buildEmulator(t)
-	addr, dir := freeAddr(t), t.TempDir()
+	bin := testutil.Binary(t, "github.com/ditto-replicator/ditto/cmd/esdb-emulator")
+	addr, dir := testutil.FreeAddr(t), t.TempDir()
 	p, _ := startProc(t, bin, "--addr", addr, "--insecure", "--db", dir)
 	c := connect(t, addr)
 
@@ -199,7 +176,7 @@ func TestKill9LosesNothingAcknowledged(t *testing.T) {
 }
 
 func TestSIGTERMStopsCleanly(t *testing.T) {
-	bin := buildEmulator(t)
+	bin := testutil.Binary(t, "github.com/ditto-replicator/ditto/cmd/esdb-emulator")
 	p, line := startProc(t, bin, "--addr", "127.0.0.1:0")
 	if strings.Contains(line, "changeit") || !strings.Contains(line, "tls=true") {
 		t.Fatalf("announcement %q must name a TLS connection string without the password", line)
