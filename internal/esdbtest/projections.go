@@ -166,7 +166,12 @@ func (s *Store) linkMetadata(src *Record, origin string, deleted bool, projID in
 	b = append(b, `,"$causedBy":"`...)
 	b = appendUUID(b, src.ID)
 	b = append(b, '"')
-	if corr := correlationID(src.Metadata); corr != nil {
+	// One source record gets several links ($ce-, $et-, $streams): parse
+	// its metadata once.
+	if s.corrSrc != src {
+		s.corrSrc, s.corrVal = src, correlationID(src.Metadata)
+	}
+	if corr := s.corrVal; corr != nil {
 		b = append(b, `,"$correlationId":`...)
 		b = append(b, corr...)
 	}

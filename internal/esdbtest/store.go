@@ -144,10 +144,12 @@ type Store struct {
 
 	// Per-commit scratch state, reused to keep the append path
 	// allocation-light. Guarded by mu.
-	pending []*Record               // records of the running commit, in log order
-	slab    []Record                // preallocated records handed out by newRecord
-	bytes   []byte                  // preallocated byte space handed out by keep
-	scratch []byte                  // builder for link data and metadata
+	pending []*Record // records of the running commit, in log order
+	slab    []Record  // preallocated records handed out by newRecord
+	bytes   []byte    // preallocated byte space handed out by keep
+	scratch []byte    // builder for link data and metadata
+	corrSrc *Record   // record whose $correlationId corrVal holds (projections)
+	corrVal json.RawMessage
 	rng     *rand.PCG               // link event ids; crypto strength is not needed
 	now     time.Time               // timestamp of the running commit
 	et      map[string]*streamState // $et-<type> by type, a projection cache
