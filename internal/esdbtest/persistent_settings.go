@@ -211,15 +211,7 @@ func settingsFromCreate(req *persistent.CreateReq) (*psSettings, error) {
 		s.StartRevision = int64(o.GetSettings().GetRevision())
 	}
 	st := o.GetSettings()
-	s.ResolveLinks = st.GetResolveLinks()
-	s.ExtraStatistics = st.GetExtraStatistics()
-	s.MaxRetryCount = st.GetMaxRetryCount()
-	s.MinCheckpointCount = st.GetMinCheckpointCount()
-	s.MaxCheckpointCount = st.GetMaxCheckpointCount()
-	s.MaxSubscriberCount = st.GetMaxSubscriberCount()
-	s.LiveBufferSize = st.GetLiveBufferSize()
-	s.ReadBatchSize = st.GetReadBatchSize()
-	s.HistoryBufferSize = st.GetHistoryBufferSize()
+	s.setCommon(st)
 	switch t := st.GetMessageTimeout().(type) {
 	case *persistent.CreateReq_Settings_MessageTimeoutMs:
 		s.MessageTimeoutMs = t.MessageTimeoutMs
@@ -270,15 +262,7 @@ func settingsFromUpdate(req *persistent.UpdateReq) (*psSettings, error) {
 		s.StartRevision = int64(o.GetSettings().GetRevision())
 	}
 	st := o.GetSettings()
-	s.ResolveLinks = st.GetResolveLinks()
-	s.ExtraStatistics = st.GetExtraStatistics()
-	s.MaxRetryCount = st.GetMaxRetryCount()
-	s.MinCheckpointCount = st.GetMinCheckpointCount()
-	s.MaxCheckpointCount = st.GetMaxCheckpointCount()
-	s.MaxSubscriberCount = st.GetMaxSubscriberCount()
-	s.LiveBufferSize = st.GetLiveBufferSize()
-	s.ReadBatchSize = st.GetReadBatchSize()
-	s.HistoryBufferSize = st.GetHistoryBufferSize()
+	s.setCommon(st)
 	switch t := st.GetMessageTimeout().(type) {
 	case *persistent.UpdateReq_Settings_MessageTimeoutMs:
 		s.MessageTimeoutMs = t.MessageTimeoutMs
@@ -327,4 +311,30 @@ func streamOf(id *shared.StreamIdentifier, all bool) string {
 		return allStream
 	}
 	return string(id.GetStreamName())
+}
+
+// wireSettings is what CreateReq.Settings and UpdateReq.Settings share.
+type wireSettings interface {
+	GetResolveLinks() bool
+	GetExtraStatistics() bool
+	GetMaxRetryCount() int32
+	GetMinCheckpointCount() int32
+	GetMaxCheckpointCount() int32
+	GetMaxSubscriberCount() int32
+	GetLiveBufferSize() int32
+	GetReadBatchSize() int32
+	GetHistoryBufferSize() int32
+}
+
+// setCommon copies the settings Create and Update carry alike.
+func (s *psSettings) setCommon(st wireSettings) {
+	s.ResolveLinks = st.GetResolveLinks()
+	s.ExtraStatistics = st.GetExtraStatistics()
+	s.MaxRetryCount = st.GetMaxRetryCount()
+	s.MinCheckpointCount = st.GetMinCheckpointCount()
+	s.MaxCheckpointCount = st.GetMaxCheckpointCount()
+	s.MaxSubscriberCount = st.GetMaxSubscriberCount()
+	s.LiveBufferSize = st.GetLiveBufferSize()
+	s.ReadBatchSize = st.GetReadBatchSize()
+	s.HistoryBufferSize = st.GetHistoryBufferSize()
 }
