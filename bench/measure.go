@@ -81,16 +81,11 @@ type baseline1Result struct {
 // ack.
 func baseline1(ctx context.Context, source, destination string, group string, sample int, maxTime time.Duration) (baseline1Result, error) {
 	var res baseline1Result
-	src, err := newClient(source)
+	src, dst, closeClients, err := newClients(source, destination)
 	if err != nil {
 		return res, err
 	}
-	defer src.Close()
-	dst, err := newClient(destination)
-	if err != nil {
-		return res, err
-	}
-	defer dst.Close()
+	defer closeClients()
 	ctx, cancel := context.WithTimeout(ctx, maxTime+30*time.Second)
 	defer cancel()
 
@@ -218,16 +213,11 @@ func steadyLag(ctx context.Context, source, destination string, w workload, rate
 	if w.streams%writers != 0 {
 		return res, fmt.Errorf("streams (%d) must be a multiple of writers (%d)", w.streams, writers)
 	}
-	src, err := newClient(source)
+	src, dst, closeClients, err := newClients(source, destination)
 	if err != nil {
 		return res, err
 	}
-	defer src.Close()
-	dst, err := newClient(destination)
-	if err != nil {
-		return res, err
-	}
-	defer dst.Close()
+	defer closeClients()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
@@ -343,4 +333,17 @@ func steadyLag(ctx context.Context, source, destination string, w workload, rate
 		return res, fmt.Errorf("only %d of %d events reached the destination within 30s of the last append", res.seen, res.sent)
 	}
 	return res, nil
+}
+
+// newClients connects to the source and the destination; closeClients
+// closes both.
+func newClients(source, destination string) (src, dst *esdb.Client, closeClients func(), err error) {
+	if src, err = newClient(source); err != nil {
+		return nil, nil, nil, err
+	}
+	if dst, err = newClient(destination); err != nil {
+		src.Close()
+		return nil, nil, nil, err
+	}
+	return src, dst, func() { src.Close(); dst.Close() }, nil
 }

@@ -466,15 +466,7 @@ func (s *Store) writeUndelete(st *streamState, first int64) {
 	}
 	m["$tb"] = json.RawMessage(strconv.FormatInt(first, 10))
 	data, _ := json.Marshal(m) // a map of raw JSON values always marshals
-	ms := s.stream("$$" + st.name)
-	rec := s.newRecord()
-	rec.Stream = ms.name
-	rec.Number = ms.last() + 1
-	rec.ID = s.newID()
-	rec.Type = "$metadata"
-	rec.IsJSON = true
-	rec.Data = s.keep(data)
-	s.add(rec)
+	s.emitMeta(st, data)
 }
 
 // LastEventNumber is the stream's last event number, -1 if it has none

@@ -345,10 +345,8 @@ func (s *streamsService) readStream(srv streams.Streams_ReadServer, so *streams.
 		if len(recs) == 0 {
 			return nil
 		}
-		for _, r := range recs {
-			if err := srv.Send(eventResp(r, asString)); err != nil {
-				return err
-			}
+		if err := sendEvents(srv, recs, asString); err != nil {
+			return err
 		}
 		count -= uint64(len(recs))
 		last := recs[len(recs)-1].Original().Number
@@ -394,10 +392,8 @@ func (s *streamsService) readAll(srv streams.Streams_ReadServer, ao *streams.Rea
 		if len(recs) == 0 {
 			return nil
 		}
-		for _, r := range recs {
-			if err := srv.Send(eventResp(r, asString)); err != nil {
-				return err
-			}
+		if err := sendEvents(srv, recs, asString); err != nil {
+			return err
 		}
 		count -= uint64(len(recs))
 		last := recs[len(recs)-1].Original().Position
@@ -707,4 +703,14 @@ func (s *streamsService) Tombstone(ctx context.Context, req *streams.TombstoneRe
 	}
 	return &streams.TombstoneResp{PositionOption: &streams.TombstoneResp_Position_{Position: &streams.TombstoneResp_Position{
 		CommitPosition: pos, PreparePosition: pos}}}, nil
+}
+
+// sendEvents sends recs as ReadResp events, in order.
+func sendEvents(srv streams.Streams_ReadServer, recs []ResolvedRecord, asString bool) error {
+	for _, r := range recs {
+		if err := srv.Send(eventResp(r, asString)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
