@@ -37,7 +37,13 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/ditto-replicator/ditto/internal/pbwire"
 )
+
+// The baselines' clients use ditto's codec too, so the raw limit is the
+// destination's and not the protobuf runtime's.
+func init() { pbwire.Register() }
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))

@@ -15,7 +15,11 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/ditto-replicator/ditto/config"
+	"github.com/ditto-replicator/ditto/internal/pbwire"
 )
+
+// The hand-written codec for deliveries and appends; see package pbwire.
+func init() { pbwire.Register() }
 
 const usage = `ditto replicates KurrentDB/EventStoreDB events to their original streams.
 

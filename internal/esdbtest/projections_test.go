@@ -126,3 +126,23 @@ func TestAppendUUIDMatchesString(t *testing.T) {
 		}
 	}
 }
+
+// TestCorrelationID: the shortcut for a leading plain-string $correlationId
+// agrees with a full JSON parse.
+func TestCorrelationID(t *testing.T) {
+	for meta, want := range map[string]string{
+		`{"$correlationId":"c-1","producer":"x"}`:   `"c-1"`,
+		`{"$correlationId":"c\"1"}`:                 `"c\"1"`,
+		`{"producer":"x","$correlationId":"c-2"}`:   `"c-2"`,
+		`{"$correlationId":42}`:                     `42`,
+		`{ "$correlationId" : "c-3" }`:              `"c-3"`,
+		`{"$correlationId":"c-4"`:                   ``, // not JSON
+		`{"$correlationId":"c-5"}garbage`:           ``,
+		`{"other":"\"$correlationId\""}`:            ``,
+		`{"$correlationId":"c-6","$correlationId":`: ``,
+	} {
+		if got := string(correlationID([]byte(meta))); got != want {
+			t.Errorf("correlationID(%s) = %s, want %s", meta, got, want)
+		}
+	}
+}

@@ -28,6 +28,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
+
+	"github.com/ditto-replicator/ditto/internal/pbwire"
 )
 
 // Options configure a server. The zero value is a TLS server with a fresh
@@ -121,6 +123,8 @@ func (s *Server) start() error {
 	auth := authenticator{insecure: s.opts.Insecure}
 	recvLimit := max(s.opts.MaxAppendSize+(64<<10), 4<<20)
 	s.grpc = grpc.NewServer(
+		// Deliveries and appends are encoded by hand (package pbwire).
+		grpc.ForceServerCodecV2(pbwire.Codec{}),
 		grpc.MaxRecvMsgSize(recvLimit),
 		grpc.MaxSendMsgSize(maxSendMsgSize),
 		// The client pings every 10 s even without calls (§0).
