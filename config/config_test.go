@@ -32,7 +32,7 @@ func TestDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Sink != "eventstore" || c.BufferSize != 5000 || c.ConsumersPerSubscription != 1 || c.MetricsAddress != ":5000" ||
+	if c.Sink != "eventstore" || c.BufferSize != 10000 || c.ConsumersPerSubscription != 1 || c.MetricsAddress != ":5000" ||
 		c.LogLevel != "info" || c.LogFormat != "json" || c.SkipVersionCheck || c.ReadOnly || c.TimeToLive != 0 {
 		t.Fatalf("unexpected defaults: %+v", c)
 	}

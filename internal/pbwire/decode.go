@@ -65,7 +65,6 @@ type readRespBlock struct {
 	content persistent.ReadResp_Event
 	event   persistent.ReadResp_ReadEvent
 	rec     [2]recordedBlock
-	pos     persistent.ReadResp_ReadEvent_CommitPosition
 	count   persistent.ReadResp_ReadEvent_RetryCount
 }
 
@@ -129,8 +128,9 @@ func decodeReadEvent(b []byte, blk *readRespBlock) error {
 			}
 			*slot = &rb.rec
 		case f.typ == protowire.VarintType && f.num == fReadEventCommitPosition:
-			blk.pos.CommitPosition = f.x
-			e.Position = &blk.pos
+			// Apart: the client keeps a pointer to the position, which
+			// would keep the whole block alive while the event is in flight.
+			e.Position = &persistent.ReadResp_ReadEvent_CommitPosition{CommitPosition: f.x}
 		case f.typ == protowire.BytesType && f.num == fReadEventNoPosition && len(f.v) == 0:
 			e.Position = &persistent.ReadResp_ReadEvent_NoPosition{NoPosition: &shared.Empty{}}
 		case f.typ == protowire.VarintType && f.num == fReadEventRetryCount:
