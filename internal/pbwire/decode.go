@@ -48,6 +48,38 @@ func next(b []byte) (field, []byte, error) {
 	return f, b[n:], nil
 }
 
+// fields calls fn for each field of b in order, stopping at the first error.
+func fields(b []byte, fn func(field) error) error {
+	for len(b) > 0 {
+		f, rest, err := next(b)
+		if err != nil {
+			return err
+		}
+		if err := fn(f); err != nil {
+			return err
+		}
+		b = rest
+	}
+	return nil
+}
+
+// single decodes a message whose only field is the sub-message num, present
+// exactly once (the oneof case the hand decoders handle).
+func single(b []byte, num protowire.Number, decode func([]byte) error) error {
+	seen := false
+	err := fields(b, func(f field) error {
+		if f.num != num || f.typ != protowire.BytesType || seen {
+			return errShape
+		}
+		seen = true
+		return decode(f.v)
+	})
+	if err == nil && !seen {
+		return errShape
+	}
+	return err
+}
+
 // str returns b as a string sharing its memory.
 func str(b []byte) (string, error) {
 	if len(b) == 0 {
@@ -83,23 +115,8 @@ type uuidBlock struct {
 func decodeReadResp(b []byte, m *persistent.ReadResp) error {
 	m.Reset()
 	blk := new(readRespBlock)
-	seen := false
-	for len(b) > 0 {
-		f, rest, err := next(b)
-		if err != nil {
-			return err
-		}
-		b = rest
-		if f.num != fReadRespEvent || f.typ != protowire.BytesType || seen {
-			return errShape
-		}
-		seen = true
-		if err := decodeReadEvent(f.v, blk); err != nil {
-			return err
-		}
-	}
-	if !seen {
-		return errShape
+	if err := single(b, fReadRespEvent, func(v []byte) error { return decodeReadEvent(v, blk) }); err != nil {
+		return err
 	}
 	blk.content.Event = &blk.event
 	m.Content = &blk.content
@@ -108,12 +125,7 @@ func decodeReadResp(b []byte, m *persistent.ReadResp) error {
 
 func decodeReadEvent(b []byte, blk *readRespBlock) error {
 	e := &blk.event
-	for len(b) > 0 {
-		f, rest, err := next(b)
-		if err != nil {
-			return err
-		}
-		b = rest
+	return fields(b, func(f field) error {
 		switch {
 		case f.typ == protowire.BytesType && (f.num == fReadEventEvent || f.num == fReadEventLink):
 			slot, rb := &e.Event, &blk.rec[0]
@@ -123,10 +135,8 @@ func decodeReadEvent(b []byte, blk *readRespBlock) error {
 			if *slot != nil {
 				return errShape
 			}
-			if err := decodeRecorded(f.v, rb); err != nil {
-				return err
-			}
 			*slot = &rb.rec
+			return decodeRecorded(f.v, rb)
 		case f.typ == protowire.VarintType && f.num == fReadEventCommitPosition:
 			// Apart: the client keeps a pointer to the position, which
 			// would keep the whole block alive while the event is in flight.
@@ -141,18 +151,13 @@ func decodeReadEvent(b []byte, blk *readRespBlock) error {
 		default:
 			return errShape
 		}
-	}
-	return nil
+		return nil
+	})
 }
 
 func decodeRecorded(b []byte, rb *recordedBlock) error {
 	r := &rb.rec
-	for len(b) > 0 {
-		f, rest, err := next(b)
-		if err != nil {
-			return err
-		}
-		b = rest
+	return fields(b, func(f field) error {
 		switch {
 		case f.typ == protowire.VarintType && f.num == fRecStreamRevision:
 			r.StreamRevision = f.x
@@ -163,27 +168,15 @@ func decodeRecorded(b []byte, rb *recordedBlock) error {
 		case f.typ != protowire.BytesType:
 			return errShape
 		case f.num == fRecID:
-			if r.Id != nil {
-				return errShape
-			}
-			if r.Id, err = decodeUUID(f.v, &rb.uuidBlock); err != nil {
-				return err
-			}
+			return decodeID(f.v, &r.Id, &rb.uuidBlock)
 		case f.num == fRecStream:
 			if r.StreamIdentifier != nil {
 				return errShape
 			}
-			if err := decodeStreamIdentifier(f.v, &rb.stream); err != nil {
-				return err
-			}
 			r.StreamIdentifier = &rb.stream
+			return decodeStreamIdentifier(f.v, &rb.stream)
 		case f.num == fRecMetadata:
-			if r.Metadata == nil {
-				r.Metadata = make(map[string]string, 4)
-			}
-			if err := decodeMapEntry(f.v, r.Metadata); err != nil {
-				return err
-			}
+			return decodeMapEntry(f.v, &r.Metadata)
 		case f.num == fRecCustomMetadata:
 			r.CustomMetadata = f.v
 		case f.num == fRecData:
@@ -191,8 +184,8 @@ func decodeRecorded(b []byte, rb *recordedBlock) error {
 		default:
 			return errShape
 		}
-	}
-	return nil
+		return nil
+	})
 }
 
 // appendReqBlock holds every message of a proposed event: one allocation.
@@ -205,23 +198,8 @@ type appendReqBlock struct {
 func decodeAppendReq(b []byte, m *streams.AppendReq) error {
 	m.Reset()
 	blk := new(appendReqBlock)
-	seen := false
-	for len(b) > 0 {
-		f, rest, err := next(b)
-		if err != nil {
-			return err
-		}
-		b = rest
-		if f.num != fAppendProposed || f.typ != protowire.BytesType || seen {
-			return errShape
-		}
-		seen = true
-		if err := decodeProposed(f.v, blk); err != nil {
-			return err
-		}
-	}
-	if !seen {
-		return errShape
+	if err := single(b, fAppendProposed, func(v []byte) error { return decodeProposed(v, blk) }); err != nil {
+		return err
 	}
 	blk.content.ProposedMessage = &blk.proposed
 	m.Content = &blk.content
@@ -230,30 +208,15 @@ func decodeAppendReq(b []byte, m *streams.AppendReq) error {
 
 func decodeProposed(b []byte, blk *appendReqBlock) error {
 	p := &blk.proposed
-	for len(b) > 0 {
-		f, rest, err := next(b)
-		if err != nil {
-			return err
-		}
-		b = rest
+	return fields(b, func(f field) error {
 		if f.typ != protowire.BytesType {
 			return errShape
 		}
 		switch f.num {
 		case fPropID:
-			if p.Id != nil {
-				return errShape
-			}
-			if p.Id, err = decodeUUID(f.v, &blk.uuid); err != nil {
-				return err
-			}
+			return decodeID(f.v, &p.Id, &blk.uuid)
 		case fPropMetadata:
-			if p.Metadata == nil {
-				p.Metadata = make(map[string]string, 4)
-			}
-			if err := decodeMapEntry(f.v, p.Metadata); err != nil {
-				return err
-			}
+			return decodeMapEntry(f.v, &p.Metadata)
 		case fPropCustomMetadata:
 			p.CustomMetadata = f.v
 		case fPropData:
@@ -261,46 +224,35 @@ func decodeProposed(b []byte, blk *appendReqBlock) error {
 		default:
 			return errShape
 		}
-	}
-	return nil
+		return nil
+	})
 }
 
-// decodeUUID decodes into blk, which holds the messages of the structured form.
-func decodeUUID(b []byte, blk *uuidBlock) (*shared.UUID, error) {
+// decodeID decodes an event id into *slot, using blk for the messages of the
+// structured form; a second id is left to protobuf, which merges them.
+func decodeID(b []byte, slot **shared.UUID, blk *uuidBlock) error {
+	if *slot != nil {
+		return errShape
+	}
 	u := &blk.uuid
-	for len(b) > 0 {
-		f, rest, err := next(b)
-		if err != nil {
-			return nil, err
-		}
-		b = rest
+	*slot = u
+	return fields(b, func(f field) error {
 		switch {
 		case f.typ == protowire.BytesType && f.num == fUUIDStructured && u.Value == nil:
-			if err := decodeStructured(f.v, &blk.struct_); err != nil {
-				return nil, err
-			}
 			blk.value.Structured = &blk.struct_
 			u.Value = &blk.value
+			return decodeStructured(f.v, &blk.struct_)
 		case f.typ == protowire.BytesType && f.num == fUUIDString:
 			v, err := str(f.v)
-			if err != nil {
-				return nil, err
-			}
 			u.Value = &shared.UUID_String_{String_: v}
-		default:
-			return nil, errShape
+			return err
 		}
-	}
-	return u, nil
+		return errShape
+	})
 }
 
 func decodeStructured(b []byte, s *shared.UUID_Structured) error {
-	for len(b) > 0 {
-		f, rest, err := next(b)
-		if err != nil {
-			return err
-		}
-		b = rest
+	return fields(b, func(f field) error {
 		switch {
 		case f.typ == protowire.VarintType && f.num == fStructMost:
 			s.MostSignificantBits = int64(f.x)
@@ -309,48 +261,42 @@ func decodeStructured(b []byte, s *shared.UUID_Structured) error {
 		default:
 			return errShape
 		}
-	}
-	return nil
+		return nil
+	})
 }
 
 func decodeStreamIdentifier(b []byte, s *shared.StreamIdentifier) error {
-	for len(b) > 0 {
-		f, rest, err := next(b)
-		if err != nil {
-			return err
-		}
-		b = rest
+	return fields(b, func(f field) error {
 		if f.typ != protowire.BytesType || f.num != fStreamName {
 			return errShape
 		}
 		s.StreamName = f.v
-	}
-	return nil
+		return nil
+	})
 }
 
-// decodeMapEntry adds one map<string, string> entry; as in protobuf, a later
-// entry for the same key wins.
-func decodeMapEntry(b []byte, m map[string]string) error {
+// decodeMapEntry adds one map<string, string> entry to *m, making the map on
+// the first; as in protobuf, a later entry for the same key wins.
+func decodeMapEntry(b []byte, m *map[string]string) error {
 	var k, v string
-	for len(b) > 0 {
-		f, rest, err := next(b)
-		if err != nil {
-			return err
-		}
-		b = rest
+	err := fields(b, func(f field) error {
 		if f.typ != protowire.BytesType || (f.num != fMapKey && f.num != fMapValue) {
 			return errShape
 		}
 		s, err := str(f.v)
-		if err != nil {
-			return err
-		}
 		if f.num == fMapKey {
 			k = s
 		} else {
 			v = s
 		}
+		return err
+	})
+	if err != nil {
+		return err
 	}
-	m[k] = v
+	if *m == nil {
+		*m = make(map[string]string, 4)
+	}
+	(*m)[k] = v
 	return nil
 }
