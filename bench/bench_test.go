@@ -202,11 +202,13 @@ func TestBaselinesReplicate(t *testing.T) {
 		t.Errorf("waitDestination on a complete destination: %v", err)
 	}
 
-	dst2 := esdbtest.Start(t, esdbtest.Options{Insecure: true})
-	if _, err := baseline2(ctx, dst2.ConnectionString(), w, 7, 3, 30*time.Second); err != nil {
-		t.Fatal(err)
+	for _, batchAppend := range []bool{false, true} {
+		dst2 := esdbtest.Start(t, esdbtest.Options{Insecure: true})
+		if _, err := baseline2(ctx, dst2.ConnectionString(), w, 7, 3, batchAppend, 30*time.Second); err != nil {
+			t.Fatalf("batchAppend %v: %v", batchAppend, err)
+		}
+		checkCopy(t, dst2.Store(), w)
 	}
-	checkCopy(t, dst2.Store(), w)
 
 	// A destination that never fills up is reported, not waited on forever.
 	empty := esdbtest.Start(t, esdbtest.Options{Insecure: true})

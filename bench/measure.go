@@ -9,7 +9,12 @@ import (
 	"time"
 
 	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
+	"github.com/EventStore/EventStore-Client-Go/v4/protos/shared"
+	streamspb "github.com/EventStore/EventStore-Client-Go/v4/protos/streams"
+	"github.com/google/uuid"
+	"google.golang.org/protobuf/types/known/emptypb"
 
+	"github.com/ditto-replicator/ditto/internal/esdbconn"
 	"github.com/ditto-replicator/ditto/internal/esdbtest"
 )
 
@@ -135,18 +140,30 @@ func baseline1(ctx context.Context, source, destination string, group string, sa
 // to a fresh destination, batch events per append (expected revision n-1),
 // by writers concurrent writers, each taking whole streams so that a
 // stream's batches stay in order. No subscription is involved. A workload
-// of one stream therefore has one writer.
-func baseline2(ctx context.Context, destination string, w workload, batch, writers int, limit time.Duration) (time.Duration, error) {
-	dst, err := newClient(destination)
+// of one stream therefore has one writer. With batchAppend the appends go
+// through Streams.BatchAppend, one gRPC stream per writer, else through the
+// client's Append.
+func baseline2(ctx context.Context, destination string, w workload, batch, writers int, batchAppend bool, limit time.Duration) (time.Duration, error) {
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	open, closeAll, err := rawAppenders(ctx, destination, batchAppend)
 	if err != nil {
 		return 0, err
 	}
-	defer dst.Close()
-	ctx, cancel := context.WithTimeout(ctx, limit)
-	defer cancel()
+	defer closeAll()
 	// Warm the connection up so that connecting is not measured.
-	if _, err := dst.AppendToStream(ctx, "warmup-1", esdb.AppendToStreamOptions{}, esdb.EventData{EventType: "warmup", ContentType: esdb.ContentTypeJson, Data: []byte("{}")}); err != nil {
+	warm, err := open()
+	if err != nil {
+		return 0, err
+	}
+	if err := warm(ctx, "warmup-1", 0, []esdb.EventData{{EventID: uuid.New(), EventType: "warmup", ContentType: esdb.ContentTypeJson, Data: []byte("{}")}}); err != nil {
 		return 0, fmt.Errorf("baseline 2: warm-up append: %w", err)
+	}
+	appenders := make([]rawAppender, min(writers, w.streams))
+	for i := range appenders {
+		if appenders[i], err = open(); err != nil {
+			return 0, err
+		}
 	}
 	streams := make(chan int, w.streams)
 	for s := 0; s < w.streams; s++ {
@@ -156,7 +173,7 @@ func baseline2(ctx context.Context, destination string, w workload, batch, write
 	var wg sync.WaitGroup
 	var firstErr atomic.Pointer[error]
 	start := time.Now()
-	for range min(writers, w.streams) {
+	for _, appendBatch := range appenders {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -171,7 +188,7 @@ func baseline2(ctx context.Context, destination string, w workload, batch, write
 					for k := from; k < min(from+batch, n); k++ {
 						buf = append(buf, w.eventData(w.indexOf(s, k)))
 					}
-					if _, err := dst.AppendToStream(ctx, w.stream(s), esdb.AppendToStreamOptions{ExpectedRevision: expectedBefore(uint64(from))}, buf...); err != nil {
+					if err := appendBatch(ctx, w.stream(s), uint64(from), buf); err != nil {
 						err = fmt.Errorf("baseline 2: appending %s from %d: %w", w.stream(s), from, err)
 						firstErr.CompareAndSwap(nil, &err)
 						cancel()
@@ -190,6 +207,78 @@ func baseline2(ctx context.Context, destination string, w workload, batch, write
 		return 0, fmt.Errorf("baseline 2: not done within %s", limit)
 	}
 	return elapsed, nil
+}
+
+// rawAppender appends events, the numbers from on of one stream, as one
+// write with expected revision from-1.
+type rawAppender func(ctx context.Context, stream string, from uint64, events []esdb.EventData) error
+
+// rawAppenders returns a maker of appenders to destination, each for one
+// writer, and a function closing them all.
+func rawAppenders(ctx context.Context, destination string, batchAppend bool) (open func() (rawAppender, error), closeAll func(), err error) {
+	if !batchAppend {
+		dst, err := newClient(destination)
+		if err != nil {
+			return nil, nil, err
+		}
+		return func() (rawAppender, error) {
+			return func(ctx context.Context, stream string, from uint64, events []esdb.EventData) error {
+				_, err := dst.AppendToStream(ctx, stream, esdb.AppendToStreamOptions{ExpectedRevision: expectedBefore(from)}, events...)
+				return err
+			}, nil
+		}, func() { dst.Close() }, nil
+	}
+	conf, err := esdb.ParseConnectionString(destination)
+	if err != nil {
+		return nil, nil, err
+	}
+	conn, err := esdbconn.DialLeader(ctx, conf, "")
+	if err != nil {
+		return nil, nil, err
+	}
+	return func() (rawAppender, error) {
+		bs, err := streamspb.NewStreamsClient(conn).BatchAppend(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("baseline 2: opening BatchAppend: %w", err)
+		}
+		return func(ctx context.Context, stream string, from uint64, events []esdb.EventData) error {
+			if err := bs.Send(batchAppendReq(stream, from, events)); err != nil {
+				return err
+			}
+			resp, err := bs.Recv()
+			if err != nil {
+				return err
+			}
+			if st := resp.GetError(); st != nil {
+				return fmt.Errorf("refused: %s", st.GetMessage())
+			}
+			return nil
+		}, nil
+	}, func() { conn.Close() }, nil
+}
+
+// batchAppendReq is one final BatchAppend request holding events.
+func batchAppendReq(stream string, from uint64, events []esdb.EventData) *streamspb.BatchAppendReq {
+	opts := &streamspb.BatchAppendReq_Options{StreamIdentifier: &shared.StreamIdentifier{StreamName: []byte(stream)}}
+	if from == 0 {
+		opts.ExpectedStreamPosition = &streamspb.BatchAppendReq_Options_NoStream{NoStream: &emptypb.Empty{}}
+	} else {
+		opts.ExpectedStreamPosition = &streamspb.BatchAppendReq_Options_StreamPosition{StreamPosition: from - 1}
+	}
+	req := &streamspb.BatchAppendReq{CorrelationId: protoID(uuid.New()), Options: opts, IsFinal: true}
+	for _, e := range events {
+		req.ProposedMessages = append(req.ProposedMessages, &streamspb.BatchAppendReq_ProposedMessage{
+			Id:             protoID(e.EventID),
+			Metadata:       map[string]string{"type": e.EventType, "content-type": "application/json"},
+			CustomMetadata: e.Metadata,
+			Data:           e.Data,
+		})
+	}
+	return req
+}
+
+func protoID(id uuid.UUID) *shared.UUID {
+	return &shared.UUID{Value: &shared.UUID_String_{String_: id.String()}}
 }
 
 // lagResult is what a steady-rate run measured.

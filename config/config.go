@@ -40,6 +40,7 @@ type Config struct {
 	Writers                     int           `envconfig:"WRITERS" default:"32" desc:"Streams written concurrently (lanes in flight); events of one stream are always written in order (1-1024)."`
 	BatchMaxEvents              int           `envconfig:"BATCH_MAX_EVENTS" default:"500" desc:"Most events of one stream written in one append (1-10000)."`
 	BatchMaxBytes               int           `envconfig:"BATCH_MAX_BYTES" default:"1000000" desc:"Most bytes (data + metadata + type) in one append; keep it below the destination's maximum append size (1 MiB by default)."`
+	BatchAppend                 bool          `envconfig:"BATCH_APPEND" default:"true" desc:"Append through the destination's BatchAppend call (one message per write on a long-lived stream) when it offers it; false uses one Append call per write, as servers before 21.10 need anyway."`
 	WriteRetries                int           `envconfig:"WRITE_RETRIES" default:"8" desc:"Attempts at a write that fails transiently (or waits for an earlier event) before its events are handed back to the source for redelivery (1-1000)."`
 	RetryBackoffMax             time.Duration `envconfig:"RETRY_BACKOFF_MAX" default:"5s" desc:"Longest pause between two attempts at a write; pauses grow exponentially from 50ms with jitter."`
 	ShutdownTimeout             time.Duration `envconfig:"SHUTDOWN_TIMEOUT" default:"30s" desc:"On SIGTERM/SIGINT, how long in-flight writes may take to finish and be acked before the process exits anyway (unacked events are redelivered)."`

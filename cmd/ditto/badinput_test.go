@@ -342,31 +342,42 @@ func testDestinationUnreachable(t *testing.T) {
 
 // testDestinationDownMidRun: the destination process dies for longer than
 // the client's discovery window while ditto writes to many streams at once.
+// testDestinationDownMidRun runs with both append paths: through BatchAppend
+// on ditto's own connection, which redials, and through the client, which
+// closes itself for good after a failed discovery and must be replaced.
 func testDestinationDownMidRun(t *testing.T) {
-	src := esdbtest.Start(t, esdbtest.Options{Insecure: true})
-	dst := startEmulator(t)
-	e := &env{src: src, srcC: mustClient(t, src.ConnectionString())}
-	e.createGroup(t, "$ce-customer", "ditto", esdb.ConsumerStrategyPinned)
-	streams := e.seed(t, "customer", 20, 2)
-	p := startProcess(t, baseEnv(src.ConnectionString(), dst.connectionString(), map[string]string{"DITTO_LOG_LEVEL": "info"}))
-	e.dstC = mustClient(t, dst.connectionString())
-	e.waitIdentical(t, verify.Options{Streams: streams})
-	dst.proc.kill()
-	for i, s := range streams {
-		e.append(t, s, 2, 3)
-		if i == 0 {
-			testutil.Eventually(t, 30*time.Second, "a failed discovery logged", func() bool {
-				return strings.Contains(p.output.String(), "maximum discovery attempt count reached")
-			})
-		}
+	for _, path := range []struct{ batchAppend, outageLogged string }{
+		{"true", `"message":"retrying write"`},
+		{"false", "maximum discovery attempt count reached"},
+	} {
+		t.Run("DITTO_BATCH_APPEND="+path.batchAppend, func(t *testing.T) {
+			src := esdbtest.Start(t, esdbtest.Options{Insecure: true})
+			dst := startEmulator(t)
+			e := &env{src: src, srcC: mustClient(t, src.ConnectionString())}
+			e.createGroup(t, "$ce-customer", "ditto", esdb.ConsumerStrategyPinned)
+			streams := e.seed(t, "customer", 20, 2)
+			p := startProcess(t, baseEnv(src.ConnectionString(), dst.connectionString(),
+				map[string]string{"DITTO_LOG_LEVEL": "info", "DITTO_BATCH_APPEND": path.batchAppend}))
+			e.dstC = mustClient(t, dst.connectionString())
+			e.waitIdentical(t, verify.Options{Streams: streams})
+			dst.proc.kill()
+			for i, s := range streams {
+				e.append(t, s, 2, 3)
+				if i == 0 {
+					testutil.Eventually(t, 30*time.Second, "the outage logged", func() bool {
+						return strings.Contains(p.output.String(), path.outageLogged)
+					})
+				}
+			}
+			dst.start(t)
+			e.dstC = mustClient(t, dst.connectionString())
+			e.waitIdentical(t, verify.Options{Streams: streams})
+			if n := len(parked(t, e.srcC, "$ce-customer", "ditto")); n != 0 {
+				t.Fatalf("%d events parked during the outage", n)
+			}
+			stopGracefully(t, p)
+		})
 	}
-	dst.start(t)
-	e.dstC = mustClient(t, dst.connectionString())
-	e.waitIdentical(t, verify.Options{Streams: streams})
-	if n := len(parked(t, e.srcC, "$ce-customer", "ditto")); n != 0 {
-		t.Fatalf("%d events parked during the outage", n)
-	}
-	stopGracefully(t, p)
 }
 
 func testWrongSourcePassword(t *testing.T) {

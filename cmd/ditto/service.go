@@ -72,7 +72,16 @@ func newService(cfg *config.Config, log zerolog.Logger, out io.Writer) (*service
 			return nil, fmt.Errorf("DITTO_DESTINATION_CONNECTION_STRING: %w", err)
 		}
 		io := s.metrics.IODuration
+		var batchConf *esdb.Configuration
+		if cfg.BatchAppend {
+			// Parsed again: the client keeps its own copy.
+			if batchConf, err = esdb.ParseConnectionString(cfg.DestinationConnectionString); err != nil {
+				s.close()
+				return nil, fmt.Errorf("DITTO_DESTINATION_CONNECTION_STRING: %w", err)
+			}
+		}
 		es := eventstore.New(s.destination, eventstore.Options{
+			Config:           batchConf,
 			SkipVersionCheck: cfg.SkipVersionCheck,
 			TimeToLive:       cfg.TimeToLive,
 			Observe: func(op string, d time.Duration) {

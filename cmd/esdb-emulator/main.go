@@ -4,7 +4,8 @@
 //
 //	esdb-emulator --addr 127.0.0.1:2113 [--insecure] [--db DIR]
 //	              [--cert FILE --key FILE] [--max-append-size N]
-//	              [--max-append-event-size N] [--allow-remote]
+//	              [--max-append-event-size N] [--no-batch-append]
+//	              [--allow-remote]
 //
 // Once it accepts connections it prints exactly one line naming the address
 // and a connection string (without the password). SIGTERM and SIGINT stop
@@ -40,6 +41,7 @@ func run(args []string) error {
 	key := fs.String("key", "", "PEM private key file for --cert")
 	maxAppend := fs.Int("max-append-size", esdbtest.DefaultMaxAppendSize, "maximum total size of one append in bytes")
 	maxEvent := fs.Int("max-append-event-size", 0, "maximum size of one event in bytes (0: no per-event limit)")
+	noBatch := fs.Bool("no-batch-append", false, "serve Streams.BatchAppend as Unimplemented and do not advertise it, like servers before 21.10")
 	allowRemote := fs.Bool("allow-remote", false, "allow a non-loopback --addr")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -63,6 +65,7 @@ func run(args []string) error {
 		KeyFile:            *key,
 		MaxAppendSize:      *maxAppend,
 		MaxAppendEventSize: *maxEvent,
+		DisableBatchAppend: *noBatch,
 	})
 	if err != nil {
 		return err

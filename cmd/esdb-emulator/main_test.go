@@ -14,7 +14,14 @@ import (
 	"time"
 
 	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
+	"github.com/EventStore/EventStore-Client-Go/v4/protos/serverfeatures"
+	"github.com/EventStore/EventStore-Client-Go/v4/protos/shared"
+	"github.com/EventStore/EventStore-Client-Go/v4/protos/streams"
 	"github.com/google/uuid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	"github.com/ditto-replicator/ditto/internal/testutil"
 )
@@ -204,5 +211,36 @@ func TestRefusesRemoteAddr(t *testing.T) {
 		if err := checkLoopback(addr); err != nil {
 			t.Errorf("%s: %v", addr, err)
 		}
+	}
+}
+
+// TestNoBatchAppendFlag: --no-batch-append hides Streams.BatchAppend from
+// ServerFeatures and serves it as Unimplemented.
+func TestNoBatchAppendFlag(t *testing.T) {
+	bin := testutil.Binary(t, "github.com/ditto-replicator/ditto/cmd/esdb-emulator")
+	_, line := startProc(t, bin, "--addr", "127.0.0.1:0", "--insecure", "--no-batch-append")
+	addr, _, _ := strings.Cut(strings.TrimPrefix(line, "esdb-emulator listening on "), " ")
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	m, err := serverfeatures.NewServerFeaturesClient(conn).GetSupportedMethods(ctx, &shared.Empty{})
+	if err != nil {
+		t.Fatalf("GetSupportedMethods on %s: %v", addr, err)
+	}
+	for _, sm := range m.GetMethods() {
+		if sm.GetMethodName() == "batchappend" {
+			t.Fatalf("batchappend advertised: %v", sm)
+		}
+	}
+	call, err := streams.NewStreamsClient(conn).BatchAppend(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := call.Recv(); status.Code(err) != codes.Unimplemented {
+		t.Fatalf("BatchAppend: %v, want Unimplemented", err)
 	}
 }

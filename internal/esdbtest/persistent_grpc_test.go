@@ -662,6 +662,12 @@ func TestPSGRPCCloseRequeuesInFlight(t *testing.T) {
 	})
 	_ = sub.Close()
 	psDrop(t, ch)
+	// The drop is local; the server requeues 10 and 11 only once it sees
+	// the call end. A consumer that joins before then gets 12 first.
+	psWaitFor(t, "the closed consumer to leave", func() bool {
+		info, err := c.GetPersistentSubscriptionInfo(ctx, "closing", "g", esdb.GetPersistentSubscriptionOptions{})
+		return err == nil && len(info.Connections) == 0
+	})
 	_, ch2 := psSubscribe(t, c, "closing", "g", 2)
 	ev := psNext(t, ch2)
 	if ev.Event.Event.EventNumber != 10 || ev.RetryCount != 1 {

@@ -52,6 +52,13 @@ type Options struct {
 	// (data + metadata + 2 × type length); 0, the v24.10 default, means no
 	// per-event limit. KurrentDB 25 uses 16 MiB.
 	MaxAppendEventSize int
+	// DisableBatchAppend serves Streams.BatchAppend as Unimplemented and
+	// does not advertise it, like servers before 21.10.
+	DisableBatchAppend bool
+	// LeaderAddr, if set, makes this node a follower of the node at that
+	// host:port for BatchAppend: a call that requires the leader fails at
+	// its first write with the not-leader error naming it (§6).
+	LeaderAddr string
 }
 
 // Server is a running test server.
@@ -119,7 +126,9 @@ func (s *Server) start() error {
 	}
 	s.ps = ps
 	s.streams = &streamsService{store: s.store, maxAppendSize: s.opts.MaxAppendSize,
-		maxEventSize: s.opts.MaxAppendEventSize, done: make(chan struct{})}
+		maxEventSize: s.opts.MaxAppendEventSize, noBatchAppend: s.opts.DisableBatchAppend,
+		leader: s.opts.LeaderAddr,
+		done:   make(chan struct{})}
 	auth := authenticator{insecure: s.opts.Insecure}
 	recvLimit := max(s.opts.MaxAppendSize+(64<<10), 4<<20)
 	s.grpc = grpc.NewServer(
@@ -134,7 +143,7 @@ func (s *Server) start() error {
 	)
 	streams.RegisterStreamsServer(s.grpc, s.streams)
 	persistent.RegisterPersistentSubscriptionsServer(s.grpc, ps)
-	serverfeatures.RegisterServerFeaturesServer(s.grpc, featuresService{})
+	serverfeatures.RegisterServerFeaturesServer(s.grpc, featuresService{batchAppend: !s.opts.DisableBatchAppend})
 	gossip.RegisterGossipServer(s.grpc, gossipService{})
 
 	ln, err := net.Listen("tcp", s.opts.Addr)
@@ -344,9 +353,10 @@ func (s *Server) Close() error {
 // and service names are lower-cased, as the server reports them.
 type featuresService struct {
 	serverfeatures.UnimplementedServerFeaturesServer
+	batchAppend bool // advertise Streams.BatchAppend
 }
 
-func (featuresService) GetSupportedMethods(context.Context, *shared.Empty) (*serverfeatures.SupportedMethods, error) {
+func (f featuresService) GetSupportedMethods(context.Context, *shared.Empty) (*serverfeatures.SupportedMethods, error) {
 	const (
 		streamsSvc = "event_store.client.streams.streams"
 		psSvc      = "event_store.client.persistent_subscriptions.persistentsubscriptions"
@@ -359,6 +369,9 @@ func (featuresService) GetSupportedMethods(context.Context, *shared.Empty) (*ser
 	add(streamsSvc, "read", "position", "events")
 	for _, method := range []string{"append", "delete", "tombstone"} {
 		add(streamsSvc, method)
+	}
+	if f.batchAppend {
+		add(streamsSvc, "batchappend", "deadline_duration")
 	}
 	for _, method := range []string{"create", "update", "delete", "read", "getinfo", "replayparked", "list", "restartsubsystem"} {
 		add(psSvc, method, "stream", "all")

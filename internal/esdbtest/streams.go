@@ -36,6 +36,8 @@ type streamsService struct {
 	store         *Store
 	maxAppendSize int
 	maxEventSize  int           // 0: no per-event limit (the v24.10 default)
+	noBatchAppend bool          // BatchAppend is Unimplemented (Options.DisableBatchAppend)
+	leader        string        // Options.LeaderAddr
 	done          chan struct{} // closed when the server stops, ends subscriptions
 }
 

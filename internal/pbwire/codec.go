@@ -1,13 +1,22 @@
-// Package pbwire is a gRPC codec that encodes and decodes the two messages on
-// the replication hot path by hand: persistent-subscription deliveries
-// (persistent.ReadResp) and appended events (streams.AppendReq's proposed
-// messages). The generic protobuf runtime walks their metadata maps through
-// reflection and allocates every string and byte field on its own; profiles
-// of a replication run put that at a fifth of the CPU of both ditto and the
-// test server. Every other message, and any hot message with a shape this
-// package does not know (unknown fields, a subscription confirmation, the
-// append options), goes through the standard protobuf runtime, so the wire
-// bytes and decoded values are the same either way.
+// Package pbwire is a gRPC codec that encodes and decodes the messages on the
+// replication hot path by hand:
+//
+//   - persistent.ReadResp holding an event (a persistent-subscription
+//     delivery);
+//   - persistent.ReadReq holding an Ack or a Nack (the acknowledgements of
+//     deliveries, with their lists of event ids);
+//   - streams.AppendReq holding a proposed message (an appended event);
+//   - streams.BatchAppendReq, whole: correlation id, options (stream, every
+//     expected position, both deadline forms), proposed messages, is_final.
+//
+// The generic protobuf runtime walks their metadata maps and repeated
+// messages through reflection and allocates every string, byte field and
+// sub-message on its own; profiles of a replication run put that at a fifth
+// of the CPU of both ditto and the test server. Every other message, and any
+// hot message with a shape this package does not know (unknown fields, a
+// subscription confirmation, the read or append options, a sub-message sent
+// twice, invalid UTF-8), goes through the standard protobuf runtime, so the
+// wire bytes and decoded values are the same either way.
 package pbwire
 
 import (
@@ -49,6 +58,14 @@ func (Codec) Marshal(v any) (mem.BufferSlice, error) {
 		if w.readRespSize(m) {
 			return w.finish(func(b []byte) []byte { return w.appendReadResp(b, m) }), nil
 		}
+	case *streams.BatchAppendReq:
+		if w.batchAppendReqSize(m) {
+			return w.finish(func(b []byte) []byte { return w.appendBatchAppendReq(b, m) }), nil
+		}
+	case *persistent.ReadReq:
+		if w.readReqSize(m) {
+			return w.finish(func(b []byte) []byte { return w.appendReadReq(b, m) }), nil
+		}
 	}
 	return marshalProto(v)
 }
@@ -67,6 +84,18 @@ func (Codec) Unmarshal(data mem.BufferSlice, v any) error {
 	case *streams.AppendReq:
 		b := data.Materialize()
 		if decodeAppendReq(b, m) == nil {
+			return nil
+		}
+		return proto.Unmarshal(b, m)
+	case *streams.BatchAppendReq:
+		b := data.Materialize()
+		if decodeBatchAppendReq(b, m) == nil {
+			return nil
+		}
+		return proto.Unmarshal(b, m)
+	case *persistent.ReadReq:
+		b := data.Materialize()
+		if decodeReadReq(b, m) == nil {
 			return nil
 		}
 		return proto.Unmarshal(b, m)

@@ -5,6 +5,9 @@ import (
 	"unsafe"
 
 	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/emptypb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/EventStore/EventStore-Client-Go/v4/protos/persistent"
 	"github.com/EventStore/EventStore-Client-Go/v4/protos/shared"
@@ -110,6 +113,7 @@ type uuidBlock struct {
 	uuid    shared.UUID
 	value   shared.UUID_Structured_
 	struct_ shared.UUID_Structured
+	str     shared.UUID_String_
 }
 
 func decodeReadResp(b []byte, m *persistent.ReadResp) error {
@@ -198,34 +202,263 @@ type appendReqBlock struct {
 func decodeAppendReq(b []byte, m *streams.AppendReq) error {
 	m.Reset()
 	blk := new(appendReqBlock)
-	if err := single(b, fAppendProposed, func(v []byte) error { return decodeProposed(v, blk) }); err != nil {
+	p := &blk.proposed
+	if err := single(b, fAppendProposed, func(v []byte) error {
+		return decodeProposed(v, &p.Id, &p.Metadata, &p.CustomMetadata, &p.Data, &blk.uuid)
+	}); err != nil {
 		return err
 	}
-	blk.content.ProposedMessage = &blk.proposed
+	blk.content.ProposedMessage = p
 	m.Content = &blk.content
 	return nil
 }
 
-func decodeProposed(b []byte, blk *appendReqBlock) error {
-	p := &blk.proposed
+// decodeProposed decodes a proposed message into its fields, which
+// streams.AppendReq and streams.BatchAppendReq declare alike.
+func decodeProposed(b []byte, id **shared.UUID, meta *map[string]string, custom, data *[]byte, u *uuidBlock) error {
 	return fields(b, func(f field) error {
 		if f.typ != protowire.BytesType {
 			return errShape
 		}
 		switch f.num {
 		case fPropID:
-			return decodeID(f.v, &p.Id, &blk.uuid)
+			return decodeID(f.v, id, u)
 		case fPropMetadata:
-			return decodeMapEntry(f.v, &p.Metadata)
+			return decodeMapEntry(f.v, meta)
 		case fPropCustomMetadata:
-			p.CustomMetadata = f.v
+			*custom = f.v
 		case fPropData:
-			p.Data = f.v
+			*data = f.v
 		default:
 			return errShape
 		}
 		return nil
 	})
+}
+
+// count returns how many times the length-delimited field num occurs in b,
+// so that the messages of a repeated field can be allocated at once.
+func count(b []byte, num protowire.Number) (int, error) {
+	n := 0
+	for len(b) > 0 {
+		f, rest, err := next(b)
+		if err != nil {
+			return 0, err
+		}
+		if f.num == num && f.typ == protowire.BytesType {
+			n++
+		}
+		b = rest
+	}
+	return n, nil
+}
+
+// batchAppendBlock holds every message of a BatchAppendReq but its proposed
+// messages, which take two arrays sized by a first pass: three allocations
+// (and the metadata maps) whatever the number of events.
+type batchAppendBlock struct {
+	corr         uuidBlock
+	options      streams.BatchAppendReq_Options
+	stream       shared.StreamIdentifier
+	position     streams.BatchAppendReq_Options_StreamPosition
+	noStream     streams.BatchAppendReq_Options_NoStream
+	any          streams.BatchAppendReq_Options_Any
+	streamExists streams.BatchAppendReq_Options_StreamExists
+	empty        emptypb.Empty
+	timestamp    streams.BatchAppendReq_Options_Deadline_21_10_0
+	ts           timestamppb.Timestamp
+	deadline     streams.BatchAppendReq_Options_Deadline
+	duration     durationpb.Duration
+}
+
+type proposedBlock struct {
+	msg  streams.BatchAppendReq_ProposedMessage
+	uuid uuidBlock
+}
+
+func decodeBatchAppendReq(b []byte, m *streams.BatchAppendReq) error {
+	m.Reset()
+	n, err := count(b, fBatchProposed)
+	if err != nil {
+		return err
+	}
+	blk := new(batchAppendBlock)
+	var msgs []*streams.BatchAppendReq_ProposedMessage
+	var props []proposedBlock
+	if n > 0 {
+		msgs = make([]*streams.BatchAppendReq_ProposedMessage, n)
+		props = make([]proposedBlock, n)
+	}
+	i := 0
+	err = fields(b, func(f field) error {
+		switch {
+		case f.typ == protowire.VarintType && f.num == fBatchIsFinal:
+			m.IsFinal = f.x != 0
+		case f.typ != protowire.BytesType:
+			return errShape
+		case f.num == fBatchProposed:
+			pb := &props[i]
+			p := &pb.msg
+			msgs[i] = p
+			i++
+			return decodeProposed(f.v, &p.Id, &p.Metadata, &p.CustomMetadata, &p.Data, &pb.uuid)
+		case f.num == fBatchCorrelation:
+			return decodeID(f.v, &m.CorrelationId, &blk.corr)
+		case f.num == fBatchOptions:
+			if m.Options != nil {
+				return errShape // protobuf merges them
+			}
+			m.Options = &blk.options
+			return decodeBatchOptions(f.v, blk)
+		default:
+			return errShape
+		}
+		return nil
+	})
+	m.ProposedMessages = msgs
+	return err
+}
+
+// decodeBatchOptions decodes the options of a BatchAppendReq. As in
+// protobuf, the last case of a oneof wins; a message case seen twice, which
+// protobuf merges, is left to it (but for an Empty, where merging changes
+// nothing).
+func decodeBatchOptions(b []byte, blk *batchAppendBlock) error {
+	o := &blk.options
+	return fields(b, func(f field) error {
+		switch {
+		case f.typ == protowire.VarintType && f.num == fOptStreamPosition:
+			blk.position.StreamPosition = f.x
+			o.ExpectedStreamPosition = &blk.position
+		case f.typ != protowire.BytesType:
+			return errShape
+		case f.num == fOptStream:
+			if o.StreamIdentifier != nil {
+				return errShape
+			}
+			o.StreamIdentifier = &blk.stream
+			return decodeStreamIdentifier(f.v, &blk.stream)
+		case f.num == fOptNoStream && len(f.v) == 0:
+			blk.noStream.NoStream = &blk.empty
+			o.ExpectedStreamPosition = &blk.noStream
+		case f.num == fOptAny && len(f.v) == 0:
+			blk.any.Any = &blk.empty
+			o.ExpectedStreamPosition = &blk.any
+		case f.num == fOptStreamExists && len(f.v) == 0:
+			blk.streamExists.StreamExists = &blk.empty
+			o.ExpectedStreamPosition = &blk.streamExists
+		case f.num == fOptDeadline21100:
+			if blk.timestamp.Deadline_21_10_0 != nil {
+				return errShape // merged, or a fresh one where the block holds the first
+			}
+			blk.timestamp.Deadline_21_10_0 = &blk.ts
+			o.DeadlineOption = &blk.timestamp
+			return decodeSecondsNanos(f.v, &blk.ts.Seconds, &blk.ts.Nanos)
+		case f.num == fOptDeadline:
+			if blk.deadline.Deadline != nil {
+				return errShape
+			}
+			blk.deadline.Deadline = &blk.duration
+			o.DeadlineOption = &blk.deadline
+			return decodeSecondsNanos(f.v, &blk.duration.Seconds, &blk.duration.Nanos)
+		default:
+			return errShape
+		}
+		return nil
+	})
+}
+
+// decodeSecondsNanos decodes a Timestamp or a Duration, which share a layout.
+func decodeSecondsNanos(b []byte, s *int64, n *int32) error {
+	return fields(b, func(f field) error {
+		switch {
+		case f.typ == protowire.VarintType && f.num == fSeconds:
+			*s = int64(f.x)
+		case f.typ == protowire.VarintType && f.num == fNanos:
+			*n = int32(f.x)
+		default:
+			return errShape
+		}
+		return nil
+	})
+}
+
+// ackBlock and nackBlock hold the messages of a ReadReq but its ids, which
+// take two arrays sized by a first pass.
+type ackBlock struct {
+	content persistent.ReadReq_Ack_
+	ack     persistent.ReadReq_Ack
+}
+
+type nackBlock struct {
+	content persistent.ReadReq_Nack_
+	nack    persistent.ReadReq_Nack
+}
+
+// decodeReadReq decodes a ReadReq holding one ack or one nack.
+func decodeReadReq(b []byte, m *persistent.ReadReq) error {
+	m.Reset()
+	f, rest, err := next(b)
+	if err != nil || len(rest) > 0 || f.typ != protowire.BytesType {
+		return errShape
+	}
+	switch f.num {
+	case fReadReqAck:
+		blk := new(ackBlock)
+		a := &blk.ack
+		if err := decodeAck(f.v, &a.Id, &a.Ids, nil, nil); err != nil {
+			return err
+		}
+		blk.content.Ack = a
+		m.Content = &blk.content
+		return nil
+	case fReadReqNack:
+		blk := new(nackBlock)
+		a := &blk.nack
+		if err := decodeAck(f.v, &a.Id, &a.Ids, &a.Action, &a.Reason); err != nil {
+			return err
+		}
+		blk.content.Nack = a
+		m.Content = &blk.content
+		return nil
+	}
+	return errShape
+}
+
+// decodeAck decodes the fields of an Ack, or with action and reason those of
+// a Nack.
+func decodeAck(b []byte, id *[]byte, ids *[]*shared.UUID, action *persistent.ReadReq_Nack_Action, reason *string) error {
+	n, err := count(b, fAckIDs)
+	if err != nil {
+		return err
+	}
+	var us []*shared.UUID
+	var blks []uuidBlock
+	if n > 0 {
+		us = make([]*shared.UUID, n)
+		blks = make([]uuidBlock, n)
+	}
+	i := 0
+	err = fields(b, func(f field) error {
+		switch {
+		case f.typ == protowire.BytesType && f.num == fAckIDs:
+			i++
+			return decodeID(f.v, &us[i-1], &blks[i-1])
+		case f.typ == protowire.BytesType && f.num == fAckID:
+			*id = f.v
+		case action != nil && f.typ == protowire.VarintType && f.num == fNackAction:
+			*action = persistent.ReadReq_Nack_Action(int32(f.x))
+		case reason != nil && f.typ == protowire.BytesType && f.num == fNackReason:
+			s, err := str(f.v)
+			*reason = s
+			return err
+		default:
+			return errShape
+		}
+		return nil
+	})
+	*ids = us
+	return err
 }
 
 // decodeID decodes an event id into *slot, using blk for the messages of the
@@ -244,7 +477,8 @@ func decodeID(b []byte, slot **shared.UUID, blk *uuidBlock) error {
 			return decodeStructured(f.v, &blk.struct_)
 		case f.typ == protowire.BytesType && f.num == fUUIDString:
 			v, err := str(f.v)
-			u.Value = &shared.UUID_String_{String_: v}
+			blk.str.String_ = v
+			u.Value = &blk.str
 			return err
 		}
 		return errShape

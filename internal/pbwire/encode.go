@@ -6,6 +6,7 @@ import (
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/EventStore/EventStore-Client-Go/v4/protos/persistent"
 	"github.com/EventStore/EventStore-Client-Go/v4/protos/shared"
@@ -34,11 +35,35 @@ const (
 	fRecData            = 8
 	// streams.AppendReq
 	fAppendProposed = 2
-	// streams.AppendReq.ProposedMessage
+	// streams.AppendReq.ProposedMessage, streams.BatchAppendReq.ProposedMessage
 	fPropID             = 1
 	fPropMetadata       = 2
 	fPropCustomMetadata = 3
 	fPropData           = 4
+	// streams.BatchAppendReq
+	fBatchCorrelation = 1
+	fBatchOptions     = 2
+	fBatchProposed    = 3
+	fBatchIsFinal     = 4
+	// streams.BatchAppendReq.Options
+	fOptStream         = 1
+	fOptStreamPosition = 2
+	fOptNoStream       = 3
+	fOptAny            = 4
+	fOptStreamExists   = 5
+	fOptDeadline21100  = 6 // google.protobuf.Timestamp
+	fOptDeadline       = 7 // google.protobuf.Duration
+	// google.protobuf.Timestamp, google.protobuf.Duration
+	fSeconds = 1
+	fNanos   = 2
+	// persistent.ReadReq
+	fReadReqAck  = 2
+	fReadReqNack = 3
+	// persistent.ReadReq.Ack, persistent.ReadReq.Nack
+	fAckID      = 1
+	fAckIDs     = 2
+	fNackAction = 3
+	fNackReason = 4
 	// shared.UUID
 	fUUIDStructured = 1
 	fUUIDString     = 2
@@ -59,6 +84,23 @@ const (
 type writer struct {
 	total int
 	sizes [3]int
+	each  [32]int // sizes of the first elements of a repeated field
+	more  []int   // and of the others
+}
+
+func (w *writer) setEach(i, n int) {
+	if i < len(w.each) {
+		w.each[i] = n
+		return
+	}
+	w.more = append(w.more, n) // i in order
+}
+
+func (w *writer) eachSize(i int) int {
+	if i < len(w.each) {
+		return w.each[i]
+	}
+	return w.more[i-len(w.each)]
 }
 
 func (w *writer) finish(fill func([]byte) []byte) mem.BufferSlice {
@@ -144,12 +186,12 @@ func sizeUUID(u *shared.UUID) (int, bool) {
 	case nil:
 		return 0, true
 	case *shared.UUID_Structured_:
-		if v.Structured == nil || !plain(v.Structured) {
+		if v == nil || v.Structured == nil || !plain(v.Structured) {
 			return 0, false
 		}
 		return sizeField(sizeStructured(v.Structured)), true
 	case *shared.UUID_String_:
-		if !utf8.ValidString(v.String_) {
+		if v == nil || !utf8.ValidString(v.String_) {
 			return 0, false
 		}
 		return sizeField(len(v.String_)), true
@@ -161,9 +203,19 @@ func sizeStructured(s *shared.UUID_Structured) int {
 	return sizeVarintField(uint64(s.MostSignificantBits)) + sizeVarintField(uint64(s.LeastSignificantBits))
 }
 
+// uuidLen is sizeUUID for a UUID sizeUUID accepted.
+func uuidLen(u *shared.UUID) int {
+	switch v := u.Value.(type) {
+	case *shared.UUID_Structured_:
+		return sizeField(sizeStructured(v.Structured))
+	case *shared.UUID_String_:
+		return sizeField(len(v.String_))
+	}
+	return 0
+}
+
 func appendUUID(b []byte, num protowire.Number, u *shared.UUID) []byte {
-	n, _ := sizeUUID(u)
-	b = appendLen(b, num, n)
+	b = appendLen(b, num, uuidLen(u))
 	switch v := u.Value.(type) {
 	case *shared.UUID_Structured_:
 		b = appendLen(b, fUUIDStructured, sizeStructured(v.Structured))
@@ -176,46 +228,278 @@ func appendUUID(b []byte, num protowire.Number, u *shared.UUID) []byte {
 	return b
 }
 
+// sizeProposed sizes the contents of a proposed message, which
+// streams.AppendReq and streams.BatchAppendReq declare alike.
+func sizeProposed(id *shared.UUID, meta map[string]string, custom, data []byte) (int, bool) {
+	n := sizeBytesField(len(custom)) + sizeBytesField(len(data))
+	if id != nil {
+		idn, ok := sizeUUID(id)
+		if !ok {
+			return 0, false
+		}
+		n += sizeField(idn)
+	}
+	mn, ok := sizeMap(meta)
+	return n + mn, ok
+}
+
+func appendProposed(b []byte, num protowire.Number, size int, id *shared.UUID, meta map[string]string, custom, data []byte) []byte {
+	b = appendLen(b, num, size)
+	if id != nil {
+		b = appendUUID(b, fPropID, id)
+	}
+	b = appendMap(b, fPropMetadata, meta)
+	b = appendBytesField(b, fPropCustomMetadata, custom)
+	return appendBytesField(b, fPropData, data)
+}
+
 // appendReqSize sizes an AppendReq holding a proposed message.
 func (w *writer) appendReqSize(m *streams.AppendReq) bool {
 	c, ok := m.Content.(*streams.AppendReq_ProposedMessage_)
-	if !ok || c.ProposedMessage == nil || !plain(m) || !plain(c.ProposedMessage) {
+	if !ok || c == nil || c.ProposedMessage == nil || !plain(m) || !plain(c.ProposedMessage) {
 		return false
 	}
 	p := c.ProposedMessage
-	n := sizeBytesField(len(p.CustomMetadata)) + sizeBytesField(len(p.Data))
-	if p.Id != nil {
-		id, ok := sizeUUID(p.Id)
+	n, ok := sizeProposed(p.Id, p.Metadata, p.CustomMetadata, p.Data)
+	w.sizes[0] = n
+	w.total = sizeField(n)
+	return ok
+}
+
+func (w *writer) appendAppendReq(b []byte, m *streams.AppendReq) []byte {
+	p := m.Content.(*streams.AppendReq_ProposedMessage_).ProposedMessage
+	return appendProposed(b, fAppendProposed, w.sizes[0], p.Id, p.Metadata, p.CustomMetadata, p.Data)
+}
+
+// batchAppendReqSize sizes a BatchAppendReq: sizes[0] is the size of its
+// options, each that of its proposed messages.
+func (w *writer) batchAppendReqSize(m *streams.BatchAppendReq) bool {
+	if !plain(m) {
+		return false
+	}
+	n := 0
+	if m.CorrelationId != nil {
+		id, ok := sizeUUID(m.CorrelationId)
 		if !ok {
 			return false
 		}
 		n += sizeField(id)
 	}
-	meta, ok := sizeMap(p.Metadata)
-	if !ok {
+	if o := m.Options; o != nil {
+		on, ok := sizeBatchOptions(o)
+		if !ok {
+			return false
+		}
+		w.sizes[0] = on
+		n += sizeField(on)
+	}
+	for i, p := range m.ProposedMessages {
+		if p == nil || !plain(p) {
+			return false
+		}
+		pn, ok := sizeProposed(p.Id, p.Metadata, p.CustomMetadata, p.Data)
+		if !ok {
+			return false
+		}
+		w.setEach(i, pn)
+		n += sizeField(pn)
+	}
+	if m.IsFinal {
+		n += 2
+	}
+	w.total = n
+	return true
+}
+
+func (w *writer) appendBatchAppendReq(b []byte, m *streams.BatchAppendReq) []byte {
+	if m.CorrelationId != nil {
+		b = appendUUID(b, fBatchCorrelation, m.CorrelationId)
+	}
+	if m.Options != nil {
+		b = appendBatchOptions(b, w.sizes[0], m.Options)
+	}
+	for i, p := range m.ProposedMessages {
+		b = appendProposed(b, fBatchProposed, w.eachSize(i), p.Id, p.Metadata, p.CustomMetadata, p.Data)
+	}
+	if m.IsFinal {
+		b = protowire.AppendTag(b, fBatchIsFinal, protowire.VarintType)
+		b = append(b, 1)
+	}
+	return b
+}
+
+// plainEmpty reports whether e is an Empty that encodes as no bytes.
+func plainEmpty(e *emptypb.Empty) bool { return e != nil && plain(e) }
+
+func sizeBatchOptions(o *streams.BatchAppendReq_Options) (int, bool) {
+	if !plain(o) {
+		return 0, false
+	}
+	n := 0
+	if s := o.StreamIdentifier; s != nil {
+		if !plain(s) {
+			return 0, false
+		}
+		n += sizeField(sizeBytesField(len(s.StreamName)))
+	}
+	// The cases of a oneof are written even when zero or empty.
+	switch p := o.ExpectedStreamPosition.(type) {
+	case nil:
+	case *streams.BatchAppendReq_Options_StreamPosition:
+		if p == nil {
+			return 0, false
+		}
+		n += 1 + protowire.SizeVarint(p.StreamPosition)
+	case *streams.BatchAppendReq_Options_NoStream:
+		if p == nil || !plainEmpty(p.NoStream) {
+			return 0, false
+		}
+		n += 2
+	case *streams.BatchAppendReq_Options_Any:
+		if p == nil || !plainEmpty(p.Any) {
+			return 0, false
+		}
+		n += 2
+	case *streams.BatchAppendReq_Options_StreamExists:
+		if p == nil || !plainEmpty(p.StreamExists) {
+			return 0, false
+		}
+		n += 2
+	default:
+		return 0, false
+	}
+	switch d := o.DeadlineOption.(type) {
+	case nil:
+	case *streams.BatchAppendReq_Options_Deadline_21_10_0:
+		if d == nil || d.Deadline_21_10_0 == nil || !plain(d.Deadline_21_10_0) {
+			return 0, false
+		}
+		n += sizeField(sizeSecondsNanos(d.Deadline_21_10_0.Seconds, d.Deadline_21_10_0.Nanos))
+	case *streams.BatchAppendReq_Options_Deadline:
+		if d == nil || d.Deadline == nil || !plain(d.Deadline) {
+			return 0, false
+		}
+		n += sizeField(sizeSecondsNanos(d.Deadline.Seconds, d.Deadline.Nanos))
+	default:
+		return 0, false
+	}
+	return n, true
+}
+
+func appendBatchOptions(b []byte, size int, o *streams.BatchAppendReq_Options) []byte {
+	b = appendLen(b, fBatchOptions, size)
+	if s := o.StreamIdentifier; s != nil {
+		b = appendLen(b, fOptStream, sizeBytesField(len(s.StreamName)))
+		b = appendBytesField(b, fStreamName, s.StreamName)
+	}
+	switch p := o.ExpectedStreamPosition.(type) {
+	case *streams.BatchAppendReq_Options_StreamPosition:
+		b = protowire.AppendTag(b, fOptStreamPosition, protowire.VarintType)
+		b = protowire.AppendVarint(b, p.StreamPosition)
+	case *streams.BatchAppendReq_Options_NoStream:
+		b = appendLen(b, fOptNoStream, 0)
+	case *streams.BatchAppendReq_Options_Any:
+		b = appendLen(b, fOptAny, 0)
+	case *streams.BatchAppendReq_Options_StreamExists:
+		b = appendLen(b, fOptStreamExists, 0)
+	}
+	switch d := o.DeadlineOption.(type) {
+	case *streams.BatchAppendReq_Options_Deadline_21_10_0:
+		b = appendSecondsNanos(b, fOptDeadline21100, d.Deadline_21_10_0.Seconds, d.Deadline_21_10_0.Nanos)
+	case *streams.BatchAppendReq_Options_Deadline:
+		b = appendSecondsNanos(b, fOptDeadline, d.Deadline.Seconds, d.Deadline.Nanos)
+	}
+	return b
+}
+
+// sizeSecondsNanos sizes a Timestamp or a Duration, which share a layout.
+func sizeSecondsNanos(s int64, n int32) int {
+	return sizeVarintField(uint64(s)) + sizeVarintField(uint64(int64(n)))
+}
+
+func appendSecondsNanos(b []byte, num protowire.Number, s int64, n int32) []byte {
+	b = appendLen(b, num, sizeSecondsNanos(s, n))
+	b = appendVarintField(b, fSeconds, uint64(s))
+	return appendVarintField(b, fNanos, uint64(int64(n)))
+}
+
+// readReqSize sizes a ReadReq holding an ack or a nack.
+func (w *writer) readReqSize(m *persistent.ReadReq) bool {
+	if !plain(m) {
 		return false
 	}
-	n += meta
+	var n int
+	switch c := m.Content.(type) {
+	case *persistent.ReadReq_Ack_:
+		if c == nil || c.Ack == nil || !plain(c.Ack) {
+			return false
+		}
+		an, ok := sizeAck(c.Ack.Id, c.Ack.Ids)
+		if !ok {
+			return false
+		}
+		n = an
+	case *persistent.ReadReq_Nack_:
+		if c == nil || c.Nack == nil || !plain(c.Nack) || !utf8.ValidString(c.Nack.Reason) {
+			return false
+		}
+		an, ok := sizeAck(c.Nack.Id, c.Nack.Ids)
+		if !ok {
+			return false
+		}
+		n = an + sizeVarintField(uint64(int64(c.Nack.Action))) + sizeBytesField(len(c.Nack.Reason))
+	default:
+		return false
+	}
 	w.sizes[0] = n
 	w.total = sizeField(n)
 	return true
 }
 
-func (w *writer) appendAppendReq(b []byte, m *streams.AppendReq) []byte {
-	p := m.Content.(*streams.AppendReq_ProposedMessage_).ProposedMessage
-	b = appendLen(b, fAppendProposed, w.sizes[0])
-	if p.Id != nil {
-		b = appendUUID(b, fPropID, p.Id)
+// sizeAck sizes the fields an Ack and a Nack share.
+func sizeAck(id []byte, ids []*shared.UUID) (int, bool) {
+	n := sizeBytesField(len(id))
+	for _, u := range ids {
+		if u == nil {
+			return 0, false
+		}
+		un, ok := sizeUUID(u)
+		if !ok {
+			return 0, false
+		}
+		n += sizeField(un)
 	}
-	b = appendMap(b, fPropMetadata, p.Metadata)
-	b = appendBytesField(b, fPropCustomMetadata, p.CustomMetadata)
-	return appendBytesField(b, fPropData, p.Data)
+	return n, true
+}
+
+func (w *writer) appendReadReq(b []byte, m *persistent.ReadReq) []byte {
+	switch c := m.Content.(type) {
+	case *persistent.ReadReq_Ack_:
+		b = appendLen(b, fReadReqAck, w.sizes[0])
+		b = appendAck(b, c.Ack.Id, c.Ack.Ids)
+	case *persistent.ReadReq_Nack_:
+		b = appendLen(b, fReadReqNack, w.sizes[0])
+		b = appendAck(b, c.Nack.Id, c.Nack.Ids)
+		b = appendVarintField(b, fNackAction, uint64(int64(c.Nack.Action)))
+		if len(c.Nack.Reason) > 0 {
+			b = append(appendLen(b, fNackReason, len(c.Nack.Reason)), c.Nack.Reason...)
+		}
+	}
+	return b
+}
+
+func appendAck(b []byte, id []byte, ids []*shared.UUID) []byte {
+	b = appendBytesField(b, fAckID, id)
+	for _, u := range ids {
+		b = appendUUID(b, fAckIDs, u)
+	}
+	return b
 }
 
 // readRespSize sizes a ReadResp holding an event.
 func (w *writer) readRespSize(m *persistent.ReadResp) bool {
 	c, ok := m.Content.(*persistent.ReadResp_Event)
-	if !ok || c.Event == nil || !plain(m) || !plain(c.Event) {
+	if !ok || c == nil || c.Event == nil || !plain(m) || !plain(c.Event) {
 		return false
 	}
 	e := c.Event
@@ -234,9 +518,12 @@ func (w *writer) readRespSize(m *persistent.ReadResp) bool {
 	switch p := e.Position.(type) {
 	case nil:
 	case *persistent.ReadResp_ReadEvent_CommitPosition:
+		if p == nil {
+			return false
+		}
 		n += 1 + protowire.SizeVarint(p.CommitPosition)
 	case *persistent.ReadResp_ReadEvent_NoPosition:
-		if p.NoPosition == nil || !plain(p.NoPosition) {
+		if p == nil || p.NoPosition == nil || !plain(p.NoPosition) {
 			return false
 		}
 		n += 2
@@ -246,9 +533,12 @@ func (w *writer) readRespSize(m *persistent.ReadResp) bool {
 	switch r := e.Count.(type) {
 	case nil:
 	case *persistent.ReadResp_ReadEvent_RetryCount:
+		if r == nil {
+			return false
+		}
 		n += 1 + protowire.SizeVarint(uint64(int64(r.RetryCount)))
 	case *persistent.ReadResp_ReadEvent_NoRetryCount:
-		if r.NoRetryCount == nil || !plain(r.NoRetryCount) {
+		if r == nil || r.NoRetryCount == nil || !plain(r.NoRetryCount) {
 			return false
 		}
 		n += 2

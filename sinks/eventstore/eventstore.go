@@ -33,22 +33,35 @@ type Options struct {
 	// unreachable during a discovery; see esdbconn). Without it, a
 	// destination outage of more than a second or two is never recovered.
 	Dial func() (*esdb.Client, error)
+	// Config, if set, is the destination's parsed connection string: appends
+	// then go through Streams.BatchAppend on a connection of the sink's own
+	// (one message per write instead of one call with a message per event),
+	// or through the client's Append on servers that do not offer it.
+	Config *esdb.Configuration
 }
 
 // Sink appends to a destination cluster.
 type Sink struct {
 	client *esdbconn.Client
+	batch  *batchAppender // nil: appends go through client
 	opts   Options
 }
 
 // New returns a sink writing through client, which the sink owns from now on.
 func New(client *esdb.Client, opts Options) *Sink {
-	return &Sink{client: esdbconn.New(client, opts.Dial), opts: opts}
+	s := &Sink{client: esdbconn.New(client, opts.Dial), opts: opts}
+	if opts.Config != nil {
+		s.batch = newBatchAppender(opts.Config)
+	}
+	return s
 }
 
 // Close closes the sink's client (the one given to New, or its replacement;
 // a client that has closed itself is left alone, see esdbconn).
 func (s *Sink) Close() error {
+	if s.batch != nil {
+		s.batch.close()
+	}
 	s.client.Close()
 	return nil
 }
@@ -97,7 +110,7 @@ func (s *Sink) Write(ctx context.Context, stream string, events []sinks.Event) e
 		if err == nil {
 			return renumbered(stream, batch, res, written)
 		}
-		if !hasCode(err, esdb.ErrorCodeWrongExpectedVersion) {
+		if !wrongVersion(err) {
 			we := classify(err, stream)
 			we.Written = written
 			return we
@@ -180,7 +193,7 @@ func (s *Sink) writeAny(ctx context.Context, stream string, events []sinks.Event
 	if err == nil {
 		return nil
 	}
-	if !hasCode(err, esdb.ErrorCodeWrongExpectedVersion) || len(events) == 1 {
+	if !wrongVersion(err) || len(events) == 1 {
 		return classify(err, stream)
 	}
 	for i := range events {
@@ -194,6 +207,14 @@ func (s *Sink) writeAny(ctx context.Context, stream string, events []sinks.Event
 }
 
 func (s *Sink) append(ctx context.Context, stream string, exp esdb.ExpectedRevision, events []sinks.Event) (*esdb.WriteResult, error) {
+	if s.batch != nil {
+		start := time.Now()
+		res, err := s.batch.append(ctx, stream, exp, events)
+		if !errors.Is(err, errNoBatchAppend) {
+			s.observe("append_to_stream", start)
+			return res, err
+		}
+	}
 	data := make([]esdb.EventData, len(events))
 	for i := range events {
 		e := &events[i]
@@ -273,6 +294,16 @@ func expectedBefore(n uint64) esdb.ExpectedRevision {
 	return esdb.Revision(n - 1)
 }
 
+// wrongVersion reports whether the destination refused an append for its
+// expected revision, through either append path.
+func wrongVersion(err error) bool {
+	var r *refusal
+	if errors.As(err, &r) {
+		return r.detail() == "WrongExpectedVersion"
+	}
+	return hasCode(err, esdb.ErrorCodeWrongExpectedVersion)
+}
+
 func hasCode(err error, code esdb.ErrorCode) bool {
 	var e *esdb.Error
 	return errors.As(err, &e) && e.Code() == code
@@ -284,6 +315,10 @@ func hasCode(err error, code esdb.ErrorCode) bool {
 func classify(err error, stream string) *sinks.WriteError {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return &sinks.WriteError{Kind: sinks.Transient, Reason: "destination call timed out or was cancelled", Err: err}
+	}
+	var r *refusal
+	if errors.As(err, &r) {
+		return r.classify(stream)
 	}
 	var e *esdb.Error
 	if !errors.As(err, &e) {

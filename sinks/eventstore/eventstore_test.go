@@ -6,18 +6,24 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
 	"github.com/google/uuid"
 
+	"github.com/ditto-replicator/ditto/internal/esdbconn"
 	"github.com/ditto-replicator/ditto/internal/esdbtest"
 	"github.com/ditto-replicator/ditto/sinks"
 )
 
+// withoutBatchAppend makes newSink's server a pre-21.10 one, without
+// BatchAppend, so that the sink appends through the client.
+var withoutBatchAppend bool
+
 func newSink(t *testing.T, opts Options) (*Sink, *esdb.Client) {
 	t.Helper()
-	srv := esdbtest.Start(t, esdbtest.Options{Insecure: true, MaxAppendSize: 64 << 10})
+	srv := esdbtest.Start(t, esdbtest.Options{Insecure: true, MaxAppendSize: 64 << 10, DisableBatchAppend: withoutBatchAppend})
 	conf, err := esdb.ParseConnectionString(srv.ConnectionString())
 	if err != nil {
 		t.Fatal(err)
@@ -28,7 +34,10 @@ func newSink(t *testing.T, opts Options) (*Sink, *esdb.Client) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	return New(c, opts), c
+	opts.Config = conf
+	s := New(c, opts)
+	t.Cleanup(func() { s.batch.close() })
+	return s, c
 }
 
 func events(stream string, from, n int) []sinks.Event {
@@ -187,7 +196,7 @@ func TestUnreachableDestinationIsTransient(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	s := New(c, Options{})
+	s := New(c, Options{Config: conf})
 	if k := kind(s.Write(context.Background(), "s-8", events("s-8", 0, 1))); k != sinks.Transient {
 		t.Fatalf("want Transient, got %v", k)
 	}
@@ -220,4 +229,117 @@ func toData(evs []sinks.Event) []esdb.EventData {
 		out[i] = esdb.EventData{EventID: e.ID, EventType: e.Type, ContentType: esdb.ContentTypeJson, Data: e.Data}
 	}
 	return out
+}
+
+// TestWithoutBatchAppend runs the sink's tests against a server without
+// BatchAppend: the sink falls back to the client's Append and behaves the
+// same.
+func TestWithoutBatchAppend(t *testing.T) {
+	withoutBatchAppend = true
+	defer func() { withoutBatchAppend = false }()
+	for _, test := range []struct {
+		name string
+		fn   func(*testing.T)
+	}{
+		{"rewrite", TestRewriteOfWrittenBatchIsAcked},
+		{"overlap", TestBatchOverlappingEndIsTrimmed},
+		{"behind", TestDestinationBehindIsRetryable},
+		{"diverged", TestDivergedStreamIsConflictAfterMatchingPrefix},
+		{"too large", TestTooLargeEventIsPermanent},
+		{"tombstoned", TestTombstonedDestinationIsPermanent},
+		{"skip version", TestSkipVersionCheckIsIdempotent},
+		{"soft deleted", TestSoftDeletedDestinationIsConflict},
+	} {
+		t.Run(test.name, test.fn)
+	}
+}
+
+// TestBatchAppendPathIsUsed checks that, with BatchAppend offered, appends
+// go through it (the client is never asked to append), and that a write
+// larger than one request is sent in parts and committed once.
+func TestBatchAppendPathIsUsed(t *testing.T) {
+	s, c := newSink(t, Options{})
+	s.batch.maxRequest = 200          // about two events per request
+	s.client = esdbconn.New(nil, nil) // any append through the client would panic
+	evs := events("s-parts", 0, 9)
+	if err := s.Write(context.Background(), "s-parts", evs); err != nil {
+		t.Fatal(err)
+	}
+	wantIDs(t, c, "s-parts", evs)
+	if got := len(s.batch.requests(uuid.New(), "s-parts", esdb.Any{}, evs)); got < 3 {
+		t.Fatalf("9 events went in %d requests, want several", got)
+	}
+}
+
+// TestBatchAppendSessionsAreShared writes many streams concurrently over the
+// few BatchAppend streams, each write answered by its own correlation id.
+func TestBatchAppendSessionsAreShared(t *testing.T) {
+	s, c := newSink(t, Options{})
+	const streams, per = 40, 3
+	all := make([][]sinks.Event, streams)
+	var wg sync.WaitGroup
+	errs := make(chan error, streams*per)
+	for i := range all {
+		name := fmt.Sprintf("s-many-%d", i)
+		all[i] = events(name, 0, per)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for k := range per {
+				if err := s.Write(context.Background(), name, all[i][k:k+1]); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	for i := range all {
+		wantIDs(t, c, fmt.Sprintf("s-many-%d", i), all[i])
+	}
+}
+
+// TestBatchAppendFollowsNotLeader: a follower answers BatchAppend with the
+// leader's address; the write goes there at once and lands on the leader.
+func TestBatchAppendFollowsNotLeader(t *testing.T) {
+	leader := esdbtest.Start(t, esdbtest.Options{Insecure: true})
+	follower := esdbtest.Start(t, esdbtest.Options{Insecure: true, LeaderAddr: leader.Addr()})
+	conf, err := esdb.ParseConnectionString(follower.ConnectionString())
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf.Logger = esdb.NoopLogging()
+	c, err := esdb.NewClient(conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := New(c, Options{Config: conf})
+	defer s.Close()
+	evs := events("s-lead", 0, 3)
+	if err := s.Write(context.Background(), "s-lead", evs); err != nil {
+		t.Fatal(err)
+	}
+	lc, err := esdb.NewClient(mustConf(t, leader.ConnectionString()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lc.Close()
+	wantIDs(t, lc, "s-lead", evs)
+	if got := ids(t, c, "s-lead"); len(got) != 0 {
+		t.Fatalf("the follower holds %d events", len(got))
+	}
+}
+
+func mustConf(t *testing.T, cs string) *esdb.Configuration {
+	t.Helper()
+	conf, err := esdb.ParseConnectionString(cs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf.Logger = esdb.NoopLogging()
+	return conf
 }

@@ -1,0 +1,148 @@
+package esdbconn
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
+	"github.com/EventStore/EventStore-Client-Go/v4/protos/gossip"
+	"github.com/EventStore/EventStore-Client-Go/v4/protos/serverfeatures"
+	"github.com/EventStore/EventStore-Client-Go/v4/protos/shared"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
+)
+
+// maxRecvMsgSize matches the client's own limit, above the server's largest
+// record.
+const maxRecvMsgSize = 17 << 20
+
+// DialLeader opens a gRPC connection of the caller's own to the node of conf
+// that takes writes, for calls the client does not offer (BatchAppend). It
+// reads TLS, credentials and keepalive from conf as the client does. A
+// single-node address is dialled as it is; with gossip seeds (or DNS
+// discovery) each seed is asked for the cluster's members, in random order,
+// and the live leader is dialled. leader, if not empty, is a host:port a
+// node named as leader (in a not-leader answer) and is dialled directly.
+func DialLeader(ctx context.Context, conf *esdb.Configuration, leader string) (*grpc.ClientConn, error) {
+	opts, err := dialOptions(conf)
+	if err != nil {
+		return nil, err
+	}
+	if leader != "" {
+		return grpc.NewClient(leader, opts...)
+	}
+	var seeds []string
+	switch {
+	case len(conf.GossipSeeds) > 0:
+		for _, s := range conf.GossipSeeds {
+			seeds = append(seeds, s.String())
+		}
+	case conf.DnsDiscover:
+		seeds = []string{conf.Address}
+	default:
+		return grpc.NewClient(conf.Address, opts...)
+	}
+	rand.Shuffle(len(seeds), func(i, j int) { seeds[i], seeds[j] = seeds[j], seeds[i] })
+	timeout := time.Duration(conf.GossipTimeout) * time.Second
+	if timeout <= 0 {
+		timeout = 5 * time.Second
+	}
+	var errs []error
+	for _, seed := range seeds {
+		addr, err := askLeader(ctx, seed, timeout, opts)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("gossip from %s: %w", seed, err))
+			continue
+		}
+		return grpc.NewClient(addr, opts...)
+	}
+	return nil, fmt.Errorf("no seed named a live leader: %w", errors.Join(errs...))
+}
+
+func askLeader(ctx context.Context, seed string, timeout time.Duration, opts []grpc.DialOption) (string, error) {
+	conn, err := grpc.NewClient(seed, opts...)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	info, err := gossip.NewGossipClient(conn).Read(ctx, &shared.Empty{})
+	if err != nil {
+		return "", err
+	}
+	for _, m := range info.GetMembers() {
+		if m.GetIsAlive() && m.GetState() == gossip.MemberInfo_Leader && m.GetHttpEndPoint() != nil {
+			ep := m.GetHttpEndPoint()
+			return fmt.Sprintf("%s:%d", ep.GetAddress(), ep.GetPort()), nil
+		}
+	}
+	return "", errors.New("no live leader among the members")
+}
+
+func dialOptions(conf *esdb.Configuration) ([]grpc.DialOption, error) {
+	creds := insecure.NewCredentials()
+	if !conf.DisableTLS {
+		tc := &tls.Config{InsecureSkipVerify: conf.SkipCertificateVerification, RootCAs: conf.RootCAs}
+		if conf.UserCertFile != "" && conf.UserKeyFile != "" {
+			cert, err := tls.LoadX509KeyPair(conf.UserCertFile, conf.UserKeyFile)
+			if err != nil {
+				return nil, fmt.Errorf("loading the user certificate: %w", err)
+			}
+			tc.Certificates = []tls.Certificate{cert}
+		}
+		creds = credentials.NewTLS(tc)
+	}
+	opts := []grpc.DialOption{
+		grpc.WithTransportCredentials(creds),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvMsgSize)),
+	}
+	if conf.Username != "" {
+		opts = append(opts, grpc.WithPerRPCCredentials(basicAuth("Basic "+base64.StdEncoding.EncodeToString([]byte(conf.Username+":"+conf.Password)))))
+	}
+	if conf.KeepAliveInterval >= 0 {
+		opts = append(opts, grpc.WithKeepaliveParams(keepalive.ClientParameters{
+			Time: conf.KeepAliveInterval, Timeout: conf.KeepAliveTimeout, PermitWithoutStream: true}))
+	}
+	return opts, nil
+}
+
+// basicAuth sends the connection string's credentials with every call, as
+// the client does, on plaintext connections too.
+type basicAuth string
+
+func (b basicAuth) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": string(b)}, nil
+}
+
+func (basicAuth) RequireTransportSecurity() bool { return false }
+
+// Supports reports whether the node behind conn offers the given method of
+// the given service (both lower-cased, as ServerFeatures names them). A
+// server without ServerFeatures offers none of the newer calls.
+func Supports(ctx context.Context, conn *grpc.ClientConn, service, method string) (bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	m, err := serverfeatures.NewServerFeaturesClient(conn).GetSupportedMethods(ctx, &shared.Empty{})
+	if err != nil {
+		if status.Code(err) == codes.Unimplemented {
+			return false, nil
+		}
+		return false, err
+	}
+	for _, sm := range m.GetMethods() {
+		if sm.GetServiceName() == service && sm.GetMethodName() == method {
+			return true, nil
+		}
+	}
+	return false, nil
+}
