@@ -183,27 +183,15 @@ func newBatchWrite(o *streams.BatchAppendReq_Options, now time.Time) (*batchWrit
 // the append limit after each request.
 func (b *batchAppend) add(w *batchWrite, msgs []*streams.BatchAppendReq_ProposedMessage) *rpcstatus.Status {
 	for _, m := range msgs {
-		typ, ok := m.Metadata["type"]
-		if !ok {
-			return missingMetadata("type")
+		ev, size, missing := proposedEvent(m.Id, m.Metadata, m.Data, m.CustomMetadata)
+		if missing != "" {
+			return missingMetadata(missing)
 		}
-		ct, ok := m.Metadata["content-type"]
-		if !ok {
-			return missingMetadata("content-type")
-		}
-		id := uuidFromProto(m.Id)
-		size := len(m.Data) + len(m.CustomMetadata) + 2*utf16Len(typ)
 		if limit := b.s.maxEventSize; limit > 0 && size > limit {
-			return eventTooBig(id, size, limit)
+			return eventTooBig(ev.ID, size, limit)
 		}
 		w.size += size
-		w.events = append(w.events, ProposedEvent{
-			ID:       id,
-			Type:     typ,
-			IsJSON:   ct == "application/json",
-			Data:     m.Data,
-			Metadata: m.CustomMetadata,
-		})
+		w.events = append(w.events, ev)
 	}
 	if w.size > b.s.maxAppendSize {
 		return rpcStatus(codes.InvalidArgument, "MaximumAppendSizeExceeded",

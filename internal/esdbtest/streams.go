@@ -105,14 +105,12 @@ func (s *streamsService) Append(srv streams.Streams_AppendServer) error {
 		if msg == nil {
 			return drain(srv, status.Error(codes.Unknown, "expected a proposed message"))
 		}
-		typ, okType := msg.Metadata["type"]
-		ct, okCT := msg.Metadata["content-type"]
-		if !okType || !okCT {
+		ev, size, missing := proposedEvent(msg.Id, msg.Metadata, msg.Data, msg.CustomMetadata)
+		if missing != "" {
 			return drain(srv, rpcError(set, codes.InvalidArgument, "Required metadata properties are missing: type, content-type",
 				"exception", "missing-required-metadata-property", "required-metadata-properties", "type,content-type"))
 		}
-		id := uuidFromProto(msg.Id)
-		size := len(msg.Data) + len(msg.CustomMetadata) + 2*utf16Len(typ)
+		id := ev.ID
 		if s.maxEventSize > 0 && size > s.maxEventSize {
 			return drain(srv, rpcError(set, codes.InvalidArgument,
 				fmt.Sprintf("Event with Id: %s, Size: %d, exceeds Maximum Append Event Size of %d.", id, size, s.maxEventSize),
@@ -126,13 +124,7 @@ func (s *streamsService) Append(srv streams.Streams_AppendServer) error {
 			return drain(srv, rpcError(set, codes.InvalidArgument, fmt.Sprintf("Maximum Append Size of %d Exceeded.", s.maxAppendSize),
 				"exception", "maximum-append-size-exceeded", "maximum-append-size", strconv.Itoa(s.maxAppendSize)))
 		}
-		events = append(events, ProposedEvent{
-			ID:       id,
-			Type:     typ,
-			IsJSON:   ct == "application/json",
-			Data:     msg.Data,
-			Metadata: msg.CustomMetadata,
-		})
+		events = append(events, ev)
 	}
 	res, err := s.store.Append(stream, exp, events)
 	var wev *WrongExpectedVersionError
@@ -159,6 +151,23 @@ func (s *streamsService) Append(srv streams.Streams_AppendServer) error {
 		success.PositionOption = &streams.AppendResp_Success_NoPosition{NoPosition: &shared.Empty{}}
 	}
 	return srv.SendAndClose(&streams.AppendResp{Result: &streams.AppendResp_Success_{Success: success}})
+}
+
+// proposedEvent is a proposed message as the store takes it, with its size
+// as the server counts it against the limits (data + metadata + 2 × type
+// length). missing names the first required metadata key (type, then
+// content-type) that is absent.
+func proposedEvent(id *shared.UUID, md map[string]string, data, custom []byte) (ev ProposedEvent, size int, missing string) {
+	typ, ok := md["type"]
+	if !ok {
+		return ev, 0, "type"
+	}
+	ct, ok := md["content-type"]
+	if !ok {
+		return ev, 0, "content-type"
+	}
+	ev = ProposedEvent{ID: uuidFromProto(id), Type: typ, IsJSON: ct == "application/json", Data: data, Metadata: custom}
+	return ev, len(data) + len(custom) + 2*utf16Len(typ), ""
 }
 
 // drain reads the rest of a refused append before its error is returned.

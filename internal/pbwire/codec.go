@@ -76,31 +76,25 @@ func (Codec) Marshal(v any) (mem.BufferSlice, error) {
 func (Codec) Unmarshal(data mem.BufferSlice, v any) error {
 	switch m := v.(type) {
 	case *persistent.ReadResp:
-		b := data.Materialize()
-		if decodeReadResp(b, m) == nil {
-			return nil
-		}
-		return proto.Unmarshal(b, m)
+		return byHand(data, m, decodeReadResp)
 	case *streams.AppendReq:
-		b := data.Materialize()
-		if decodeAppendReq(b, m) == nil {
-			return nil
-		}
-		return proto.Unmarshal(b, m)
+		return byHand(data, m, decodeAppendReq)
 	case *streams.BatchAppendReq:
-		b := data.Materialize()
-		if decodeBatchAppendReq(b, m) == nil {
-			return nil
-		}
-		return proto.Unmarshal(b, m)
+		return byHand(data, m, decodeBatchAppendReq)
 	case *persistent.ReadReq:
-		b := data.Materialize()
-		if decodeReadReq(b, m) == nil {
-			return nil
-		}
-		return proto.Unmarshal(b, m)
+		return byHand(data, m, decodeReadReq)
 	}
 	return unmarshalProto(data, v)
+}
+
+// byHand decodes data into m with decode, or with protobuf when decode
+// leaves the shape to it.
+func byHand[M proto.Message](data mem.BufferSlice, m M, decode func([]byte, M) error) error {
+	b := data.Materialize()
+	if decode(b, m) == nil {
+		return nil
+	}
+	return proto.Unmarshal(b, m)
 }
 
 // errShape means a message is valid protobuf (or not) in a shape the hand

@@ -156,6 +156,7 @@ func (b *batchAppender) requests(id uuid.UUID, stream string, exp esdb.ExpectedR
 	var reqs []*streams.BatchAppendReq
 	cur := &streams.BatchAppendReq{CorrelationId: cid, Options: opts}
 	size := 0
+	var prev *streams.BatchAppendReq_ProposedMessage
 	for i := range events {
 		e := &events[i]
 		n := len(e.Data) + len(e.Metadata) + len(e.Type) + 64
@@ -165,20 +166,32 @@ func (b *batchAppender) requests(id uuid.UUID, stream string, exp esdb.ExpectedR
 			size = 0
 		}
 		size += n
-		cur.ProposedMessages = append(cur.ProposedMessages, proposed(e))
+		var md map[string]string
+		if i > 0 && e.Type == events[i-1].Type && e.ContentType == events[i-1].ContentType {
+			// Maps are only read when the request is encoded: events of one
+			// type share one.
+			md = prev.Metadata
+		}
+		prev = proposed(e, md)
+		cur.ProposedMessages = append(cur.ProposedMessages, prev)
 	}
 	cur.IsFinal = true
 	return append(reqs, cur)
 }
 
-func proposed(e *sinks.Event) *streams.BatchAppendReq_ProposedMessage {
-	ct := "application/octet-stream"
-	if e.ContentType == "application/json" {
-		ct = "application/json"
+// proposed is e as a proposed message; md, if not nil, is the type and
+// content-type metadata of an earlier event of the same type.
+func proposed(e *sinks.Event, md map[string]string) *streams.BatchAppendReq_ProposedMessage {
+	if md == nil {
+		ct := "application/octet-stream"
+		if e.ContentType == "application/json" {
+			ct = "application/json"
+		}
+		md = map[string]string{"type": e.Type, "content-type": ct}
 	}
 	return &streams.BatchAppendReq_ProposedMessage{
 		Id:             structuredID(e.ID),
-		Metadata:       map[string]string{"type": e.Type, "content-type": ct},
+		Metadata:       md,
 		CustomMetadata: e.Metadata,
 		Data:           e.Data,
 	}

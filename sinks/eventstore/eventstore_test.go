@@ -36,7 +36,17 @@ func newSink(t *testing.T, opts Options) (*Sink, *esdb.Client) {
 	t.Cleanup(func() { c.Close() })
 	opts.Config = conf
 	s := New(c, opts)
-	t.Cleanup(func() { s.batch.close() })
+	t.Cleanup(func() {
+		// Each test runs on both paths (TestWithoutBatchAppend): check that the
+		// sink took the one the server offers.
+		s.batch.mu.Lock()
+		dialled, unsupported := s.batch.conn != nil, s.batch.unsupported
+		s.batch.mu.Unlock()
+		if dialled && unsupported != withoutBatchAppend {
+			t.Errorf("the sink found BatchAppend unsupported = %v on a server with DisableBatchAppend = %v", unsupported, withoutBatchAppend)
+		}
+		s.batch.close()
+	})
 	return s, c
 }
 
