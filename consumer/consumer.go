@@ -13,8 +13,10 @@ import (
 	"time"
 
 	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
+	"github.com/EventStore/EventStore-Client-Go/v4/protos/persistent"
 	"github.com/cenkalti/backoff/v4"
 	"github.com/rs/zerolog"
+	"google.golang.org/grpc"
 
 	"github.com/ditto-replicator/ditto/config"
 	"github.com/ditto-replicator/ditto/internal/esdbconn"
@@ -29,42 +31,23 @@ type Delivery struct {
 	conn       *conn
 }
 
-// Slim drops what the replicator has copied out of the event once it holds
-// it: the resolved record behind a link and the metadata maps and payloads
-// of the original record. Acks, nacks and logs use only the original
-// record's id, number and stream. This keeps the memory of a full buffer of
-// in-flight events down by about a quarter.
-func (d *Delivery) Slim() {
-	if d.Event.Link != nil {
-		d.Event.Event = nil
-	}
-	o := d.Event.OriginalEvent()
-	o.Data, o.UserMetadata, o.SystemMetadata = nil, nil, nil
-}
-
 // Subscription is one subscription group and its bound metrics.
 type Subscription struct {
 	config.Subscription
 	Metrics *metrics.Sub
 }
 
-// conn is one consumer connection. The client's Ack and Nack send on the
-// gRPC stream, which allows one sender at a time, so they go through mu.
+// conn is one consumer connection. Acks and nacks are sent on the gRPC
+// stream, which allows one sender at a time, so they go through mu.
 type conn struct {
-	mu     sync.Mutex
-	ps     *esdb.PersistentSubscription
-	closed chan struct{} // closed by close
-	once   sync.Once
+	mu   sync.Mutex
+	r    *reader
+	once sync.Once
 }
 
 // close ends the connection; the source requeues its unacked events.
 func (cn *conn) close() {
-	cn.once.Do(func() {
-		close(cn.closed)
-		cn.mu.Lock()
-		defer cn.mu.Unlock()
-		cn.ps.Close()
-	})
+	cn.once.Do(cn.r.close)
 }
 
 // Options tune the consumer.
@@ -79,12 +62,18 @@ type Options struct {
 	// closed itself (the v4 client does so for good when the source is
 	// unreachable during a discovery; see esdbconn). Without it, a source
 	// outage at start or of more than a second or two is never recovered.
+	// The client only creates missing groups.
 	Dial func() (*esdb.Client, error)
+	// Config is the source's parsed connection string: subscriptions are
+	// read on a connection of the consumer's own to the leader it names.
+	Config *esdb.Configuration
 }
 
 // Consumer reads every configured subscription group.
 type Consumer struct {
 	client    *esdbconn.Client
+	leader    *esdbconn.Leader
+	timeout   time.Duration // for a subscription to be confirmed
 	subs      []*Subscription
 	opts      Options
 	log       zerolog.Logger
@@ -110,7 +99,11 @@ func New(client *esdb.Client, subs []config.Subscription, m *metrics.Metrics, op
 	if opts.ConsumersPerSubscription <= 0 {
 		opts.ConsumersPerSubscription = 1
 	}
-	c := &Consumer{client: esdbconn.New(client, opts.Dial), opts: opts, log: log, conns: map[*conn]struct{}{}}
+	c := &Consumer{client: esdbconn.New(client, opts.Dial), leader: esdbconn.NewLeader(opts.Config), timeout: 10 * time.Second,
+		opts: opts, log: log, conns: map[*conn]struct{}{}}
+	if d := opts.Config.DefaultDeadline; d != nil && *d > 0 {
+		c.timeout = *d
+	}
 	c.connCtx, c.cancelConns = context.WithCancel(context.Background())
 	for _, s := range subs {
 		c.subs = append(c.subs, &Subscription{Subscription: s, Metrics: m.ForSubscription(s.Stream, s.Group)})
@@ -203,45 +196,68 @@ func (c *Consumer) runOne(ctx context.Context, s *Subscription, out chan<- *Deli
 
 // subscribe opens one connection, creating the group first if allowed.
 func (c *Consumer) subscribe(ctx context.Context, s *Subscription) (*conn, error) {
-	opts := esdb.SubscribeToPersistentSubscriptionOptions{BufferSize: uint32(c.opts.BufferSize)}
-	// Call gives up on a call the v4 client never answers (see esdbconn)
-	// and replaces a client that has closed itself.
-	ps, err := esdbconn.Call(ctx, c.client, func(client *esdb.Client, abandoned func() bool) (*esdb.PersistentSubscription, error) {
-		// The connection lives on connCtx, not ctx: after a stop it must
-		// stay open until in-flight events are acked.
-		ps, err := client.SubscribeToPersistentSubscription(c.connCtx, s.Stream, s.Group, opts)
-		if code(err) == esdb.ErrorCodeResourceNotFound && c.opts.Create {
-			if cerr := c.create(ctx, client, s); cerr != nil {
-				return nil, cerr
-			}
-			ps, err = client.SubscribeToPersistentSubscription(c.connCtx, s.Stream, s.Group, opts)
+	r, err := c.open(ctx, s)
+	if errors.Is(err, errNotFound) && c.opts.Create {
+		// Call gives up on a call the v4 client never answers (see
+		// esdbconn) and replaces a client that has closed itself.
+		_, err = esdbconn.Call(ctx, c.client, func(client *esdb.Client, _ func() bool) (struct{}, error) {
+			return struct{}{}, c.create(ctx, client, s)
+		})
+		if esdbconn.IsClosed(err) {
+			c.log.Info().Str("stream", s.Stream).Str("group", s.Group).
+				Msg("the source client closed itself after a failed discovery; retrying with a new one")
 		}
-		if err == nil && abandoned() {
-			ps.Close()
-			return nil, esdbconn.ErrAbandoned
+		if err == nil {
+			r, err = c.open(ctx, s)
 		}
-		return ps, err
-	})
-	if esdbconn.IsClosed(err) {
-		c.log.Info().Str("stream", s.Stream).Str("group", s.Group).
-			Msg("the source client closed itself after a failed discovery; retrying with a new one")
 	}
 	if err != nil {
-		switch code(err) {
-		case esdb.ErrorCodeResourceNotFound:
+		switch {
+		case errors.Is(err, errNotFound):
 			return nil, fmt.Errorf("%w: subscription group %q on stream %q does not exist on the source; create it, or set DITTO_CREATE_SUBSCRIPTIONS=true: %v", ErrFatal, s.Group, s.Stream, err)
-		case esdb.ErrorCodeUnauthenticated:
+		case errors.Is(err, errUnauthenticated):
 			return nil, fmt.Errorf("%w: the source rejected the credentials of DITTO_SOURCE_CONNECTION_STRING: %v", ErrFatal, err)
-		case esdb.ErrorCodeAccessDenied:
+		case errors.Is(err, errAccessDenied):
 			return nil, fmt.Errorf("%w: access to subscription %s:%s denied by the source: %v", ErrFatal, s.Stream, s.Group, err)
 		}
 		return nil, fmt.Errorf("subscribing to %s:%s: %w", s.Stream, s.Group, err)
 	}
-	cn := &conn{ps: ps, closed: make(chan struct{})}
+	cn := &conn{r: r}
 	c.mu.Lock()
 	c.conns[cn] = struct{}{}
 	c.mu.Unlock()
 	return cn, nil
+}
+
+// open starts one read on the leader connection. A failure other than a
+// refusal drops the connection, so that the next attempt dials again (the
+// leader may have moved); a not-leader answer points that dial at the
+// leader.
+func (c *Consumer) open(ctx context.Context, s *Subscription) (*reader, error) {
+	conn, err := c.leader.Conn(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("connecting to the source: %w", err)
+	}
+	// The read lives on connCtx, not ctx: after a stop it must stay open
+	// until in-flight events are acked.
+	r, err := openRead(c.connCtx, conn, s, c.opts.BufferSize, c.timeout)
+	if err != nil {
+		c.dropAfter(conn, err)
+	}
+	return r, err
+}
+
+// dropAfter drops conn after a read on it failed, unless the source refused
+// the read itself (it answered, so the connection is fine).
+func (c *Consumer) dropAfter(conn *grpc.ClientConn, err error) {
+	var nl *notLeader
+	switch {
+	case errors.As(err, &nl):
+		c.leader.Drop(conn, nl.leader)
+	case errors.Is(err, errNotFound), errors.Is(err, errUnauthenticated), errors.Is(err, errAccessDenied):
+	default:
+		c.leader.Drop(conn, "")
+	}
 }
 
 // create creates the group with the settings ditto needs: links resolved,
@@ -260,53 +276,50 @@ func (c *Consumer) create(ctx context.Context, client *esdb.Client, s *Subscript
 	return nil
 }
 
-// receive forwards events until the connection drops or ctx ends. It reports
+// receive forwards events until the read ends or ctx ends. It reports
 // whether any event arrived (a healthy connection resets the backoff).
 //
-// Recv takes no context, so a reader goroutine feeds a channel that this
-// loop selects on together with ctx. When ctx ends the connection stays open,
-// so that in-flight events can still be acked, until Close.
+// Reading takes no context of its own (the read lives on connCtx), so a
+// reader goroutine hands events on while this loop waits for ctx. When ctx
+// ends the connection stays open, so that in-flight events can still be
+// acked, until Close.
 func (c *Consumer) receive(ctx context.Context, s *Subscription, cn *conn, out chan<- *Delivery) bool {
-	events := make(chan *esdb.PersistentSubscriptionEvent)
+	var received atomic.Bool
+	ended := make(chan error, 1)
 	go func() {
 		for {
-			ev := cn.ps.Recv()
-			select {
-			case events <- ev:
-			case <-cn.closed:
+			m, err := cn.r.recv()
+			if err != nil {
+				ended <- err
 				return
 			}
-			if ev.SubscriptionDropped != nil {
+			if m.Event == nil {
+				continue
+			}
+			if m.Event.OriginalEvent() == nil {
+				// Nothing to write and no id to ack it by.
+				c.log.Error().Str("stream", s.Stream).Str("group", s.Group).Msg("the source delivered a message with no record; ignored")
+				continue
+			}
+			received.Store(true)
+			s.Metrics.Received.Inc()
+			select {
+			case out <- &Delivery{Event: m.Event, RetryCount: m.RetryCount, Sub: s, conn: cn}:
+			case <-ctx.Done():
+				// Not acked: the source redelivers it once this
+				// connection closes.
 				return
 			}
 		}
 	}()
-	received := false
-	for {
-		var ev *esdb.PersistentSubscriptionEvent
-		select {
-		case ev = <-events:
-		case <-ctx.Done():
-			return received
-		}
-		if ev.SubscriptionDropped != nil {
-			c.forget(cn)
-			c.log.Warn().Err(ev.SubscriptionDropped.Error).Str("stream", s.Stream).Str("group", s.Group).Msg("subscription dropped; reconnecting")
-			return received
-		}
-		if ev.EventAppeared == nil {
-			continue
-		}
-		received = true
-		s.Metrics.Received.Inc()
-		d := &Delivery{Event: ev.EventAppeared.Event, RetryCount: ev.EventAppeared.RetryCount, Sub: s, conn: cn}
-		select {
-		case out <- d:
-		case <-ctx.Done():
-			// Not acked: the source redelivers it once this connection closes.
-			return received
-		}
+	select {
+	case err := <-ended:
+		c.forget(cn)
+		c.dropAfter(cn.r.conn, err)
+		c.log.Warn().Err(err).Str("stream", s.Stream).Str("group", s.Group).Msg("subscription dropped; reconnecting")
+	case <-ctx.Done():
 	}
+	return received.Load()
 }
 
 func (c *Consumer) forget(cn *conn) {
@@ -327,6 +340,7 @@ func (c *Consumer) Close() {
 		cn.close()
 	}
 	c.cancelConns()
+	c.leader.Close()
 	c.client.Close()
 }
 
@@ -334,36 +348,39 @@ func (c *Consumer) Close() {
 // connection that has dropped cannot ack; its events are redelivered and the
 // replicator writes them again idempotently.
 func Ack(ds []*Delivery) error {
-	return each(ds, func(ps *esdb.PersistentSubscription, evs []*esdb.ResolvedEvent) error {
-		return ps.Ack(evs...)
-	})
+	return each(ds, nil)
 }
 
 // Nack hands deliveries back to the source with action and reason.
 func Nack(ds []*Delivery, action esdb.NackAction, reason string) error {
-	return each(ds, func(ps *esdb.PersistentSubscription, evs []*esdb.ResolvedEvent) error {
-		return ps.Nack(reason, action, evs...)
-	})
+	return each(ds, &persistent.ReadReq_Nack{Action: persistent.ReadReq_Nack_Action(action), Reason: reason})
 }
 
 // maxIDsPerMessage keeps ack messages well below gRPC message limits.
 const maxIDsPerMessage = 2000
 
-func each(ds []*Delivery, fn func(*esdb.PersistentSubscription, []*esdb.ResolvedEvent) error) error {
+// each sends an ack, or with nack a nack, for ds: one message per
+// connection and per maxIDsPerMessage deliveries.
+func each(ds []*Delivery, nack *persistent.ReadReq_Nack) error {
 	var errs []error
 	for len(ds) > 0 {
 		cn := ds[0].conn
-		var evs []*esdb.ResolvedEvent
+		var mine []*Delivery
 		rest := ds[:0:0]
 		for _, d := range ds {
-			if d.conn == cn && len(evs) < maxIDsPerMessage {
-				evs = append(evs, d.Event)
+			if d.conn == cn && len(mine) < maxIDsPerMessage {
+				mine = append(mine, d)
 			} else {
 				rest = append(rest, d)
 			}
 		}
+		var n *persistent.ReadReq_Nack
+		if nack != nil {
+			n = &persistent.ReadReq_Nack{Action: nack.Action, Reason: nack.Reason}
+		}
+		ids := eventIDs(mine)
 		cn.mu.Lock()
-		err := fn(cn.ps, evs)
+		err := cn.r.settle(ids, n)
 		cn.mu.Unlock()
 		if err != nil {
 			errs = append(errs, err)

@@ -222,7 +222,6 @@ func (r *Replicator) dispatch(d *consumer.Delivery) {
 	}
 	ev := sinks.Event{Stream: rec.StreamID, Number: rec.EventNumber, ID: rec.EventID, Type: rec.EventType,
 		ContentType: rec.ContentType, Data: rec.Data, Metadata: rec.UserMetadata, Created: rec.CreatedDate}
-	d.Slim()
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.inflight++

@@ -92,7 +92,14 @@ func newService(cfg *config.Config, log zerolog.Logger, out io.Writer) (*service
 		s.sink = es
 		s.readyProbe = es.Ready
 	}
+	// Parsed again: the client keeps its own copy.
+	sourceConf, err := esdb.ParseConnectionString(cfg.SourceConnectionString)
+	if err != nil {
+		s.close()
+		return nil, fmt.Errorf("DITTO_SOURCE_CONNECTION_STRING: %w", err)
+	}
 	s.consumer = consumer.New(s.source, cfg.SubscriptionList(), s.metrics, consumer.Options{
+		Config:                   sourceConf,
 		BufferSize:               cfg.BufferSize,
 		ConsumersPerSubscription: cfg.ConsumersPerSubscription,
 		Create:                   cfg.CreateSubscriptions,

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net"
+	"sync"
 	"time"
 
 	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
@@ -18,6 +20,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 )
 
@@ -66,6 +69,73 @@ func DialLeader(ctx context.Context, conf *esdb.Configuration, leader string) (*
 		return grpc.NewClient(addr, opts...)
 	}
 	return nil, fmt.Errorf("no seed named a live leader: %w", errors.Join(errs...))
+}
+
+// Leader holds one connection of the caller's own to the leader of conf,
+// dialled on first use and again after Drop: a connection stays on the node
+// it was made to, so after a leader change it must be made again.
+type Leader struct {
+	conf *esdb.Configuration
+
+	mu     sync.Mutex
+	conn   *grpc.ClientConn
+	hint   string // the leader a not-leader answer named
+	closed bool
+}
+
+// NewLeader returns a Leader for conf; nothing is dialled yet.
+func NewLeader(conf *esdb.Configuration) *Leader { return &Leader{conf: conf} }
+
+// Conn returns the current connection, dialling one if there is none.
+func (l *Leader) Conn(ctx context.Context) (*grpc.ClientConn, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return nil, errors.New("connection closed")
+	}
+	if l.conn == nil {
+		conn, err := DialLeader(ctx, l.conf, l.hint)
+		if err != nil {
+			return nil, err
+		}
+		l.conn, l.hint = conn, ""
+	}
+	return l.conn, nil
+}
+
+// Drop closes conn after a call on it failed in a way that says the leader
+// may have moved, so that the next Conn dials again: to leader if a
+// not-leader answer named one (see NotLeader), else through discovery. A
+// conn that is no longer the current one is left alone.
+func (l *Leader) Drop(conn *grpc.ClientConn, leader string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.conn != conn || conn == nil {
+		return
+	}
+	l.conn.Close()
+	l.conn, l.hint = nil, leader
+}
+
+// Close closes the connection, which ends every call on it.
+func (l *Leader) Close() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.closed = true
+	if l.conn != nil {
+		l.conn.Close()
+		l.conn = nil
+	}
+}
+
+// NotLeader returns the host:port that a not-leader answer's trailers name
+// as the leader, or "" if they name none.
+func NotLeader(md metadata.MD) string {
+	host, port := md.Get("leader-endpoint-host"), md.Get("leader-endpoint-port")
+	if len(host) == 0 || len(port) == 0 {
+		return ""
+	}
+	return net.JoinHostPort(host[0], port[0])
 }
 
 func askLeader(ctx context.Context, seed string, timeout time.Duration, opts []grpc.DialOption) (string, error) {

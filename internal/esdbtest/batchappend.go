@@ -51,6 +51,14 @@ func requiresLeader(ctx context.Context) bool {
 	return len(v) > 0 && v[0] == "true"
 }
 
+// notLeader is a follower's answer: the leader's address in the trailers
+// (§6).
+func notLeader(setTrailer func(metadata.MD), leader string) error {
+	host, port, _ := net.SplitHostPort(leader)
+	return rpcError(setTrailer, codes.NotFound, "Leader info available",
+		"exception", "not-leader", "leader-endpoint-host", host, "leader-endpoint-port", port)
+}
+
 func (s *streamsService) BatchAppend(srv streams.Streams_BatchAppendServer) error {
 	if s.noBatchAppend {
 		return s.UnimplementedStreamsServer.BatchAppend(srv)
@@ -62,9 +70,7 @@ func (s *streamsService) BatchAppend(srv streams.Streams_BatchAppendServer) erro
 		if _, err := srv.Recv(); err != nil {
 			return err
 		}
-		host, port, _ := net.SplitHostPort(s.leader)
-		return rpcError(func(md metadata.MD) { srv.SetTrailer(md) }, codes.NotFound, "Leader info available",
-			"exception", "not-leader", "leader-endpoint-host", host, "leader-endpoint-port", port)
+		return notLeader(func(md metadata.MD) { srv.SetTrailer(md) }, s.leader)
 	}
 	b := batchAppend{s: s, pending: map[uuid.UUID]*batchWrite{}}
 	for {

@@ -14,7 +14,10 @@ import (
 	"github.com/EventStore/EventStore-Client-Go/v4/protos/shared"
 	"github.com/google/uuid"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	"github.com/ditto-replicator/ditto/internal/pbwire"
 )
 
 // psConfigStream holds the persisted subscription configuration: its last
@@ -31,7 +34,8 @@ const psConfigStream = "$persistentSubscriptionConfig"
 // while waiting on a consumer.
 type persistentService struct {
 	persistent.UnimplementedPersistentSubscriptionsServer
-	store *Store
+	store  *Store
+	leader string // Options.LeaderAddr: this node is a follower
 
 	mu   sync.Mutex
 	subs map[string]*psSub // by key "<stream>::<group>"
@@ -48,8 +52,8 @@ type psConfigDoc struct {
 
 // newPersistentService loads every persisted subscription from the store and
 // starts them.
-func newPersistentService(store *Store) (*persistentService, error) {
-	p := &persistentService{store: store, subs: map[string]*psSub{}, seen: map[string]bool{}}
+func newPersistentService(store *Store, leader string) (*persistentService, error) {
+	p := &persistentService{store: store, leader: leader, subs: map[string]*psSub{}, seen: map[string]bool{}}
 	if err := p.load(); err != nil {
 		return nil, err
 	}
@@ -222,6 +226,12 @@ func (p *persistentService) Read(stream persistent.PersistentSubscriptions_ReadS
 		return status.Errorf(codes.InvalidArgument, "buffer size must be at least 1, got %d", o.GetBufferSize())
 	}
 	_, stringIDs := o.GetUuidOption().GetContent().(*persistent.ReadReq_Options_UUIDOption_String_)
+	if p.leader != "" {
+		// Subscriptions run on the leader only: a follower answers the
+		// read with the leader's address (PersistentSubscriptions.Read.cs,
+		// NotHandled), whatever requires-leader says.
+		return notLeader(func(md metadata.MD) { stream.SetTrailer(md) }, p.leader)
+	}
 
 	sub := p.get(streamName, group)
 	if sub == nil {
@@ -264,12 +274,20 @@ func (p *persistentService) Read(stream persistent.PersistentSubscriptions_ReadS
 	}()
 
 	var spare []sendItem
+	var raw pbwire.Raw // reused header only: each delivery has its own bytes
 	for {
 		select {
 		case <-c.notify:
 			items := c.take(spare)
 			for i, it := range items {
-				if err := stream.Send(psEventResp(it.ev, it.retry, stringIDs)); err != nil {
+				var err error
+				var ok bool
+				if raw, ok = psDelivery(it.ev, it.retry, stringIDs); ok {
+					err = stream.SendMsg(&raw)
+				} else {
+					err = stream.Send(psEventResp(it.ev, it.retry, stringIDs))
+				}
+				if err != nil {
 					disconnect()
 					return err
 				}

@@ -24,19 +24,15 @@ func (s *psSub) tick() {
 }
 
 // checkpointCandidate is the seq of the last message such that every earlier
-// one is acked, parked or skipped. O(outstanding + retry), but it only runs
-// when a checkpoint is due, not per ack.
+// one is acked, parked or skipped: just below the lowest non-replayed
+// message still outstanding or on the retry list (the first unsettled one
+// of handed), or the buffer's head. Amortized O(1): it runs whenever
+// max_checkpoint_count acks have come in, and a scan of the outstanding map
+// there took about a tenth of the server's CPU in replication profiles.
 func (s *psSub) checkpointCandidate() (int64, bool) {
 	low, found := int64(math.MaxInt64), false
-	for _, o := range s.outstanding {
-		if !o.msg.replayed && o.msg.seq < low {
-			low, found = o.msg.seq, true
-		}
-	}
-	for _, m := range s.retry {
-		if !m.replayed && m.seq < low {
-			low, found = m.seq, true
-		}
+	if m := s.lowestUnsettled(); m != nil && m.seq < low {
+		low, found = m.seq, true
 	}
 	if s.head < len(s.buffer) && s.buffer[s.head].seq < low {
 		low, found = s.buffer[s.head].seq, true
@@ -45,6 +41,42 @@ func (s *psSub) checkpointCandidate() (int64, bool) {
 		return low - 1, low > 0
 	}
 	return s.lastReadSeq, s.lastReadSeq >= 0
+}
+
+// lowestUnsettled drops the settled messages at the front of handed and
+// returns the first unsettled one, or nil.
+func (s *psSub) lowestUnsettled() *psMessage {
+	for s.handedHead < len(s.handed) && s.handed[s.handedHead].settled {
+		s.handed[s.handedHead] = nil
+		s.handedHead++
+	}
+	if s.handedHead == len(s.handed) {
+		s.handed, s.handedHead = s.handed[:0], 0
+		return nil
+	}
+	return s.handed[s.handedHead]
+}
+
+// settle marks a non-replayed message as gone from outstanding and retry.
+// When settled messages are most of handed, it is compacted, so it stays
+// within twice the messages in flight or waiting for a retry (amortized
+// O(1) per message).
+func (s *psSub) settle(m *psMessage) {
+	if m.replayed || m.settled {
+		return
+	}
+	m.settled = true
+	s.handedLive--
+	if n := len(s.handed); n > 64 && n > 2*s.handedLive {
+		live := s.handed[:0]
+		for _, x := range s.handed[s.handedHead:] {
+			if !x.settled {
+				live = append(live, x)
+			}
+		}
+		clear(s.handed[len(live):n])
+		s.handed, s.handedHead = live, 0
+	}
 }
 
 // maybeCheckpoint writes a checkpoint when max_checkpoint_count messages

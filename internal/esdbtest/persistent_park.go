@@ -103,6 +103,10 @@ func (s *psSub) fillReplay(capacity int) {
 		for _, rec := range recs {
 			link := rec.Original()
 			if link.Number >= r.end {
+				// Past the range: what was left of it is hidden by an
+				// earlier replay's $tb. Without moving the cursor to the
+				// end, this loop read the same records forever.
+				r.next = r.end
 				break
 			}
 			r.next, r.last = link.Number+1, link.Number

@@ -51,6 +51,10 @@ type psMessage struct {
 	// replayed marks a parked message being replayed: it sits at the end of
 	// the retry list and never moves the checkpoint.
 	replayed bool
+	// settled: the message left the outstanding map and the retry list for
+	// good (acked, skipped, parked, or its outstanding entry was taken by a
+	// later message with the same id). Only non-replayed messages use it.
+	settled bool
 }
 
 // sendItem is a message queued for a consumer's RPC handler.
@@ -131,6 +135,14 @@ type psSub struct {
 	retry       []*psMessage
 	outstanding map[uuid.UUID]*psOutstanding
 	pending     map[*psConsumer][]sendItem // per push burst
+	// handed lists the non-replayed messages taken from the buffer (to a
+	// consumer or the retry list), in seq order since the buffer is; its
+	// unsettled ones are exactly the non-replayed messages in outstanding
+	// and retry, so the first unsettled one is the lowest the checkpoint
+	// must wait for, found without a scan (persistent_checkpoint.go).
+	handed     []*psMessage
+	handedHead int // handed[:handedHead] are dropped (nil)
+	handedLive int // unsettled messages in handed
 
 	nextNumber  int64  // stream: next event number to read
 	nextPos     uint64 // $all: next position to read
@@ -158,6 +170,14 @@ type psStop struct {
 // events appended right after Create are not missed) and starts the
 // goroutine.
 func newSub(store *Store, settings *psSettings) *psSub {
+	s := newSubState(store, settings)
+	go s.run()
+	return s
+}
+
+// newSubState is newSub without the goroutine, for tests that drive the
+// state machine step by step.
+func newSubState(store *Store, settings *psSettings) *psSub {
 	s := &psSub{
 		settings:    settings,
 		store:       store,
@@ -189,7 +209,6 @@ func newSub(store *Store, settings *psSettings) *psSub {
 			s.nextNumber = settings.StartRevision
 		}
 	}
-	go s.run()
 	return s
 }
 
@@ -431,6 +450,8 @@ func (s *psSub) push() {
 		}
 		s.buffer[s.head] = nil
 		s.head++
+		s.handed = append(s.handed, m)
+		s.handedLive++
 		if r == skipped {
 			s.retry = append(s.retry, m)
 			continue
@@ -449,6 +470,11 @@ func (s *psSub) deliver(c *psConsumer, m *psMessage) {
 	c.inFlight++
 	c.total++
 	s.totalItems++
+	if prev, ok := s.outstanding[m.id]; ok {
+		// Ids are not unique across (or even within) streams: the earlier
+		// message is no longer outstanding, nor anywhere else.
+		s.settle(prev.msg)
+	}
 	s.outstanding[m.id] = &psOutstanding{
 		msg: m, c: c,
 		deadline: s.now.Add(time.Duration(s.settings.MessageTimeoutMs) * time.Millisecond),
@@ -569,4 +595,5 @@ func (s *psSub) processed(m *psMessage) {
 	if !m.replayed {
 		s.sinceCheckpoint++
 	}
+	s.settle(m)
 }

@@ -56,8 +56,9 @@ type Options struct {
 	// does not advertise it, like servers before 21.10.
 	DisableBatchAppend bool
 	// LeaderAddr, if set, makes this node a follower of the node at that
-	// host:port for BatchAppend: a call that requires the leader fails at
-	// its first write with the not-leader error naming it (§6).
+	// host:port for BatchAppend and persistent-subscription reads: a
+	// BatchAppend that requires the leader fails at its first write, and
+	// every read at its options, with the not-leader error naming it (§6).
 	LeaderAddr string
 }
 
@@ -120,7 +121,7 @@ func (s *Server) start() error {
 		// Server preference order decides ALPN: see route.
 		tlsConf = &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"http/1.1", "h2"}}
 	}
-	ps, err := newPersistentService(s.store)
+	ps, err := newPersistentService(s.store, s.opts.LeaderAddr)
 	if err != nil {
 		return fmt.Errorf("start persistent subscriptions: %w", err)
 	}

@@ -139,3 +139,35 @@ func BenchmarkCodec(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkDecodeRead times decoding a delivery into the client's event
+// types: the codec's decode into persistent.ReadResp followed by the
+// client's conversion, against DecodeRead, alternating as BenchmarkCodec
+// does.
+//
+//	go test -run XXX -bench DecodeRead ./internal/pbwire
+func BenchmarkDecodeRead(b *testing.B) {
+	wire, _ := proto.Marshal(typicalReadResp())
+	var took [2]time.Duration
+	for b.Loop() {
+		t := time.Now()
+		var resp persistent.ReadResp
+		if err := (Codec{}).Unmarshal(mem.BufferSlice{mem.SliceBuffer(wire)}, &resp); err != nil {
+			b.Fatal(err)
+		}
+		_ = fromReadResp(&resp)
+		took[0] += time.Since(t)
+		t = time.Now()
+		var raw Raw
+		if err := (Codec{}).Unmarshal(mem.BufferSlice{mem.SliceBuffer(wire)}, &raw); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := DecodeRead(raw); err != nil {
+			b.Fatal(err)
+		}
+		took[1] += time.Since(t)
+	}
+	b.ReportMetric(float64(took[0].Nanoseconds())/float64(b.N), "message-ns/op")
+	b.ReportMetric(float64(took[1].Nanoseconds())/float64(b.N), "direct-ns/op")
+	b.ReportMetric(float64(took[0])/float64(took[1]), "speedup-x")
+}

@@ -32,6 +32,11 @@ import (
 	"github.com/EventStore/EventStore-Client-Go/v4/protos/streams"
 )
 
+// Raw is a message as bytes on the wire: sent as it is, or received into
+// for the caller to decode (DecodeRead). It lets a server send a message it
+// has encoded ahead, and a client skip the generated message types.
+type Raw []byte
+
 // Name is the content subtype of the codec: it replaces grpc's "proto".
 const Name = "proto"
 
@@ -50,6 +55,8 @@ func (Codec) Name() string { return Name }
 func (Codec) Marshal(v any) (mem.BufferSlice, error) {
 	var w writer
 	switch m := v.(type) {
+	case *Raw:
+		return mem.BufferSlice{mem.SliceBuffer(*m)}, nil
 	case *streams.AppendReq:
 		if w.appendReqSize(m) {
 			return w.finish(func(b []byte) []byte { return w.appendAppendReq(b, m) }), nil
@@ -75,6 +82,9 @@ func (Codec) Marshal(v any) (mem.BufferSlice, error) {
 // instead of one allocation per field (grpc frees data when this returns).
 func (Codec) Unmarshal(data mem.BufferSlice, v any) error {
 	switch m := v.(type) {
+	case *Raw:
+		*m = data.Materialize()
+		return nil
 	case *persistent.ReadResp:
 		return byHand(data, m, decodeReadResp)
 	case *streams.AppendReq:

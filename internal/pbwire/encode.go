@@ -16,7 +16,10 @@ import (
 // Field numbers, from the KurrentDB protos.
 const (
 	// persistent.ReadResp
-	fReadRespEvent = 1
+	fReadRespEvent        = 1
+	fReadRespConfirmation = 2
+	// persistent.ReadResp.SubscriptionConfirmation
+	fConfirmationID = 1
 	// persistent.ReadResp.ReadEvent
 	fReadEventEvent          = 1
 	fReadEventLink           = 2

@@ -154,9 +154,11 @@ func (b *batchAppender) requests(id uuid.UUID, stream string, exp esdb.ExpectedR
 		opts.ExpectedStreamPosition = &streams.BatchAppendReq_Options_Any{Any: &emptypb.Empty{}}
 	}
 	var reqs []*streams.BatchAppendReq
-	cur := &streams.BatchAppendReq{CorrelationId: cid, Options: opts}
+	cur := &streams.BatchAppendReq{CorrelationId: cid, Options: opts, ProposedMessages: make([]*streams.BatchAppendReq_ProposedMessage, 0, len(events))}
+	// The messages of all events in a few allocations rather than four
+	// per event.
+	msgs := make([]proposedBlock, len(events))
 	size := 0
-	var prev *streams.BatchAppendReq_ProposedMessage
 	for i := range events {
 		e := &events[i]
 		n := len(e.Data) + len(e.Metadata) + len(e.Type) + 64
@@ -170,18 +172,25 @@ func (b *batchAppender) requests(id uuid.UUID, stream string, exp esdb.ExpectedR
 		if i > 0 && e.Type == events[i-1].Type && e.ContentType == events[i-1].ContentType {
 			// Maps are only read when the request is encoded: events of one
 			// type share one.
-			md = prev.Metadata
+			md = msgs[i-1].msg.Metadata
 		}
-		prev = proposed(e, md)
-		cur.ProposedMessages = append(cur.ProposedMessages, prev)
+		cur.ProposedMessages = append(cur.ProposedMessages, msgs[i].fill(e, md))
 	}
 	cur.IsFinal = true
 	return append(reqs, cur)
 }
 
-// proposed is e as a proposed message; md, if not nil, is the type and
-// content-type metadata of an earlier event of the same type.
-func proposed(e *sinks.Event, md map[string]string) *streams.BatchAppendReq_ProposedMessage {
+// proposedBlock holds a proposed message and its id's messages.
+type proposedBlock struct {
+	msg   streams.BatchAppendReq_ProposedMessage
+	id    shared.UUID
+	value shared.UUID_Structured_
+	st    shared.UUID_Structured
+}
+
+// fill makes p the proposed message of e and returns it; md, if not nil, is
+// the type and content-type metadata of an earlier event of the same type.
+func (p *proposedBlock) fill(e *sinks.Event, md map[string]string) *streams.BatchAppendReq_ProposedMessage {
 	if md == nil {
 		ct := "application/octet-stream"
 		if e.ContentType == "application/json" {
@@ -189,12 +198,12 @@ func proposed(e *sinks.Event, md map[string]string) *streams.BatchAppendReq_Prop
 		}
 		md = map[string]string{"type": e.Type, "content-type": ct}
 	}
-	return &streams.BatchAppendReq_ProposedMessage{
-		Id:             structuredID(e.ID),
-		Metadata:       md,
-		CustomMetadata: e.Metadata,
-		Data:           e.Data,
-	}
+	p.st.MostSignificantBits = int64(binary.BigEndian.Uint64(e.ID[:8]))
+	p.st.LeastSignificantBits = int64(binary.BigEndian.Uint64(e.ID[8:]))
+	p.value.Structured = &p.st
+	p.id.Value = &p.value
+	p.msg.Id, p.msg.Metadata, p.msg.CustomMetadata, p.msg.Data = &p.id, md, e.Metadata, e.Data
+	return &p.msg
 }
 
 // session returns a live BatchAppend stream, opening the connection and the

@@ -1,0 +1,149 @@
+package consumer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
+	"github.com/EventStore/EventStore-Client-Go/v4/protos/persistent"
+	"github.com/EventStore/EventStore-Client-Go/v4/protos/shared"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/ditto-replicator/ditto/internal/esdbconn"
+	"github.com/ditto-replicator/ditto/internal/pbwire"
+)
+
+// The persistent-subscription read is called directly rather than through
+// the client: its deliveries are decoded straight into the client's event
+// types (pbwire.DecodeRead), without the intermediate protobuf messages and
+// metadata maps that were over a third of ditto's CPU per event.
+const readMethod = "/event_store.client.persistent_subscriptions.PersistentSubscriptions/Read"
+
+var readDesc = &grpc.StreamDesc{StreamName: "Read", ServerStreams: true, ClientStreams: true}
+
+// errNotFound, errUnauthenticated and errAccessDenied are the refusals of a
+// read that retrying cannot fix.
+var (
+	errNotFound        = errors.New("subscription group not found")
+	errUnauthenticated = errors.New("unauthenticated")
+	errAccessDenied    = errors.New("access denied")
+)
+
+// reader is one persistent-subscription read: a bidirectional stream that
+// delivers events and takes their acks and nacks.
+type reader struct {
+	conn   *grpc.ClientConn
+	stream grpc.ClientStream
+	cancel context.CancelFunc
+	id     []byte // the subscription id acks name
+}
+
+// openRead starts a read of s on conn and waits up to timeout for the
+// source to confirm it. The read lives on parent.
+func openRead(parent context.Context, conn *grpc.ClientConn, s *Subscription, buffer int, timeout time.Duration) (*reader, error) {
+	ctx, cancel := context.WithCancel(parent)
+	stream, err := conn.NewStream(ctx, readDesc, readMethod, grpc.ForceCodecV2(pbwire.Codec{}))
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	r := &reader{conn: conn, stream: stream, cancel: cancel}
+	err = stream.SendMsg(&persistent.ReadReq{Content: &persistent.ReadReq_Options_{Options: &persistent.ReadReq_Options{
+		StreamOption: &persistent.ReadReq_Options_StreamIdentifier{StreamIdentifier: &shared.StreamIdentifier{StreamName: []byte(s.Stream)}},
+		GroupName:    s.Group,
+		BufferSize:   int32(buffer),
+		UuidOption:   &persistent.ReadReq_Options_UUIDOption{Content: &persistent.ReadReq_Options_UUIDOption_Structured{Structured: &shared.Empty{}}},
+	}}})
+	if err == nil {
+		// The source may accept the call and never answer it.
+		t := time.AfterFunc(timeout, cancel)
+		var m pbwire.ReadMessage
+		m, err = r.recv()
+		if !t.Stop() {
+			err = fmt.Errorf("no confirmation within %s", timeout)
+		}
+		if err == nil && m.Event != nil {
+			err = errors.New("the source sent an event before confirming the subscription")
+		}
+		r.id = []byte(m.SubscriptionID)
+	}
+	if err != nil {
+		cancel()
+		return nil, r.refusal(err)
+	}
+	return r, nil
+}
+
+// recv returns the next message; an error means the read has ended.
+func (r *reader) recv() (pbwire.ReadMessage, error) {
+	var raw pbwire.Raw
+	if err := r.stream.RecvMsg(&raw); err != nil {
+		if errors.Is(err, context.Canceled) || status.Code(err) == codes.Canceled {
+			return pbwire.ReadMessage{}, err
+		}
+		return pbwire.ReadMessage{}, r.refusal(err)
+	}
+	return pbwire.DecodeRead(raw)
+}
+
+// refusal names the errors that retrying cannot fix, and points the next
+// dial at the leader when the source says it is not the leader.
+func (r *reader) refusal(err error) error {
+	if leader := esdbconn.NotLeader(r.stream.Trailer()); leader != "" {
+		return &notLeader{leader: leader, err: err}
+	}
+	switch status.Code(err) {
+	case codes.NotFound:
+		return fmt.Errorf("%w: %w", errNotFound, err)
+	case codes.Unauthenticated:
+		return fmt.Errorf("%w: %w", errUnauthenticated, err)
+	case codes.PermissionDenied:
+		return fmt.Errorf("%w: %w", errAccessDenied, err)
+	}
+	return err
+}
+
+// notLeader is a refusal from a node that is not the leader, naming it.
+type notLeader struct {
+	leader string
+	err    error
+}
+
+func (e *notLeader) Error() string {
+	return fmt.Sprintf("the node is not the leader (%s is): %v", e.leader, e.err)
+}
+func (e *notLeader) Unwrap() error { return e.err }
+
+// settle sends one ack, or with nack one nack, for ids. The stream takes one
+// sender at a time: the caller holds the connection's lock.
+func (r *reader) settle(ids []*shared.UUID, nack *persistent.ReadReq_Nack) error {
+	req := &persistent.ReadReq{Content: &persistent.ReadReq_Ack_{Ack: &persistent.ReadReq_Ack{Id: r.id, Ids: ids}}}
+	if nack != nil {
+		nack.Id, nack.Ids = r.id, ids
+		req.Content = &persistent.ReadReq_Nack_{Nack: nack}
+	}
+	return r.stream.SendMsg(req)
+}
+
+func (r *reader) close() { r.cancel() }
+
+// eventIDs returns the ids of the original records of ds, as the source
+// names them in acks, with the messages of all of them in a few allocations.
+func eventIDs(ds []*Delivery) []*shared.UUID {
+	us := make([]shared.UUID, len(ds))
+	vs := make([]shared.UUID_Structured_, len(ds))
+	ss := make([]shared.UUID_Structured, len(ds))
+	out := make([]*shared.UUID, len(ds))
+	for i, d := range ds {
+		most, least := esdb.UUIDAsInt64(d.Event.OriginalEvent().EventID)
+		ss[i].MostSignificantBits, ss[i].LeastSignificantBits = most, least
+		vs[i].Structured = &ss[i]
+		us[i].Value = &vs[i]
+		out[i] = &us[i]
+	}
+	return out
+}

@@ -1,0 +1,307 @@
+package pbwire
+
+import (
+	"encoding/binary"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
+	"github.com/EventStore/EventStore-Client-Go/v4/protos/persistent"
+	"github.com/google/uuid"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+)
+
+// ReadMessage is one message of a persistent-subscription read, decoded for
+// a consumer: an event with its retry count, or the confirmation that opens
+// the read.
+type ReadMessage struct {
+	Event          *esdb.ResolvedEvent
+	RetryCount     int
+	SubscriptionID string // set on the confirmation
+}
+
+// Metadata keys the server puts on every record.
+const (
+	mdType        = "type"
+	mdContentType = "content-type"
+	mdCreated     = "created"
+)
+
+// DecodeRead decodes a persistent.ReadResp, received as Raw, straight into
+// the client's event types: the values are those the client's own
+// subscription gives after decoding the message with protobuf, but without
+// the intermediate messages and metadata maps, in one allocation. Strings
+// and byte slices point into b, which must not change afterwards.
+//
+// Two things differ from the client, on purpose: RecordedEvent.SystemMetadata
+// stays nil (only the type, content type and creation time are read from
+// it), and a creation time that is not a number gives the zero time where
+// the client exits the process.
+func DecodeRead(b []byte) (ReadMessage, error) {
+	if m, err := decodeReadFast(b); err == nil {
+		return m, nil
+	}
+	// A shape the fast path leaves to protobuf (unknown fields, a message
+	// sent twice), or broken bytes, which protobuf reports.
+	var resp persistent.ReadResp
+	if err := proto.Unmarshal(b, &resp); err != nil {
+		return ReadMessage{}, fmt.Errorf("decoding a persistent subscription message: %w", err)
+	}
+	return fromReadResp(&resp), nil
+}
+
+// fromReadResp converts a decoded message as the client does.
+func fromReadResp(resp *persistent.ReadResp) ReadMessage {
+	if c := resp.GetSubscriptionConfirmation(); c != nil {
+		return ReadMessage{SubscriptionID: c.GetSubscriptionId()}
+	}
+	e := resp.GetEvent()
+	if e == nil {
+		return ReadMessage{}
+	}
+	ev := &esdb.ResolvedEvent{}
+	if p, ok := e.GetPosition().(*persistent.ReadResp_ReadEvent_CommitPosition); ok {
+		c := p.CommitPosition
+		ev.Commit = &c
+	}
+	conv := func(r *persistent.ReadResp_ReadEvent_RecordedEvent) *esdb.RecordedEvent {
+		if r == nil {
+			return nil
+		}
+		out := &esdb.RecordedEvent{
+			EventType:    r.GetMetadata()[mdType],
+			ContentType:  r.GetMetadata()[mdContentType],
+			StreamID:     string(r.GetStreamIdentifier().GetStreamName()),
+			EventNumber:  r.GetStreamRevision(),
+			CreatedDate:  created(r.GetMetadata()[mdCreated]),
+			Position:     esdb.Position{Commit: r.GetCommitPosition(), Prepare: r.GetPreparePosition()},
+			Data:         r.GetData(),
+			UserMetadata: r.GetCustomMetadata(),
+		}
+		if s := r.GetId().GetStructured(); s != nil {
+			out.EventID = structuredUUID(uint64(s.GetMostSignificantBits()), uint64(s.GetLeastSignificantBits()))
+		} else {
+			out.EventID = stringUUID(r.GetId().GetString_())
+		}
+		return out
+	}
+	ev.Event, ev.Link = conv(e.GetEvent()), conv(e.GetLink())
+	return ReadMessage{Event: ev, RetryCount: int(e.GetRetryCount())}
+}
+
+// created reads the server's creation time: .NET ticks (100 ns) since the
+// Unix epoch, in UTC.
+func created(s string) time.Time {
+	t, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		return time.Time{}
+	}
+	return time.Unix(0, t*100).UTC()
+}
+
+func structuredUUID(most, least uint64) uuid.UUID {
+	var id uuid.UUID
+	binary.BigEndian.PutUint64(id[:8], most)
+	binary.BigEndian.PutUint64(id[8:], least)
+	return id
+}
+
+// stringUUID parses an id sent as a string; the client gives the nil UUID
+// for one it cannot parse.
+func stringUUID(s string) uuid.UUID {
+	id, err := uuid.Parse(s)
+	if err != nil {
+		return uuid.Nil
+	}
+	return id
+}
+
+// readBlock holds a decoded event and its records: one allocation.
+type readBlock struct {
+	ev     esdb.ResolvedEvent
+	rec    [2]esdb.RecordedEvent
+	commit uint64
+}
+
+// decodeReadFast decodes the shapes servers send; anything else returns
+// errShape.
+func decodeReadFast(b []byte) (ReadMessage, error) {
+	f, rest, err := next(b)
+	if err != nil || len(rest) > 0 || f.typ != protowire.BytesType {
+		return ReadMessage{}, errShape
+	}
+	switch f.num {
+	case fReadRespEvent:
+		return decodeReadEventFast(f.v)
+	case fReadRespConfirmation:
+		var id string
+		err := fields(f.v, func(f field) error {
+			if f.num != fConfirmationID || f.typ != protowire.BytesType {
+				return errShape
+			}
+			var err error
+			id, err = str(f.v)
+			return err
+		})
+		return ReadMessage{SubscriptionID: id}, err
+	}
+	return ReadMessage{}, errShape
+}
+
+func decodeReadEventFast(b []byte) (ReadMessage, error) {
+	blk := new(readBlock)
+	var m ReadMessage
+	var seen [2]bool
+	c := cursor{b: b}
+	for c.next() {
+		f := &c.f
+		switch {
+		case f.typ == protowire.BytesType && (f.num == fReadEventEvent || f.num == fReadEventLink):
+			i, slot := 0, &blk.ev.Event
+			if f.num == fReadEventLink {
+				i, slot = 1, &blk.ev.Link
+			}
+			if seen[i] {
+				return m, errShape // protobuf merges the two
+			}
+			seen[i] = true
+			*slot = &blk.rec[i]
+			if err := decodeRecordedFast(f.v, &blk.rec[i]); err != nil {
+				return m, err
+			}
+		case f.typ == protowire.VarintType && f.num == fReadEventCommitPosition:
+			blk.commit = f.x
+			blk.ev.Commit = &blk.commit
+		case f.typ == protowire.BytesType && f.num == fReadEventNoPosition && len(f.v) == 0:
+			blk.ev.Commit = nil
+		case f.typ == protowire.VarintType && f.num == fReadEventRetryCount:
+			m.RetryCount = int(int32(f.x))
+		case f.typ == protowire.BytesType && f.num == fReadEventNoRetryCount && len(f.v) == 0:
+			m.RetryCount = 0
+		default:
+			return m, errShape
+		}
+	}
+	if c.bad {
+		return m, errShape
+	}
+	m.Event = &blk.ev
+	return m, nil
+}
+
+func decodeRecordedFast(b []byte, r *esdb.RecordedEvent) error {
+	seenID, seenStream := false, false
+	c := cursor{b: b}
+	for c.next() {
+		f := &c.f
+		switch {
+		case f.typ == protowire.VarintType && f.num == fRecStreamRevision:
+			r.EventNumber = f.x
+		case f.typ == protowire.VarintType && f.num == fRecPreparePosition:
+			r.Position.Prepare = f.x
+		case f.typ == protowire.VarintType && f.num == fRecCommitPosition:
+			r.Position.Commit = f.x
+		case f.typ != protowire.BytesType:
+			return errShape
+		case f.num == fRecID:
+			if seenID {
+				return errShape
+			}
+			seenID = true
+			if err := decodeEventID(f.v, &r.EventID); err != nil {
+				return err
+			}
+		case f.num == fRecStream:
+			if seenStream {
+				return errShape
+			}
+			seenStream = true
+			s := cursor{b: f.v}
+			for s.next() {
+				if s.f.typ != protowire.BytesType || s.f.num != fStreamName {
+					return errShape
+				}
+				r.StreamID = bytesString(s.f.v)
+			}
+			if s.bad {
+				return errShape
+			}
+		case f.num == fRecMetadata:
+			k, v, err := mapEntry(f.v)
+			if err != nil {
+				return err
+			}
+			switch k {
+			case mdType:
+				r.EventType = v
+			case mdContentType:
+				r.ContentType = v
+			case mdCreated:
+				r.CreatedDate = created(v)
+			}
+		case f.num == fRecCustomMetadata:
+			r.UserMetadata = f.v
+		case f.num == fRecData:
+			r.Data = f.v
+		default:
+			return errShape
+		}
+	}
+	if c.bad {
+		return errShape
+	}
+	return nil
+}
+
+// decodeEventID decodes a UUID message, structured or string; as in the
+// client, the string form that does not parse is the nil UUID.
+func decodeEventID(b []byte, id *uuid.UUID) error {
+	seenStructured := false
+	return fields(b, func(f field) error {
+		switch {
+		case f.typ == protowire.BytesType && f.num == fUUIDStructured && !seenStructured:
+			seenStructured = true
+			var s [2]uint64
+			err := fields(f.v, func(f field) error {
+				if f.typ != protowire.VarintType || (f.num != fStructMost && f.num != fStructLeast) {
+					return errShape
+				}
+				s[f.num-fStructMost] = f.x
+				return nil
+			})
+			*id = structuredUUID(s[0], s[1])
+			return err
+		case f.typ == protowire.BytesType && f.num == fUUIDString:
+			seenStructured = false
+			s, err := str(f.v)
+			*id = stringUUID(s)
+			return err
+		}
+		return errShape
+	})
+}
+
+// mapEntry decodes one map<string, string> entry.
+func mapEntry(b []byte) (k, v string, err error) {
+	c := cursor{b: b}
+	for c.next() {
+		if c.f.typ != protowire.BytesType || (c.f.num != fMapKey && c.f.num != fMapValue) {
+			return "", "", errShape
+		}
+		s, err := str(c.f.v)
+		if err != nil {
+			return "", "", err
+		}
+		if c.f.num == fMapKey {
+			k = s
+		} else {
+			v = s
+		}
+	}
+	if c.bad {
+		return "", "", errShape
+	}
+	return k, v, nil
+}
