@@ -17,6 +17,8 @@ import (
 	"github.com/cenkalti/backoff/v4"
 	"github.com/rs/zerolog"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/ditto-replicator/ditto/config"
 	"github.com/ditto-replicator/ditto/internal/esdbconn"
@@ -229,10 +231,8 @@ func (c *Consumer) subscribe(ctx context.Context, s *Subscription) (*conn, error
 	return cn, nil
 }
 
-// open starts one read on the leader connection. A failure other than a
-// refusal drops the connection, so that the next attempt dials again (the
-// leader may have moved); a not-leader answer points that dial at the
-// leader.
+// open starts one read on the leader connection, dropping the connection
+// if the read failed in a way that says the leader may have moved.
 func (c *Consumer) open(ctx context.Context, s *Subscription) (*reader, error) {
 	conn, err := c.leader.Conn(ctx)
 	if err != nil {
@@ -247,15 +247,17 @@ func (c *Consumer) open(ctx context.Context, s *Subscription) (*reader, error) {
 	return r, err
 }
 
-// dropAfter drops conn after a read on it failed, unless the source refused
-// the read itself (it answered, so the connection is fine).
+// dropAfter drops conn, which every read of this consumer shares, after a
+// read on it failed because the node is not the leader (the next dial goes
+// to the one it named), is unreachable, or did not confirm in time (the
+// next dial discovers the leader again). Other failures, such as the source
+// dropping one subscription, leave the connection to the other reads.
 func (c *Consumer) dropAfter(conn *grpc.ClientConn, err error) {
 	var nl *notLeader
 	switch {
 	case errors.As(err, &nl):
 		c.leader.Drop(conn, nl.leader)
-	case errors.Is(err, errNotFound), errors.Is(err, errUnauthenticated), errors.Is(err, errAccessDenied):
-	default:
+	case errors.Is(err, errNoConfirmation), status.Code(err) == codes.Unavailable:
 		c.leader.Drop(conn, "")
 	}
 }

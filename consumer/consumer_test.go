@@ -256,3 +256,57 @@ func TestFollowsTheLeader(t *testing.T) {
 		t.Fatalf("reading from %v (%v); want the leader %s", conn.Target(), err, leader.Addr())
 	}
 }
+
+// TestDroppedReadKeepsTheConnection: when the source drops one read (its
+// group deleted), that read is opened again on the same connection, and the
+// other reads on it go on.
+func TestDroppedReadKeepsTheConnection(t *testing.T) {
+	_, client, conf := source(t, esdbtest.Options{})
+	ctx := context.Background()
+	appendOne := func(stream string) {
+		t.Helper()
+		if _, err := client.AppendToStream(ctx, stream, esdb.AppendToStreamOptions{}, esdb.EventData{EventType: "t", Data: []byte("{}")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	appendOne("keep-1")
+	appendOne("drop-1")
+	c := New(client, []config.Subscription{{Stream: "$ce-keep", Group: "g"}, {Stream: "$ce-drop", Group: "g"}}, metrics.New(), Options{
+		BufferSize: 100, Create: true, Config: conf, BackoffInitial: time.Millisecond, BackoffMax: 10 * time.Millisecond,
+	}, zerolog.Nop())
+	runCtx, cancel := context.WithCancel(ctx)
+	out := make(chan *Delivery, 100)
+	finished := make(chan struct{})
+	go func() {
+		c.Run(runCtx, out)
+		close(finished)
+	}()
+	defer func() {
+		cancel()
+		<-finished
+		c.Close()
+	}()
+	if err := Ack(receive(t, out, 2)); err != nil {
+		t.Fatal(err)
+	}
+	before, err := c.leader.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := client.DeletePersistentSubscription(ctx, "$ce-drop", "g", esdb.DeletePersistentSubscriptionOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// The group is created again from the start: drop-1 comes back, and
+	// keep-2 arrives on the read that was never dropped.
+	appendOne("keep-2")
+	got := map[string]bool{}
+	for _, d := range receive(t, out, 2) {
+		got[d.Event.Event.StreamID] = true
+	}
+	if !got["drop-1"] || !got["keep-2"] {
+		t.Fatalf("received events of %v; want drop-1 again and keep-2", got)
+	}
+	if after, err := c.leader.Conn(ctx); err != nil || after != before {
+		t.Fatalf("the connection was made again (%v)", err)
+	}
+}

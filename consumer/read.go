@@ -33,6 +33,9 @@ var (
 	errAccessDenied    = errors.New("access denied")
 )
 
+// errNoConfirmation: the source took the read and did not confirm it.
+var errNoConfirmation = errors.New("the source did not confirm the subscription")
+
 // reader is one persistent-subscription read: a bidirectional stream that
 // delivers events and takes their acks and nacks.
 type reader struct {
@@ -64,7 +67,7 @@ func openRead(parent context.Context, conn *grpc.ClientConn, s *Subscription, bu
 		var m pbwire.ReadMessage
 		m, err = r.recv()
 		if !t.Stop() {
-			err = fmt.Errorf("no confirmation within %s", timeout)
+			err = fmt.Errorf("%w within %s", errNoConfirmation, timeout)
 		}
 		if err == nil && m.Event != nil {
 			err = errors.New("the source sent an event before confirming the subscription")

@@ -29,7 +29,8 @@ import (
 const maxRecvMsgSize = 17 << 20
 
 // DialLeader opens a gRPC connection of the caller's own to the node of conf
-// that takes writes, for calls the client does not offer (BatchAppend). It
+// that takes writes, for calls made without the client (BatchAppend, and
+// persistent-subscription reads decoded straight from the wire). It
 // reads TLS, credentials and keepalive from conf as the client does. A
 // single-node address is dialled as it is; with gossip seeds (or DNS
 // discovery) each seed is asked for the cluster's members, in random order,

@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"net"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -53,14 +52,14 @@ var errNoBatchAppend = errors.New("the destination does not offer BatchAppend")
 // redials after any stream failure, following a not-leader answer to the
 // leader it names.
 type batchAppender struct {
-	conf       *esdb.Configuration
 	deadline   time.Duration
 	maxRequest int // maxRequestBytes, smaller in tests
 
+	leader *esdbconn.Leader
+
 	mu          sync.Mutex
-	conn        *grpc.ClientConn
-	unsupported bool
-	leader      string // from the last not-leader answer
+	checked     *grpc.ClientConn // the connection whose features were read
+	unsupported bool             // it does not offer BatchAppend
 	pool        [sessions]*session
 	next        atomic.Uint32
 	closed      bool
@@ -74,7 +73,8 @@ func newBatchAppender(conf *esdb.Configuration) *batchAppender {
 		d = *conf.DefaultDeadline
 	}
 	prefix := uuid.New()
-	return &batchAppender{conf: conf, deadline: d, maxRequest: maxRequestBytes, idPrefix: binary.BigEndian.Uint64(prefix[:8])}
+	return &batchAppender{deadline: d, maxRequest: maxRequestBytes, leader: esdbconn.NewLeader(conf),
+		idPrefix: binary.BigEndian.Uint64(prefix[:8])}
 }
 
 // result is a write's answer: its current revision on success, else the
@@ -218,22 +218,22 @@ func (b *batchAppender) session(ctx context.Context) (*session, error) {
 	if s := b.pool[i]; s != nil && !s.broken() {
 		return s, nil
 	}
-	if b.conn == nil {
-		conn, err := esdbconn.DialLeader(ctx, b.conf, b.leader)
-		if err != nil {
-			return nil, fmt.Errorf("connecting for BatchAppend: %w", err)
-		}
+	conn, err := b.leader.Conn(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("connecting for BatchAppend: %w", err)
+	}
+	if conn != b.checked {
 		ok, err := esdbconn.Supports(ctx, conn, "event_store.client.streams.streams", "batchappend")
 		if err != nil {
-			conn.Close()
+			b.leader.Drop(conn, "")
 			return nil, fmt.Errorf("reading the destination's features: %w", err)
 		}
-		b.conn, b.unsupported, b.leader = conn, !ok, ""
+		b.checked, b.unsupported = conn, !ok
 	}
 	if b.unsupported {
 		return nil, errNoBatchAppend
 	}
-	s, err := openSession(b, b.conn)
+	s, err := openSession(b, conn)
 	if err != nil {
 		return nil, err
 	}
@@ -241,17 +241,13 @@ func (b *batchAppender) session(ctx context.Context) (*session, error) {
 	return s, nil
 }
 
-// dropConn forgets conn after one of its streams failed, so that the next
+// dropConn drops conn after one of its streams failed, so that the next
 // write dials again (the leader may have moved); leader is where a
 // not-leader answer pointed, if any.
 func (b *batchAppender) dropConn(conn *grpc.ClientConn, leader string) {
+	b.leader.Drop(conn, leader)
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.conn != conn {
-		return
-	}
-	b.conn.Close()
-	b.conn, b.leader = nil, leader
 	for i, s := range b.pool {
 		if s != nil && s.conn == conn {
 			b.pool[i] = nil
@@ -261,11 +257,9 @@ func (b *batchAppender) dropConn(conn *grpc.ClientConn, leader string) {
 
 func (b *batchAppender) close() {
 	b.mu.Lock()
-	defer b.mu.Unlock()
 	b.closed = true
-	if b.conn != nil {
-		b.conn.Close() // ends every session
-	}
+	b.mu.Unlock()
+	b.leader.Close() // ends every session
 }
 
 // session is one BatchAppend stream with the writes it has not answered.
@@ -353,14 +347,11 @@ func (s *session) receive(b *batchAppender) {
 }
 
 func (s *session) fail(b *batchAppender, err error) {
-	leader := ""
-	if md := s.stream.Trailer(); len(md.Get("leader-endpoint-host")) > 0 && len(md.Get("leader-endpoint-port")) > 0 {
-		leader = net.JoinHostPort(md.Get("leader-endpoint-host")[0], md.Get("leader-endpoint-port")[0])
-	}
+	leader := esdbconn.NotLeader(s.stream.Trailer())
 	if status.Code(err) == codes.Unimplemented {
 		err = errNoBatchAppend
 		b.mu.Lock()
-		if b.conn == s.conn {
+		if b.checked == s.conn {
 			b.unsupported = true
 		}
 		b.mu.Unlock()

@@ -40,7 +40,7 @@ func newSink(t *testing.T, opts Options) (*Sink, *esdb.Client) {
 		// Each test runs on both paths (TestWithoutBatchAppend): check that the
 		// sink took the one the server offers.
 		s.batch.mu.Lock()
-		dialled, unsupported := s.batch.conn != nil, s.batch.unsupported
+		dialled, unsupported := s.batch.checked != nil, s.batch.unsupported
 		s.batch.mu.Unlock()
 		if dialled && unsupported != withoutBatchAppend {
 			t.Errorf("the sink found BatchAppend unsupported = %v on a server with DisableBatchAppend = %v", unsupported, withoutBatchAppend)
