@@ -175,7 +175,11 @@ func (s *service) run(ctx context.Context) error {
 		BackoffMax:     s.cfg.RetryBackoffMax,
 		DrainTimeout:   s.cfg.ShutdownTimeout,
 	}, s.log)
-	deliveries := make(chan *consumer.Delivery)
+	// Buffered so that the reader and the replicator do not hand over
+	// every event in step (a goroutine switch each); the source's buffer
+	// size already bounds the events in flight. Deliveries left in it at a
+	// stop are never acked, so the source redelivers them.
+	deliveries := make(chan *consumer.Delivery, 1024)
 	consumed := make(chan error, 1)
 	go func() {
 		err := s.consumer.Run(stop, deliveries)
