@@ -259,28 +259,38 @@ func decodeRecordedFast(b []byte, r *esdb.RecordedEvent) error {
 // client, the string form that does not parse is the nil UUID.
 func decodeEventID(b []byte, id *uuid.UUID) error {
 	seenStructured := false
-	return fields(b, func(f field) error {
+	c := cursor{b: b}
+	for c.next() {
 		switch {
-		case f.typ == protowire.BytesType && f.num == fUUIDStructured && !seenStructured:
+		case c.f.typ == protowire.BytesType && c.f.num == fUUIDStructured && !seenStructured:
 			seenStructured = true
-			var s [2]uint64
-			err := fields(f.v, func(f field) error {
-				if f.typ != protowire.VarintType || (f.num != fStructMost && f.num != fStructLeast) {
+			var half [2]uint64
+			s := cursor{b: c.f.v}
+			for s.next() {
+				if s.f.typ != protowire.VarintType || (s.f.num != fStructMost && s.f.num != fStructLeast) {
 					return errShape
 				}
-				s[f.num-fStructMost] = f.x
-				return nil
-			})
-			*id = structuredUUID(s[0], s[1])
-			return err
-		case f.typ == protowire.BytesType && f.num == fUUIDString:
-			seenStructured = false
-			s, err := str(f.v)
-			*id = stringUUID(s)
-			return err
+				half[s.f.num-fStructMost] = s.f.x
+			}
+			if s.bad {
+				return errShape
+			}
+			*id = structuredUUID(half[0], half[1])
+		case c.f.typ == protowire.BytesType && c.f.num == fUUIDString:
+			seenStructured = false // a later structured form replaces it
+			v, err := str(c.f.v)
+			if err != nil {
+				return err
+			}
+			*id = stringUUID(v)
+		default:
+			return errShape
 		}
+	}
+	if c.bad {
 		return errShape
-	})
+	}
+	return nil
 }
 
 // mapEntry decodes one map<string, string> entry.
