@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -217,7 +218,7 @@ func TestMissingGroup(t *testing.T) {
 	_, _, done := run(t, client, conf, "$ce-none", "ditto", false)
 	select {
 	case err := <-done:
-		if !errors.Is(err, ErrFatal) || !bytes.Contains([]byte(err.Error()), []byte("DITTO_CREATE_SUBSCRIPTIONS")) {
+		if !errors.Is(err, ErrFatal) || !strings.Contains(err.Error(), "DITTO_CREATE_SUBSCRIPTIONS") {
 			t.Fatalf("Run: %v; want a fatal error naming DITTO_CREATE_SUBSCRIPTIONS", err)
 		}
 	case <-time.After(time.Minute):
@@ -308,5 +309,16 @@ func TestDroppedReadKeepsTheConnection(t *testing.T) {
 	}
 	if after, err := c.leader.Conn(ctx); err != nil || after != before {
 		t.Fatalf("the connection was made again (%v)", err)
+	}
+}
+
+// TestRefusalNamedOnce: a refusal's error names it once, with the source's
+// own message.
+func TestRefusalNamedOnce(t *testing.T) {
+	_, client, conf := source(t, esdbtest.Options{})
+	_, _, done := run(t, client, conf, "$ce-nowhere", "g", false)
+	err := <-done
+	if n := strings.Count(err.Error(), errNotFound.Error()); n != 1 || !strings.Contains(err.Error(), "code = NotFound") {
+		t.Fatalf("Run: %v; want %q once, with the source's status", err, errNotFound)
 	}
 }

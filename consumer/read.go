@@ -55,29 +55,27 @@ func openRead(parent context.Context, conn *grpc.ClientConn, s *Subscription, bu
 		return nil, err
 	}
 	r := &reader{conn: conn, stream: stream, cancel: cancel}
-	err = stream.SendMsg(&persistent.ReadReq{Content: &persistent.ReadReq_Options_{Options: &persistent.ReadReq_Options{
+	// A failed send means the stream has ended: recv returns why.
+	_ = stream.SendMsg(&persistent.ReadReq{Content: &persistent.ReadReq_Options_{Options: &persistent.ReadReq_Options{
 		StreamOption: &persistent.ReadReq_Options_StreamIdentifier{StreamIdentifier: &shared.StreamIdentifier{StreamName: []byte(s.Stream)}},
 		GroupName:    s.Group,
 		BufferSize:   int32(buffer),
 		UuidOption:   &persistent.ReadReq_Options_UUIDOption{Content: &persistent.ReadReq_Options_UUIDOption_Structured{Structured: &shared.Empty{}}},
 	}}})
-	if err == nil {
-		// The source may accept the call and never answer it.
-		t := time.AfterFunc(timeout, cancel)
-		var m pbwire.ReadMessage
-		m, err = r.recv()
-		if !t.Stop() {
-			err = fmt.Errorf("%w within %s", errNoConfirmation, timeout)
-		}
-		if err == nil && m.Event != nil {
-			err = errors.New("the source sent an event before confirming the subscription")
-		}
-		r.id = []byte(m.SubscriptionID)
+	// The source may accept the call and never answer it.
+	t := time.AfterFunc(timeout, cancel)
+	m, err := r.recv()
+	if !t.Stop() {
+		err = fmt.Errorf("%w within %s", errNoConfirmation, timeout)
+	}
+	if err == nil && m.Event != nil {
+		err = errors.New("the source sent an event before confirming the subscription")
 	}
 	if err != nil {
 		cancel()
-		return nil, r.refusal(err)
+		return nil, err
 	}
+	r.id = []byte(m.SubscriptionID)
 	return r, nil
 }
 
