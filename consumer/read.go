@@ -42,7 +42,8 @@ type reader struct {
 	conn   *grpc.ClientConn
 	stream grpc.ClientStream
 	cancel context.CancelFunc
-	id     []byte // the subscription id acks name
+	id     []byte     // the subscription id acks name
+	raw    pbwire.Raw // recv's message; one goroutine receives
 }
 
 // openRead starts a read of s on conn and waits up to timeout for the
@@ -81,14 +82,13 @@ func openRead(parent context.Context, conn *grpc.ClientConn, s *Subscription, bu
 
 // recv returns the next message; an error means the read has ended.
 func (r *reader) recv() (pbwire.ReadMessage, error) {
-	var raw pbwire.Raw
-	if err := r.stream.RecvMsg(&raw); err != nil {
+	if err := r.stream.RecvMsg(&r.raw); err != nil {
 		if errors.Is(err, context.Canceled) || status.Code(err) == codes.Canceled {
 			return pbwire.ReadMessage{}, err
 		}
 		return pbwire.ReadMessage{}, r.refusal(err)
 	}
-	return pbwire.DecodeRead(raw)
+	return pbwire.DecodeRead(r.raw)
 }
 
 // refusal names the errors that retrying cannot fix, and points the next

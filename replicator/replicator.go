@@ -101,8 +101,16 @@ type lane struct {
 // item is one event and every delivery of it (a redelivery of an event still
 // pending joins the same item and is acked with it).
 type item struct {
-	ev sinks.Event
-	ds []*consumer.Delivery
+	ev  sinks.Event
+	ds  []*consumer.Delivery
+	one [1]*consumer.Delivery // backs ds for the usual single delivery: one allocation per item
+}
+
+func newItem(ev sinks.Event, d *consumer.Delivery) *item {
+	it := &item{ev: ev}
+	it.one[0] = d
+	it.ds = it.one[:1:1]
+	return it
 }
 
 // New returns a replicator writing to sink.
@@ -243,7 +251,7 @@ func (r *Replicator) dispatch(d *consumer.Delivery) {
 func (l *lane) add(ev sinks.Event, d *consumer.Delivery) {
 	n := len(l.pending)
 	if n == 0 || l.pending[n-1].ev.Number < ev.Number {
-		l.pending = append(l.pending, &item{ev: ev, ds: []*consumer.Delivery{d}})
+		l.pending = append(l.pending, newItem(ev, d))
 		return
 	}
 	i := sort.Search(n, func(i int) bool { return l.pending[i].ev.Number >= ev.Number })
@@ -253,7 +261,7 @@ func (l *lane) add(ev sinks.Event, d *consumer.Delivery) {
 	}
 	l.pending = append(l.pending, nil)
 	copy(l.pending[i+1:], l.pending[i:])
-	l.pending[i] = &item{ev: ev, ds: []*consumer.Delivery{d}}
+	l.pending[i] = newItem(ev, d)
 }
 
 // work is one writer: it takes a ready lane, writes its next batch, and

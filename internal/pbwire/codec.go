@@ -77,13 +77,13 @@ func (Codec) Marshal(v any) (mem.BufferSlice, error) {
 	return marshalProto(v)
 }
 
-// Unmarshal implements encoding.CodecV2. The hot messages are decoded from a
-// single copy of the received bytes that their strings and byte slices share,
-// instead of one allocation per field (grpc frees data when this returns).
+// Unmarshal implements encoding.CodecV2. The hot messages are decoded from
+// the received bytes (see materialize), which their strings and byte slices
+// share, instead of one allocation per field.
 func (Codec) Unmarshal(data mem.BufferSlice, v any) error {
 	switch m := v.(type) {
 	case *Raw:
-		*m = data.Materialize()
+		*m = materialize(data)
 		return nil
 	case *persistent.ReadResp:
 		return byHand(data, m, decodeReadResp)
@@ -97,10 +97,24 @@ func (Codec) Unmarshal(data mem.BufferSlice, v any) error {
 	return unmarshalProto(data, v)
 }
 
+// materialize returns the bytes of data for the caller to keep. A message
+// that arrived whole in a buffer grpc allocated for it alone (below its
+// pooling threshold; Free does nothing) is kept as it is: nothing else
+// writes to that memory. Anything else is copied, since pooled buffers are
+// reused once freed.
+func materialize(data mem.BufferSlice) []byte {
+	if len(data) == 1 {
+		if b, ok := data[0].(mem.SliceBuffer); ok {
+			return b[:len(b):len(b)]
+		}
+	}
+	return data.Materialize()
+}
+
 // byHand decodes data into m with decode, or with protobuf when decode
 // leaves the shape to it.
 func byHand[M proto.Message](data mem.BufferSlice, m M, decode func([]byte, M) error) error {
-	b := data.Materialize()
+	b := materialize(data)
 	if decode(b, m) == nil {
 		return nil
 	}

@@ -158,21 +158,46 @@ func TestDecodeReadOtherShapes(t *testing.T) {
 	}
 }
 
-// TestRawThroughTheCodec: Raw goes out as it is and comes in as a copy.
+// TestRawThroughTheCodec: Raw goes out as it is. It comes in as the
+// received bytes when grpc gave them in one buffer of their own, and as a
+// copy when they are spread over several or in a pooled buffer, which grpc
+// reuses.
 func TestRawThroughTheCodec(t *testing.T) {
-	in := []byte("abcdef")
 	out, err := Codec{}.Marshal(&Raw{'a', 'b', 'c'})
 	if err != nil || !bytes.Equal(out.Materialize(), []byte("abc")) {
 		t.Fatalf("marshalled %q, %v", out.Materialize(), err)
 	}
-	var r Raw
-	if err := (Codec{}).Unmarshal(mem.BufferSlice{mem.SliceBuffer(in[:3]), mem.SliceBuffer(in[3:])}, &r); err != nil {
-		t.Fatal(err)
+	receive := func(data mem.BufferSlice) Raw {
+		t.Helper()
+		var r Raw
+		if err := (Codec{}).Unmarshal(data, &r); err != nil {
+			t.Fatal(err)
+		}
+		return r
 	}
+
+	own := mem.SliceBuffer("abcdef")
+	if r := receive(mem.BufferSlice{own}); &r[0] != &own[0] || cap(r) != len(own) {
+		t.Fatal("a message in a buffer of its own was copied, or can be appended into")
+	}
+
+	in := []byte("abcdef")
+	r := receive(mem.BufferSlice{mem.SliceBuffer(in[:3]), mem.SliceBuffer(in[3:])})
 	in[0] = 'x'
 	if string(r) != "abcdef" {
-		t.Fatalf("received %q; it must be a copy of the received bytes", r)
+		t.Fatalf("received %q; a message in several buffers must be copied", r)
 	}
+
+	pool := mem.DefaultBufferPool()
+	big := bytes.Repeat([]byte("abcdef"), 1000) // above grpc's pooling threshold
+	buf := pool.Get(len(big))
+	copy(*buf, big)
+	pooled := mem.NewBuffer(buf, pool)
+	r = receive(mem.BufferSlice{pooled})
+	if &r[0] == &pooled.ReadOnlyData()[0] || !bytes.Equal(r, big) {
+		t.Fatal("a message in a pooled buffer must be copied")
+	}
+	pooled.Free()
 }
 
 // FuzzDecodeRead: for any bytes, DecodeRead accepts exactly what protobuf
