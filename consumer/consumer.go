@@ -66,8 +66,9 @@ type Options struct {
 	// outage at start or of more than a second or two is never recovered.
 	// The client only creates missing groups.
 	Dial func() (*esdb.Client, error)
-	// Config is the source's parsed connection string: subscriptions are
-	// read on a connection of the consumer's own to the leader it names.
+	// Config, required, is the source's parsed connection string:
+	// subscriptions are read on a connection of the consumer's own to the
+	// leader it names.
 	Config *esdb.Configuration
 }
 
