@@ -24,17 +24,8 @@ func source(t *testing.T, opts esdbtest.Options) (*esdbtest.Server, *esdb.Client
 	t.Helper()
 	opts.Insecure = true
 	srv := esdbtest.Start(t, opts)
-	conf, err := esdb.ParseConnectionString(srv.ConnectionString())
-	if err != nil {
-		t.Fatal(err)
-	}
-	conf.Logger = esdb.NoopLogging()
-	c, err := esdb.NewClient(conf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return srv, c, conf
+	conf := esdbtest.Config(t, srv.ConnectionString())
+	return srv, esdbtest.Connect(t, conf), conf
 }
 
 // run starts a consumer of stream:group and returns its deliveries.
@@ -236,10 +227,7 @@ func TestMissingGroup(t *testing.T) {
 func TestFollowsTheLeader(t *testing.T) {
 	leader, client, _ := source(t, esdbtest.Options{})
 	follower := esdbtest.Start(t, esdbtest.Options{Insecure: true, LeaderAddr: leader.Addr()})
-	conf, err := esdb.ParseConnectionString(follower.ConnectionString())
-	if err != nil {
-		t.Fatal(err)
-	}
+	conf := esdbtest.Config(t, follower.ConnectionString())
 	if _, err := client.AppendToStream(context.Background(), "led-1", esdb.AppendToStreamOptions{}, esdb.EventData{EventType: "t", Data: []byte("{}")}); err != nil {
 		t.Fatal(err)
 	}

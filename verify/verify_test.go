@@ -23,24 +23,10 @@ import (
 // These tests run against two in-process test servers, a source and a destination, and write
 // the divergences they expect directly with the client.
 
-func connect(t *testing.T, connectionString string) *esdb.Client {
-	t.Helper()
-	cfg, err := esdb.ParseConnectionString(connectionString)
-	if err != nil {
-		t.Fatalf("parse connection string: %v", err)
-	}
-	c, err := esdb.NewClient(cfg)
-	if err != nil {
-		t.Fatalf("new client: %v", err)
-	}
-	t.Cleanup(func() { _ = c.Close() })
-	return c
-}
-
 func startServer(t *testing.T) *esdb.Client {
 	t.Helper()
 	srv := esdbtest.Start(t, esdbtest.Options{Insecure: true})
-	return connect(t, srv.ConnectionString())
+	return esdbtest.Connect(t, esdbtest.Config(t, srv.ConnectionString()))
 }
 
 // servers starts a source and a destination server.
@@ -547,7 +533,7 @@ func TestMainConnectionError(t *testing.T) {
 	if err := ln.Close(); err != nil {
 		t.Fatal(err)
 	}
-	dst := connect(t, "esdb://"+addr+"?tls=false&maxDiscoverAttempts=1&discoveryInterval=10")
+	dst := esdbtest.Connect(t, esdbtest.Config(t, "esdb://"+addr+"?tls=false&maxDiscoverAttempts=1&discoveryInterval=10"))
 
 	var stdout, stderr bytes.Buffer
 	code := verify.Main(ctxFor(t), src, dst, nil, []string{"--streams", "customer-1"}, &stdout, &stderr)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/ditto-replicator/ditto/internal/esdbtest"
 	"io"
 	"os/exec"
 	"strings"
@@ -71,16 +72,7 @@ func startProc(t *testing.T, bin string, args ...string) (*proc, string) {
 
 func connect(t *testing.T, addr string) *esdb.Client {
 	t.Helper()
-	cfg, err := esdb.ParseConnectionString("esdb://" + addr + "?tls=false")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := esdb.NewClient(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
+	return esdbtest.Connect(t, esdbtest.Config(t, "esdb://"+addr+"?tls=false"))
 }
 
 func streamIDs(t *testing.T, c *esdb.Client, stream string) []uuid.UUID {

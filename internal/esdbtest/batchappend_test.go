@@ -187,7 +187,7 @@ func wantClosed(t *testing.T, call streams.Streams_BatchAppendClient) {
 // event ids in order.
 func streamIDsOf(t *testing.T, srv *Server, stream string) []uuid.UUID {
 	t.Helper()
-	evs, err := readAllOf(testCtx(t), newClient(t, srv.ConnectionString()), stream, false)
+	evs, err := readAllOf(testCtx(t), Connect(t, Config(t, srv.ConnectionString())), stream, false)
 	if err != nil {
 		t.Fatalf("read %s: %v", stream, err)
 	}
@@ -222,7 +222,7 @@ func TestBatchAppendCommitsWrites(t *testing.T) {
 		pos := wantSuccess(t, brecv(t, call, corr, "ba-1"), 2)
 		wantClosed(t, call)
 
-		evs, err := readAllOf(ctx, newClient(t, srv.ConnectionString()), "ba-1", false)
+		evs, err := readAllOf(ctx, Connect(t, Config(t, srv.ConnectionString())), "ba-1", false)
 		if err != nil || len(evs) != 3 {
 			t.Fatalf("read: %d events, %v; want 3", len(evs), err)
 		}

@@ -44,7 +44,7 @@ func BenchmarkAppend(b *testing.B) {
 		})
 		b.Run("grpc/streams="+strconv.Itoa(streams), func(b *testing.B) {
 			srv := Start(b, Options{Insecure: true, Dir: b.TempDir()})
-			c := newClient(b, srv.ConnectionString())
+			c := Connect(b, Config(b, srv.ConnectionString()))
 			batch := make([]esdb.EventData, batchSize)
 			for j := range batch {
 				// A zero EventID makes the client pick a fresh random one.
@@ -64,7 +64,7 @@ func BenchmarkAppend(b *testing.B) {
 		// writers would run; on 2 cores client and server share the CPU.
 		b.Run("grpc-parallel/streams="+strconv.Itoa(streams), func(b *testing.B) {
 			srv := Start(b, Options{Insecure: true, Dir: b.TempDir()})
-			c := newClient(b, srv.ConnectionString())
+			c := Connect(b, Config(b, srv.ConnectionString()))
 			var next atomic.Int64
 			b.SetParallelism(4)
 			b.ResetTimer()

@@ -36,6 +36,15 @@ func psScanCandidate(s *psSub) (int64, bool) {
 	return s.lastReadSeq, s.lastReadSeq >= 0
 }
 
+// joinForTest connects a consumer with the given buffer to a subscription
+// driven step by step (newSubState), as connect does on its goroutine.
+func (s *psSub) joinForTest(buffer int) {
+	s.nextID++
+	c := newConsumer(s.nextID, "u", buffer)
+	s.consumers = append(s.consumers, c)
+	s.strategy.add(c)
+}
+
 // psCheckCandidate compares checkpointCandidate with the scan, and handed's
 // bookkeeping with the outstanding map and the retry list.
 func psCheckCandidate(t *testing.T, s *psSub, step string) {
@@ -123,11 +132,16 @@ func psRandomCheckpointRun(t *testing.T, stream string, resolve bool, strategy s
 		t.Fatal(err)
 	}
 	s := newSubState(st, set)
-	connect := func() {
-		s.nextID++
-		c := newConsumer(s.nextID, "u", 1+rng.IntN(4))
-		s.consumers = append(s.consumers, c)
-		s.strategy.add(c)
+	connect := func() { s.joinForTest(1 + rng.IntN(4)) }
+	// sample picks each outstanding message with a chance of one in oneIn.
+	sample := func(oneIn int) []uuid.UUID {
+		var some []uuid.UUID
+		for _, id := range psOutstandingIDs(s) {
+			if rng.IntN(oneIn) == 0 {
+				some = append(some, id)
+			}
+		}
+		return some
 	}
 	connect()
 	connect()
@@ -159,29 +173,17 @@ func psRandomCheckpointRun(t *testing.T, stream string, resolve bool, strategy s
 				ids = append(ids, e.ID)
 			}
 		case 3:
-			var some []uuid.UUID
-			for _, id := range psOutstandingIDs(s) {
-				if rng.IntN(2) == 0 {
-					some = append(some, id)
-				}
-			}
+			some := sample(2)
 			acked += len(some)
 			s.ack(some)
 		case 4:
-			var some []uuid.UUID
-			for _, id := range psOutstandingIDs(s) {
-				if rng.IntN(3) == 0 {
-					some = append(some, id)
-				}
-			}
+			some := sample(3)
 			nacked += len(some)
 			s.nack(some, nackAction(rng.IntN(5)), "random")
 		case 5:
-			for _, id := range psOutstandingIDs(s) {
-				if rng.IntN(3) == 0 {
-					s.outstanding[id].deadline = s.now
-					expired++
-				}
+			for _, id := range sample(3) {
+				s.outstanding[id].deadline = s.now
+				expired++
 			}
 			s.tick()
 		case 6:
@@ -225,10 +227,7 @@ func TestPSCheckpointCandidateDuplicateIDOutstanding(t *testing.T) {
 	set := defaultPSSettings("orders", "g")
 	set.StartRevision = 0
 	s := newSubState(st, set)
-	s.nextID++
-	c := newConsumer(s.nextID, "u", 10)
-	s.consumers = append(s.consumers, c)
-	s.strategy.add(c)
+	s.joinForTest(10)
 	s.fill()
 	s.push()
 	if len(s.outstanding) != 1 || s.outstanding[id].msg.seq != 1 {
@@ -248,10 +247,7 @@ func TestPSCheckpointHandedStaysBounded(t *testing.T) {
 	set := defaultPSSettings("orders", "g")
 	set.StartRevision = 0
 	s := newSubState(st, set)
-	s.nextID++
-	c := newConsumer(s.nextID, "u", 10)
-	s.consumers = append(s.consumers, c)
-	s.strategy.add(c)
+	s.joinForTest(10)
 	var stuck uuid.UUID
 	for i := 0; len(s.outstanding) > 0 || i == 0; i++ {
 		s.fill()
@@ -285,10 +281,7 @@ func TestPSSubReplayOfHiddenRangeEnds(t *testing.T) {
 	set := defaultPSSettings("orders", "g")
 	set.StartRevision = 0
 	s := newSubState(st, set)
-	s.nextID++
-	c := newConsumer(s.nextID, "u", 10)
-	s.consumers = append(s.consumers, c)
-	s.strategy.add(c)
+	s.joinForTest(10)
 	s.fill()
 	s.push()
 	ids := psOutstandingIDs(s)
@@ -328,10 +321,7 @@ func BenchmarkPSCheckpointCandidate(b *testing.B) {
 	set := defaultPSSettings("orders", "g")
 	set.StartRevision, set.ReadBatchSize, set.HistoryBufferSize = 0, 100, 10_000
 	s := newSubState(st, set)
-	s.nextID++
-	c := newConsumer(s.nextID, "u", 10_000)
-	s.consumers = append(s.consumers, c)
-	s.strategy.add(c)
+	s.joinForTest(10_000)
 	s.fill()
 	s.push()
 	ids := psOutstandingIDs(s)

@@ -2,7 +2,6 @@ package esdbtest
 
 import (
 	"encoding/binary"
-	"encoding/hex"
 	"strconv"
 	"unicode/utf8"
 
@@ -238,18 +237,7 @@ func psUUIDSize(id uuid.UUID, asString bool) int {
 // the hyphenated lower-case string of uuid.UUID.String.
 func psAppendUUID(b []byte, id uuid.UUID, asString bool) []byte {
 	if asString {
-		var s [36]byte
-		hex.Encode(s[0:8], id[0:4])
-		s[8] = '-'
-		hex.Encode(s[9:13], id[4:6])
-		s[13] = '-'
-		hex.Encode(s[14:18], id[6:8])
-		s[18] = '-'
-		hex.Encode(s[19:23], id[8:10])
-		s[23] = '-'
-		hex.Encode(s[24:], id[10:])
-		b = psAppendLen(b, psfUUIDString, len(s))
-		return append(b, s[:]...)
+		return appendUUID(psAppendLen(b, psfUUIDString, 36), id)
 	}
 	most, least := psUUIDHalves(id)
 	b = psAppendLen(b, psfUUIDStructured, psVarintSize(most)+psVarintSize(least))

@@ -12,8 +12,6 @@ import (
 	"github.com/EventStore/EventStore-Client-Go/v4/protos/persistent"
 	"github.com/EventStore/EventStore-Client-Go/v4/protos/shared"
 	"github.com/google/uuid"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/ditto-replicator/ditto/internal/pbwire"
@@ -115,37 +113,6 @@ func TestPSDeliveryInvalidUTF8TypeTakesOldPath(t *testing.T) {
 	}
 }
 
-// psRawReadAs opens a Read RPC without the esdb client, asking for ids as
-// strings or structured, with room for n messages in flight.
-func psRawReadAs(t *testing.T, srv *Server, stream, group string, stringIDs bool, n int32) persistent.PersistentSubscriptions_ReadClient {
-	t.Helper()
-	conn, err := grpc.NewClient(srv.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = conn.Close() })
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	rc, err := persistent.NewPersistentSubscriptionsClient(conn).Read(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	opt := &persistent.ReadReq_Options_UUIDOption{Content: &persistent.ReadReq_Options_UUIDOption_Structured{Structured: &shared.Empty{}}}
-	if stringIDs {
-		opt.Content = &persistent.ReadReq_Options_UUIDOption_String_{String_: &shared.Empty{}}
-	}
-	if err := rc.Send(&persistent.ReadReq{Content: &persistent.ReadReq_Options_{Options: &persistent.ReadReq_Options{
-		StreamOption: &persistent.ReadReq_Options_StreamIdentifier{StreamIdentifier: &shared.StreamIdentifier{StreamName: []byte(stream)}},
-		GroupName:    group, BufferSize: n, UuidOption: opt,
-	}}}); err != nil {
-		t.Fatal(err)
-	}
-	if resp, err := rc.Recv(); err != nil || resp.GetSubscriptionConfirmation() == nil {
-		t.Fatalf("first message %v (%v), want the confirmation", resp, err)
-	}
-	return rc
-}
-
 // End to end: what a consumer receives on the wire, for both UUID options,
 // resolved and unresolved links and a retry, equals psEventResp's message
 // for the stored records.
@@ -177,7 +144,7 @@ func TestPSGRPCDeliveriesEqualReadResp(t *testing.T) {
 		if err := c.CreatePersistentSubscription(ctx, "$ce-order", group, esdb.PersistentStreamSubscriptionOptions{StartFrom: esdb.Start{}, Settings: settings}); err != nil {
 			t.Fatal(err)
 		}
-		rc := psRawReadAs(t, srv, "$ce-order", group, stringIDs, 10)
+		rc := psRawRead(t, srv, "$ce-order", group, stringIDs, 10)
 		for retry := int32(0); retry < 2; retry++ {
 			var ids []*shared.UUID
 			for i, w := range want {

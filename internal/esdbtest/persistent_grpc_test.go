@@ -28,16 +28,7 @@ const psTimeout = 15 * time.Second
 func psClient(t testing.TB) (*Server, *esdb.Client) {
 	t.Helper()
 	srv := Start(t, Options{Insecure: true})
-	cfg, err := esdb.ParseConnectionString(srv.ConnectionString())
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := esdb.NewClient(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Close() })
-	return srv, c
+	return srv, Connect(t, Config(t, srv.ConnectionString()))
 }
 
 func psEvents(n int) []esdb.EventData {
@@ -372,8 +363,10 @@ func TestPSGRPCExistsAndMaxSubscribers(t *testing.T) {
 	}
 }
 
-// psRawRead opens a Read RPC without the esdb client, to see trailers.
-func psRawRead(t *testing.T, srv *Server, stream, group string) persistent.PersistentSubscriptions_ReadClient {
+// psRawRead opens a Read RPC without the esdb client (to see trailers, or to
+// ask for ids as strings), with room for n messages in flight, and checks
+// the confirmation.
+func psRawRead(t *testing.T, srv *Server, stream, group string, stringIDs bool, n int32) persistent.PersistentSubscriptions_ReadClient {
 	t.Helper()
 	conn, err := grpc.NewClient(srv.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -386,11 +379,13 @@ func psRawRead(t *testing.T, srv *Server, stream, group string) persistent.Persi
 	if err != nil {
 		t.Fatal(err)
 	}
+	opt := &persistent.ReadReq_Options_UUIDOption{Content: &persistent.ReadReq_Options_UUIDOption_Structured{Structured: &shared.Empty{}}}
+	if stringIDs {
+		opt.Content = &persistent.ReadReq_Options_UUIDOption_String_{String_: &shared.Empty{}}
+	}
 	if err := rc.Send(&persistent.ReadReq{Content: &persistent.ReadReq_Options_{Options: &persistent.ReadReq_Options{
 		StreamOption: &persistent.ReadReq_Options_StreamIdentifier{StreamIdentifier: &shared.StreamIdentifier{StreamName: []byte(stream)}},
-		GroupName:    group,
-		BufferSize:   10,
-		UuidOption:   &persistent.ReadReq_Options_UUIDOption{Content: &persistent.ReadReq_Options_UUIDOption_Structured{Structured: &shared.Empty{}}},
+		GroupName:    group, BufferSize: n, UuidOption: opt,
 	}}}); err != nil {
 		t.Fatal(err)
 	}
@@ -443,7 +438,7 @@ func TestPSGRPCDropOnUpdateAndDelete(t *testing.T) {
 		t.Fatal(err)
 	}
 	psAppend(t, c, "drop", 3)
-	rc := psRawRead(t, srv, "drop", "g")
+	rc := psRawRead(t, srv, "drop", "g", false, 10)
 	_, ch := psSubscribe(t, c, "drop", "g", 10)
 	if err := c.UpdatePersistentSubscription(ctx, "drop", "g", esdb.PersistentStreamSubscriptionOptions{}); err != nil {
 		t.Fatal(err)
@@ -453,7 +448,7 @@ func TestPSGRPCDropOnUpdateAndDelete(t *testing.T) {
 		t.Fatalf("client drop error %v", err)
 	}
 
-	rc = psRawRead(t, srv, "drop", "g")
+	rc = psRawRead(t, srv, "drop", "g", false, 10)
 	if err := c.DeletePersistentSubscription(ctx, "drop", "g", esdb.DeletePersistentSubscriptionOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -581,18 +576,7 @@ func BenchmarkPSDelivery(b *testing.B) {
 // checkpoint.
 func TestPSGRPCSurvivesReopenFromDisk(t *testing.T) {
 	dir := t.TempDir()
-	connect := func(srv *Server) *esdb.Client {
-		cfg, err := esdb.ParseConnectionString(srv.ConnectionString())
-		if err != nil {
-			t.Fatal(err)
-		}
-		c, err := esdb.NewClient(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = c.Close() })
-		return c
-	}
+	connect := func(srv *Server) *esdb.Client { return Connect(t, Config(t, srv.ConnectionString())) }
 	ctx := context.Background()
 	srv := Start(t, Options{Insecure: true, Dir: dir})
 	c := connect(srv)

@@ -11,26 +11,11 @@ import (
 	"github.com/google/uuid"
 )
 
-// newClient connects the official client to srv.
-func newClient(t testing.TB, conn string) *esdb.Client {
-	t.Helper()
-	cfg, err := esdb.ParseConnectionString(conn)
-	if err != nil {
-		t.Fatalf("parse connection string: %v", err)
-	}
-	c, err := esdb.NewClient(cfg)
-	if err != nil {
-		t.Fatalf("new client: %v", err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
-}
-
 // startInsecure starts a plaintext server and a client for it.
 func startInsecure(t testing.TB) (*Server, *esdb.Client) {
 	t.Helper()
 	srv := Start(t, Options{Insecure: true})
-	return srv, newClient(t, srv.ConnectionString())
+	return srv, Connect(t, Config(t, srv.ConnectionString()))
 }
 
 func testCtx(t testing.TB) context.Context {
@@ -113,7 +98,7 @@ func TestClusterDiscoveryUsesDialledAddress(t *testing.T) {
 	srv := Start(t, Options{})
 	// A gossip-seed connection string makes the client call Gossip.Read and
 	// then connect to the member it returns.
-	c := newClient(t, "esdb://admin:changeit@"+srv.Addr()+"?tlsverifycert=false&maxDiscoverAttempts=3")
+	c := Connect(t, Config(t, "esdb://admin:changeit@"+srv.Addr()+"?tlsverifycert=false&maxDiscoverAttempts=3"))
 	if _, err := c.AppendToStream(testCtx(t), "cluster-1", esdb.AppendToStreamOptions{}, ev("E")); err != nil {
 		t.Fatalf("append through discovery: %v", err)
 	}
@@ -121,7 +106,7 @@ func TestClusterDiscoveryUsesDialledAddress(t *testing.T) {
 
 func TestCAFileVerifies(t *testing.T) {
 	srv := Start(t, Options{})
-	c := newClient(t, "esdb://admin:changeit@"+srv.Addr()+"?tls=true&tlsCAFile="+srv.CAFile())
+	c := Connect(t, Config(t, "esdb://admin:changeit@"+srv.Addr()+"?tls=true&tlsCAFile="+srv.CAFile()))
 	if _, err := c.AppendToStream(testCtx(t), "verified-1", esdb.AppendToStreamOptions{}, ev("E")); err != nil {
 		t.Fatalf("append with a verified certificate: %v", err)
 	}
@@ -130,12 +115,12 @@ func TestCAFileVerifies(t *testing.T) {
 func TestWrongCredentialsUnauthenticated(t *testing.T) {
 	srv := Start(t, Options{})
 	ctx := testCtx(t)
-	bad := newClient(t, "esdb://admin:wrong@"+srv.Addr()+"?tls=true&tlsverifycert=false")
+	bad := Connect(t, Config(t, "esdb://admin:wrong@"+srv.Addr()+"?tls=true&tlsverifycert=false"))
 	_, err := bad.AppendToStream(ctx, "auth-1", esdb.AppendToStreamOptions{}, ev("E"))
 	if code := errCode(t, err); code != esdb.ErrorCodeUnauthenticated {
 		t.Fatalf("append with a wrong password: code %v, want Unauthenticated", code)
 	}
-	good := newClient(t, srv.ConnectionString())
+	good := Connect(t, Config(t, srv.ConnectionString()))
 	if _, err := good.AppendToStream(ctx, "auth-1", esdb.AppendToStreamOptions{}, ev("E")); err != nil {
 		t.Fatalf("append as admin: %v", err)
 	}

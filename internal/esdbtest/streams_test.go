@@ -322,7 +322,7 @@ func rawAppend(t *testing.T, addr string, stream string, msgs ...*streams.Append
 
 func TestBadAppends(t *testing.T) {
 	srv := Start(t, Options{Insecure: true, MaxAppendSize: 1000})
-	c := newClient(t, srv.ConnectionString())
+	c := Connect(t, Config(t, srv.ConnectionString()))
 	ctx := testCtx(t)
 	id := uuidToProto(uuid.New(), false)
 

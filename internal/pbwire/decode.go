@@ -553,19 +553,7 @@ func decodeStreamIdentifier(b []byte, s *shared.StreamIdentifier) error {
 // decodeMapEntry adds one map<string, string> entry to *m, making the map on
 // the first; as in protobuf, a later entry for the same key wins.
 func decodeMapEntry(b []byte, m *map[string]string) error {
-	var k, v string
-	err := fields(b, func(f field) error {
-		if f.typ != protowire.BytesType || (f.num != fMapKey && f.num != fMapValue) {
-			return errShape
-		}
-		s, err := str(f.v)
-		if f.num == fMapKey {
-			k = s
-		} else {
-			v = s
-		}
-		return err
-	})
+	k, v, err := mapEntry(b)
 	if err != nil {
 		return err
 	}

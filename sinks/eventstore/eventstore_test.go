@@ -24,16 +24,8 @@ var withoutBatchAppend bool
 func newSink(t *testing.T, opts Options) (*Sink, *esdb.Client) {
 	t.Helper()
 	srv := esdbtest.Start(t, esdbtest.Options{Insecure: true, MaxAppendSize: 64 << 10, DisableBatchAppend: withoutBatchAppend})
-	conf, err := esdb.ParseConnectionString(srv.ConnectionString())
-	if err != nil {
-		t.Fatal(err)
-	}
-	conf.Logger = esdb.NoopLogging()
-	c, err := esdb.NewClient(conf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
+	conf := esdbtest.Config(t, srv.ConnectionString())
+	c := esdbtest.Connect(t, conf)
 	opts.Config = conf
 	s := New(c, opts)
 	t.Cleanup(func() {
@@ -196,17 +188,8 @@ func TestSkipVersionCheckIsIdempotent(t *testing.T) {
 }
 
 func TestUnreachableDestinationIsTransient(t *testing.T) {
-	conf, err := esdb.ParseConnectionString("esdb://127.0.0.1:1?tls=false&maxDiscoverAttempts=1&discoveryInterval=10&gossipTimeout=1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	conf.Logger = esdb.NoopLogging()
-	c, err := esdb.NewClient(conf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	s := New(c, Options{Config: conf})
+	conf := esdbtest.Config(t, "esdb://127.0.0.1:1?tls=false&maxDiscoverAttempts=1&discoveryInterval=10&gossipTimeout=1")
+	s := New(esdbtest.Connect(t, conf), Options{Config: conf})
 	if k := kind(s.Write(context.Background(), "s-8", events("s-8", 0, 1))); k != sinks.Transient {
 		t.Fatalf("want Transient, got %v", k)
 	}
@@ -318,38 +301,17 @@ func TestBatchAppendSessionsAreShared(t *testing.T) {
 func TestBatchAppendFollowsNotLeader(t *testing.T) {
 	leader := esdbtest.Start(t, esdbtest.Options{Insecure: true})
 	follower := esdbtest.Start(t, esdbtest.Options{Insecure: true, LeaderAddr: leader.Addr()})
-	conf, err := esdb.ParseConnectionString(follower.ConnectionString())
-	if err != nil {
-		t.Fatal(err)
-	}
-	conf.Logger = esdb.NoopLogging()
-	c, err := esdb.NewClient(conf)
-	if err != nil {
-		t.Fatal(err)
-	}
+	conf := esdbtest.Config(t, follower.ConnectionString())
+	c := esdbtest.Connect(t, conf)
 	s := New(c, Options{Config: conf})
 	defer s.Close()
 	evs := events("s-lead", 0, 3)
 	if err := s.Write(context.Background(), "s-lead", evs); err != nil {
 		t.Fatal(err)
 	}
-	lc, err := esdb.NewClient(mustConf(t, leader.ConnectionString()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lc.Close()
+	lc := esdbtest.Connect(t, esdbtest.Config(t, leader.ConnectionString()))
 	wantIDs(t, lc, "s-lead", evs)
 	if got := ids(t, c, "s-lead"); len(got) != 0 {
 		t.Fatalf("the follower holds %d events", len(got))
 	}
-}
-
-func mustConf(t *testing.T, cs string) *esdb.Configuration {
-	t.Helper()
-	conf, err := esdb.ParseConnectionString(cs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	conf.Logger = esdb.NoopLogging()
-	return conf
 }
