@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
 	"github.com/EventStore/EventStore-Client-Go/v4/protos/persistent"
 	"github.com/cenkalti/backoff/v4"
+	"github.com/google/uuid"
 	"github.com/rs/zerolog"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -23,6 +25,7 @@ import (
 	"github.com/ditto-replicator/ditto/config"
 	"github.com/ditto-replicator/ditto/internal/esdbconn"
 	"github.com/ditto-replicator/ditto/internal/metrics"
+	"github.com/ditto-replicator/ditto/internal/pbwire"
 )
 
 // Delivery is one event received from a subscription.
@@ -351,39 +354,38 @@ func (c *Consumer) Close() {
 // connection that has dropped cannot ack; its events are redelivered and the
 // replicator writes them again idempotently.
 func Ack(ds []*Delivery) error {
-	return each(ds, nil)
+	return each(ds, pbwire.Settle{})
 }
 
-// Nack hands deliveries back to the source with action and reason.
+// Nack hands deliveries back to the source with action and reason (made
+// valid UTF-8, which the message needs, so that a nack always goes out).
 func Nack(ds []*Delivery, action esdb.NackAction, reason string) error {
-	return each(ds, &persistent.ReadReq_Nack{Action: persistent.ReadReq_Nack_Action(action), Reason: reason})
+	return each(ds, pbwire.Settle{Nack: true, Action: persistent.ReadReq_Nack_Action(action), Reason: strings.ToValidUTF8(reason, "\uFFFD")})
 }
 
 // maxIDsPerMessage keeps ack messages well below gRPC message limits.
 const maxIDsPerMessage = 2000
 
-// each sends an ack, or with nack a nack, for ds: one message per
-// connection and per maxIDsPerMessage deliveries.
-func each(ds []*Delivery, nack *persistent.ReadReq_Nack) error {
+// each sends the ack or nack s for ds: one message per connection and per
+// maxIDsPerMessage deliveries.
+func each(ds []*Delivery, s pbwire.Settle) error {
 	var errs []error
 	for len(ds) > 0 {
 		cn := ds[0].conn
-		var mine []*Delivery
-		rest := ds[:0:0]
-		for _, d := range ds {
-			if d.conn == cn && len(mine) < maxIDsPerMessage {
-				mine = append(mine, d)
-			} else {
-				rest = append(rest, d)
+		mine, rest := ds, ds[:0:0]
+		if !oneMessage(ds) {
+			mine = nil
+			for _, d := range ds {
+				if d.conn == cn && len(mine) < maxIDsPerMessage {
+					mine = append(mine, d)
+				} else {
+					rest = append(rest, d)
+				}
 			}
 		}
-		var n *persistent.ReadReq_Nack
-		if nack != nil {
-			n = &persistent.ReadReq_Nack{Action: nack.Action, Reason: nack.Reason}
-		}
-		ids := eventIDs(mine)
+		s.IDs = eventIDs(mine)
 		cn.mu.Lock()
-		err := cn.r.settle(ids, n)
+		err := cn.r.settle(&s)
 		cn.mu.Unlock()
 		if err != nil {
 			errs = append(errs, err)
@@ -391,6 +393,30 @@ func each(ds []*Delivery, nack *persistent.ReadReq_Nack) error {
 		ds = rest
 	}
 	return errors.Join(errs...)
+}
+
+// oneMessage reports whether ds go in one message: the usual case, a
+// write's events all from one connection.
+func oneMessage(ds []*Delivery) bool {
+	if len(ds) > maxIDsPerMessage {
+		return false
+	}
+	for _, d := range ds[1:] {
+		if d.conn != ds[0].conn {
+			return false
+		}
+	}
+	return true
+}
+
+// eventIDs returns the ids of the original records of ds, as the source
+// names them in acks.
+func eventIDs(ds []*Delivery) []uuid.UUID {
+	ids := make([]uuid.UUID, len(ds))
+	for i, d := range ds {
+		ids[i] = d.Event.OriginalEvent().EventID
+	}
+	return ids
 }
 
 func code(err error) esdb.ErrorCode {

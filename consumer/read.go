@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
 	"github.com/EventStore/EventStore-Client-Go/v4/protos/persistent"
 	"github.com/EventStore/EventStore-Client-Go/v4/protos/shared"
 	"google.golang.org/grpc"
@@ -119,32 +118,11 @@ func (e *notLeader) Error() string {
 }
 func (e *notLeader) Unwrap() error { return e.err }
 
-// settle sends one ack, or with nack one nack, for ids. The stream takes one
+// settle sends s, an ack or a nack, on the read. The stream takes one
 // sender at a time: the caller holds the connection's lock.
-func (r *reader) settle(ids []*shared.UUID, nack *persistent.ReadReq_Nack) error {
-	req := &persistent.ReadReq{Content: &persistent.ReadReq_Ack_{Ack: &persistent.ReadReq_Ack{Id: r.id, Ids: ids}}}
-	if nack != nil {
-		nack.Id, nack.Ids = r.id, ids
-		req.Content = &persistent.ReadReq_Nack_{Nack: nack}
-	}
-	return r.stream.SendMsg(req)
+func (r *reader) settle(s *pbwire.Settle) error {
+	s.SubscriptionID = r.id
+	return r.stream.SendMsg(s)
 }
 
 func (r *reader) close() { r.cancel() }
-
-// eventIDs returns the ids of the original records of ds, as the source
-// names them in acks, with the messages of all of them in a few allocations.
-func eventIDs(ds []*Delivery) []*shared.UUID {
-	us := make([]shared.UUID, len(ds))
-	vs := make([]shared.UUID_Structured_, len(ds))
-	ss := make([]shared.UUID_Structured, len(ds))
-	out := make([]*shared.UUID, len(ds))
-	for i, d := range ds {
-		most, least := esdb.UUIDAsInt64(d.Event.OriginalEvent().EventID)
-		ss[i].MostSignificantBits, ss[i].LeastSignificantBits = most, least
-		vs[i].Structured = &ss[i]
-		us[i].Value = &vs[i]
-		out[i] = &us[i]
-	}
-	return out
-}

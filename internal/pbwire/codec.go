@@ -37,6 +37,13 @@ import (
 // has encoded ahead, and a client skip the generated message types.
 type Raw []byte
 
+// direct is a message encoded from ditto's own values rather than from a
+// generated message: *BatchWrite and *Settle.
+type direct interface {
+	size() (int, error)
+	append(b []byte) []byte
+}
+
 // Name is the content subtype of the codec: it replaces grpc's "proto".
 const Name = "proto"
 
@@ -57,6 +64,13 @@ func (Codec) Marshal(v any) (mem.BufferSlice, error) {
 	switch m := v.(type) {
 	case *Raw:
 		return mem.BufferSlice{mem.SliceBuffer(*m)}, nil
+	case direct:
+		n, err := m.size()
+		if err != nil {
+			return nil, err
+		}
+		w.total = n
+		return w.finish(m.append), nil
 	case *streams.AppendReq:
 		if w.appendReqSize(m) {
 			return w.finish(func(b []byte) []byte { return w.appendAppendReq(b, m) }), nil

@@ -21,12 +21,17 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
-	"google.golang.org/protobuf/types/known/durationpb"
-	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/ditto-replicator/ditto/internal/esdbconn"
+	"github.com/ditto-replicator/ditto/internal/pbwire"
 	"github.com/ditto-replicator/ditto/sinks"
 )
+
+// The BatchAppend call is made directly, with requests encoded straight from
+// the events (pbwire.BatchWrite) and answers decoded by hand.
+const batchAppendMethod = "/event_store.client.streams.Streams/BatchAppend"
+
+var batchAppendDesc = &grpc.StreamDesc{StreamName: "BatchAppend", ServerStreams: true, ClientStreams: true}
 
 // sessions is how many BatchAppend streams writes are spread over: the
 // server reads each stream in order, so a few let it decode writes in
@@ -137,73 +142,22 @@ func (b *batchAppender) newID() uuid.UUID {
 // requests splits a write into BatchAppendReqs of at most maxRequestBytes of
 // events each (at least one event each), the first carrying the options and
 // the last marked final.
-func (b *batchAppender) requests(id uuid.UUID, stream string, exp esdb.ExpectedRevision, events []sinks.Event) []*streams.BatchAppendReq {
-	cid := structuredID(id)
-	opts := &streams.BatchAppendReq_Options{
-		StreamIdentifier: &shared.StreamIdentifier{StreamName: []byte(stream)},
-		DeadlineOption:   &streams.BatchAppendReq_Options_Deadline{Deadline: durationpb.New(b.deadline)},
-	}
-	switch e := exp.(type) {
-	case esdb.NoStream:
-		opts.ExpectedStreamPosition = &streams.BatchAppendReq_Options_NoStream{NoStream: &emptypb.Empty{}}
-	case esdb.StreamExists:
-		opts.ExpectedStreamPosition = &streams.BatchAppendReq_Options_StreamExists{StreamExists: &emptypb.Empty{}}
-	case esdb.StreamRevision:
-		opts.ExpectedStreamPosition = &streams.BatchAppendReq_Options_StreamPosition{StreamPosition: e.Value}
-	default:
-		opts.ExpectedStreamPosition = &streams.BatchAppendReq_Options_Any{Any: &emptypb.Empty{}}
-	}
-	var reqs []*streams.BatchAppendReq
-	cur := &streams.BatchAppendReq{CorrelationId: cid, Options: opts, ProposedMessages: make([]*streams.BatchAppendReq_ProposedMessage, 0, len(events))}
-	// The messages of all events in a few allocations rather than four
-	// per event.
-	msgs := make([]proposedBlock, len(events))
-	size := 0
+func (b *batchAppender) requests(id uuid.UUID, stream string, exp esdb.ExpectedRevision, events []sinks.Event) []pbwire.BatchWrite {
+	reqs := make([]pbwire.BatchWrite, 0, 1)
+	from, size := 0, 0
 	for i := range events {
 		e := &events[i]
 		n := len(e.Data) + len(e.Metadata) + len(e.Type) + 64
 		if size > 0 && size+n > b.maxRequest {
-			reqs = append(reqs, cur)
-			cur = &streams.BatchAppendReq{CorrelationId: cid}
-			size = 0
+			reqs = append(reqs, pbwire.BatchWrite{CorrelationID: id, Events: events[from:i]})
+			from, size = i, 0
 		}
 		size += n
-		var md map[string]string
-		if i > 0 && e.Type == events[i-1].Type && e.ContentType == events[i-1].ContentType {
-			// Maps are only read when the request is encoded: events of one
-			// type share one.
-			md = msgs[i-1].msg.Metadata
-		}
-		cur.ProposedMessages = append(cur.ProposedMessages, msgs[i].fill(e, md))
 	}
-	cur.IsFinal = true
-	return append(reqs, cur)
-}
-
-// proposedBlock holds a proposed message and its id's messages.
-type proposedBlock struct {
-	msg   streams.BatchAppendReq_ProposedMessage
-	id    shared.UUID
-	value shared.UUID_Structured_
-	st    shared.UUID_Structured
-}
-
-// fill makes p the proposed message of e and returns it; md, if not nil, is
-// the type and content-type metadata of an earlier event of the same type.
-func (p *proposedBlock) fill(e *sinks.Event, md map[string]string) *streams.BatchAppendReq_ProposedMessage {
-	if md == nil {
-		ct := "application/octet-stream"
-		if e.ContentType == "application/json" {
-			ct = "application/json"
-		}
-		md = map[string]string{"type": e.Type, "content-type": ct}
-	}
-	p.st.MostSignificantBits = int64(binary.BigEndian.Uint64(e.ID[:8]))
-	p.st.LeastSignificantBits = int64(binary.BigEndian.Uint64(e.ID[8:]))
-	p.value.Structured = &p.st
-	p.id.Value = &p.value
-	p.msg.Id, p.msg.Metadata, p.msg.CustomMetadata, p.msg.Data = &p.id, md, e.Metadata, e.Data
-	return &p.msg
+	reqs = append(reqs, pbwire.BatchWrite{CorrelationID: id, Events: events[from:], Final: true})
+	first := &reqs[0]
+	first.Options, first.Stream, first.Expected, first.Deadline = true, stream, exp, b.deadline
+	return reqs
 }
 
 // session returns a live BatchAppend stream, opening the connection and the
@@ -265,7 +219,7 @@ func (b *batchAppender) close() {
 // session is one BatchAppend stream with the writes it has not answered.
 type session struct {
 	conn   *grpc.ClientConn
-	stream streams.Streams_BatchAppendClient
+	stream grpc.ClientStream
 	cancel context.CancelFunc
 	sendMu sync.Mutex
 
@@ -277,7 +231,7 @@ type session struct {
 func openSession(b *batchAppender, conn *grpc.ClientConn) (*session, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	ctx = metadata.AppendToOutgoingContext(ctx, "requires-leader", "true")
-	stream, err := streams.NewStreamsClient(conn).BatchAppend(ctx)
+	stream, err := conn.NewStream(ctx, batchAppendDesc, batchAppendMethod, grpc.ForceCodecV2(pbwire.Codec{}))
 	if err != nil {
 		cancel()
 		return nil, fmt.Errorf("opening BatchAppend: %w", err)
@@ -311,11 +265,11 @@ func (s *session) unregister(id uuid.UUID) {
 
 // send sends a write's requests back to back, so that writes sharing the
 // stream do not interleave their parts.
-func (s *session) send(reqs []*streams.BatchAppendReq) error {
+func (s *session) send(reqs []pbwire.BatchWrite) error {
 	s.sendMu.Lock()
 	defer s.sendMu.Unlock()
-	for _, r := range reqs {
-		if err := s.stream.Send(r); err != nil {
+	for i := range reqs {
+		if err := s.stream.SendMsg(&reqs[i]); err != nil {
 			// The stream's own error, with its status, comes from Recv.
 			return fmt.Errorf("sending BatchAppend: %w", err)
 		}
@@ -327,21 +281,22 @@ func (s *session) send(reqs []*streams.BatchAppendReq) error {
 // every write still waiting.
 func (s *session) receive(b *batchAppender) {
 	for {
-		resp, err := s.stream.Recv()
-		if err != nil {
+		var raw pbwire.Raw
+		if err := s.stream.RecvMsg(&raw); err != nil {
 			s.fail(b, err)
 			return
 		}
-		id, ok := correlationID(resp.GetCorrelationId())
-		if !ok {
-			continue
+		id, res, err := decodeAnswer(raw)
+		if err != nil {
+			s.fail(b, err)
+			return
 		}
 		s.mu.Lock()
 		ch := s.pending[id]
 		delete(s.pending, id)
 		s.mu.Unlock()
 		if ch != nil {
-			ch <- answer(resp)
+			ch <- res
 		}
 	}
 }
@@ -372,13 +327,6 @@ func (s *session) fail(b *batchAppender, err error) {
 	}
 }
 
-func structuredID(id uuid.UUID) *shared.UUID {
-	return &shared.UUID{Value: &shared.UUID_Structured_{Structured: &shared.UUID_Structured{
-		MostSignificantBits:  int64(binary.BigEndian.Uint64(id[:8])),
-		LeastSignificantBits: int64(binary.BigEndian.Uint64(id[8:])),
-	}}}
-}
-
 func correlationID(u *shared.UUID) (uuid.UUID, bool) {
 	var id uuid.UUID
 	if st := u.GetStructured(); st != nil {
@@ -388,6 +336,25 @@ func correlationID(u *shared.UUID) (uuid.UUID, bool) {
 	}
 	id, err := uuid.Parse(u.GetString_())
 	return id, err == nil
+}
+
+// decodeAnswer decodes a BatchAppendResp into the write it answers and its
+// result; a success with a revision, nearly every answer, without protobuf.
+// An answer with no usable correlation id gives the nil id, which no write
+// waits on.
+func decodeAnswer(raw []byte) (uuid.UUID, result, error) {
+	if id, rev, ok := pbwire.BatchAppendSuccess(raw); ok {
+		return id, result{revision: rev}, nil
+	}
+	var resp streams.BatchAppendResp
+	if err := proto.Unmarshal(raw, &resp); err != nil {
+		return uuid.Nil, result{}, fmt.Errorf("decoding a BatchAppend answer: %w", err)
+	}
+	id, ok := correlationID(resp.GetCorrelationId())
+	if !ok {
+		return uuid.Nil, result{}, nil
+	}
+	return id, answer(&resp), nil
 }
 
 // answer turns a BatchAppendResp into a write's result.
