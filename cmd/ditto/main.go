@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -32,8 +33,24 @@ Usage:
 Configuration (environment variables):
 `
 
+// gcPercent is ditto's GOGC when the environment does not set one. Every
+// in-flight event is a handful of small objects holding pointers into its
+// received message, and the collector marks all of them again on every
+// cycle: collecting half as often as Go's default (100) cuts ditto's CPU per
+// event by about a sixth, for about a third more peak memory, which the
+// buffer size bounds (see README, Performance).
+const gcPercent = 200
+
 func main() {
+	defaultGC(os.Getenv)
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// defaultGC sets gcPercent unless GOGC is set, which Go has applied already.
+func defaultGC(getenv func(string) string) {
+	if getenv("GOGC") == "" {
+		debug.SetGCPercent(gcPercent)
+	}
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
