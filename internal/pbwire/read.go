@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
 	"github.com/EventStore/EventStore-Client-Go/v4/protos/persistent"
@@ -229,17 +230,8 @@ func decodeRecordedFast(b []byte, r *esdb.RecordedEvent) error {
 				return errShape
 			}
 		case f.num == fRecMetadata:
-			k, v, err := mapEntry(f.v)
-			if err != nil {
+			if err := metadataEntry(f.v, r); err != nil {
 				return err
-			}
-			switch k {
-			case mdType:
-				r.EventType = v
-			case mdContentType:
-				r.ContentType = v
-			case mdCreated:
-				r.CreatedDate = created(v)
 			}
 		case f.num == fRecCustomMetadata:
 			r.UserMetadata = f.v
@@ -291,6 +283,67 @@ func decodeEventID(b []byte, id *uuid.UUID) error {
 		return errShape
 	}
 	return nil
+}
+
+// metadataEntry decodes one entry of a record's metadata into r. The keys
+// the server always sends are recognised before any UTF-8 check (they are
+// ASCII), and a creation time of plain digits is read without one.
+func metadataEntry(b []byte, r *esdb.RecordedEvent) error {
+	var k, v []byte
+	c := cursor{b: b}
+	for c.next() {
+		switch {
+		case c.f.typ == protowire.BytesType && c.f.num == fMapKey:
+			k = c.f.v
+		case c.f.typ == protowire.BytesType && c.f.num == fMapValue:
+			v = c.f.v
+		default:
+			return errShape
+		}
+	}
+	if c.bad {
+		return errShape
+	}
+	switch string(k) {
+	case mdCreated:
+		if t, ok := digits(v); ok {
+			r.CreatedDate = time.Unix(0, t*100).UTC()
+			return nil
+		}
+	case mdType, mdContentType:
+	default:
+		if !utf8.Valid(k) {
+			return errShape
+		}
+	}
+	s, err := str(v)
+	if err != nil {
+		return err
+	}
+	switch string(k) {
+	case mdType:
+		r.EventType = s
+	case mdContentType:
+		r.ContentType = s
+	case mdCreated:
+		r.CreatedDate = created(s)
+	}
+	return nil
+}
+
+// digits parses b as a decimal number of 1 to 18 digits, which cannot
+// overflow; ok is false for anything else.
+func digits(b []byte) (n int64, ok bool) {
+	if len(b) == 0 || len(b) > 18 {
+		return 0, false
+	}
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(c-'0')
+	}
+	return n, true
 }
 
 // mapEntry decodes one map<string, string> entry.
