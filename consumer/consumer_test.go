@@ -161,7 +161,9 @@ func sameRecord(t *testing.T, what string, got, want *esdb.RecordedEvent) {
 }
 
 // TestAckAndNack: acked deliveries are not delivered again; nacked ones
-// with retry come back with a higher retry count, parked ones do not.
+// with retry come back with a higher retry count, parked ones do not, and a
+// reason that is not valid UTF-8 still parks them, with the bad bytes
+// replaced.
 func TestAckAndNack(t *testing.T) {
 	_, client, conf := source(t, esdbtest.Options{})
 	ctx := context.Background()
@@ -175,7 +177,7 @@ func TestAckAndNack(t *testing.T) {
 	if err := Ack(ds[:1]); err != nil {
 		t.Fatal(err)
 	}
-	if err := Nack(ds[1:2], esdb.NackActionPark, "bad"); err != nil {
+	if err := Nack(ds[1:2], esdb.NackActionPark, "bad \xff event"); err != nil {
 		t.Fatal(err)
 	}
 	if err := Nack(ds[2:], esdb.NackActionRetry, "again"); err != nil {
@@ -199,6 +201,9 @@ func TestAckAndNack(t *testing.T) {
 	}
 	if ev.OriginalEvent().EventID != ds[1].Event.OriginalEvent().EventID && (ev.Event == nil || ev.Event.EventID != ds[1].Event.Event.EventID) {
 		t.Fatalf("parked %v, want %v", ev.OriginalEvent().EventID, ds[1].Event.OriginalEvent().EventID)
+	}
+	if ev.Link == nil || !strings.Contains(string(ev.Link.UserMetadata), "bad \uFFFD event") {
+		t.Fatalf("parked with metadata %+v; want the reason with U+FFFD for the bad byte", ev.Link)
 	}
 }
 
