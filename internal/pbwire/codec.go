@@ -9,6 +9,11 @@
 //   - streams.BatchAppendReq, whole: correlation id, options (stream, every
 //     expected position, both deadline forms), proposed messages, is_final.
 //
+// ditto itself sends its appends and acks from its own values (BatchWrite,
+// Settle), reads deliveries as Raw bytes (DecodeRead) and decodes the
+// answers to its appends by hand (BatchAppendSuccess); the generated-message
+// paths serve the test server and the clients of the benchmark.
+//
 // The generic protobuf runtime walks their metadata maps and repeated
 // messages through reflection and allocates every string, byte field and
 // sub-message on its own; profiles of a replication run put that at a fifth
