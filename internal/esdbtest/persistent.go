@@ -14,6 +14,7 @@ import (
 	"github.com/EventStore/EventStore-Client-Go/v4/protos/shared"
 	"github.com/google/uuid"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
@@ -255,10 +256,22 @@ func (p *persistentService) Read(stream persistent.PersistentSubscriptions_ReadS
 
 	recvErr := make(chan error, 1)
 	go func() {
+		// Messages are received raw: acks, nearly all of them, are decoded
+		// straight into ids (psFastAckIDs); the rest by the codec, as
+		// Recv would, with its error.
+		var raw pbwire.Raw
 		for {
-			req, err := stream.Recv()
-			if err != nil {
+			if err := stream.RecvMsg(&raw); err != nil {
 				recvErr <- err
+				return
+			}
+			if ids, ok := psFastAckIDs(raw); ok {
+				sub.post(func() { sub.ack(ids) })
+				continue
+			}
+			req := new(persistent.ReadReq)
+			if err := (pbwire.Codec{}).Unmarshal(mem.BufferSlice{mem.SliceBuffer(raw)}, req); err != nil {
+				recvErr <- psUnmarshalError(err)
 				return
 			}
 			switch x := req.GetContent().(type) {
@@ -274,16 +287,17 @@ func (p *persistentService) Read(stream persistent.PersistentSubscriptions_ReadS
 	}()
 
 	var spare []sendItem
-	var raw pbwire.Raw // reused header only: each delivery has its own bytes
+	var wire psWire // reused header only: each delivery has its own bytes
+	var arena psArena
 	for {
 		select {
 		case <-c.notify:
 			items := c.take(spare)
 			for i, it := range items {
 				var err error
-				var ok bool
-				if raw, ok = psDelivery(it.ev, it.retry, stringIDs); ok {
-					err = stream.SendMsg(&raw)
+				if raw, ok := psDelivery(&arena, it.ev, it.retry, stringIDs); ok {
+					wire = arena.wire(raw)
+					err = stream.SendMsg(&wire)
 				} else {
 					err = stream.Send(psEventResp(it.ev, it.retry, stringIDs))
 				}

@@ -6,13 +6,15 @@ import (
 	"unicode/utf8"
 
 	"github.com/google/uuid"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/ditto-replicator/ditto/internal/pbwire"
 )
 
 // Deliveries are encoded here straight from the stored records into one
-// exactly sized buffer, sent as a pbwire.Raw. Building a persistent.ReadResp
+// exactly sized buffer (carved from a psArena chunk), handed to the
+// transport as a psWire. Building a persistent.ReadResp
 // per delivery (a dozen allocations and a fresh metadata map) and encoding it
 // cost about a fifth of the test server's CPU in replication runs.
 //
@@ -56,47 +58,171 @@ const (
 	psfMapValue = 2
 )
 
-// psDelivery encodes the ReadResp of one delivery: the message psEventResp
-// builds. ok is false when a record's type is not valid UTF-8, which the
-// protobuf runtime refuses to encode: the caller then sends psEventResp's
-// message, so that send fails as it always did.
-func psDelivery(ev ResolvedRecord, retry int32, stringIDs bool) (raw pbwire.Raw, ok bool) {
+// psArena hands out the exactly sized buffers of deliveries, carved from
+// larger allocations: one allocation per few dozen deliveries rather than
+// one each. A buffer is never written once encoded, and a chunk is freed
+// once the transport has written and dropped all of its deliveries. The
+// zero value is ready.
+type psArena struct {
+	chunk []byte
+	// The buffer headers and one-buffer slices of psWire, likewise.
+	headers []mem.SliceBuffer
+	slices  []mem.Buffer
+}
+
+// psArenaChunk is the size of a chunk; larger deliveries get their own.
+const psArenaChunk = 16 << 10
+
+// psArenaWires is the number of psWire headers allocated at once.
+const psArenaWires = 64
+
+// alloc returns an empty buffer with capacity n, nil arena included.
+func (a *psArena) alloc(n int) []byte {
+	if a == nil || n > psArenaChunk/4 {
+		return make([]byte, 0, n)
+	}
+	used := len(a.chunk)
+	if cap(a.chunk)-used < n {
+		a.chunk, used = make([]byte, 0, psArenaChunk), 0
+	}
+	a.chunk = a.chunk[:used+n]
+	return a.chunk[used : used : used+n]
+}
+
+// psWire is a delivery as the transport takes it: its bytes as a
+// one-buffer mem.BufferSlice, which serverCodec hands over as it is.
+// Marshaling a pbwire.Raw instead boxes the bytes into a mem.Buffer and
+// allocates the slice, for each message.
+type psWire struct{ data mem.BufferSlice }
+
+// wire wraps b for the transport without an allocation per delivery: the
+// mem.Buffer is a *mem.SliceBuffer into an array of headers, the slice a
+// window of an array of buffers. Neither is written once handed out (the
+// transport only reads them), and arrays are never reused.
+func (a *psArena) wire(b []byte) psWire {
+	if len(a.headers) == cap(a.headers) {
+		a.headers = make([]mem.SliceBuffer, 0, psArenaWires)
+		a.slices = make([]mem.Buffer, 0, psArenaWires)
+	}
+	a.headers = append(a.headers, b)
+	a.slices = append(a.slices, &a.headers[len(a.headers)-1])
+	n := len(a.slices)
+	return psWire{data: a.slices[n-1 : n : n]}
+}
+
+// psDelivery encodes the ReadResp of one delivery, in a buffer from a (nil:
+// its own): the message psEventResp builds. ok is false when a record's
+// type is not valid UTF-8, which the protobuf runtime refuses to encode: the
+// caller then sends psEventResp's message, so that send fails as it always
+// did.
+func psDelivery(a *psArena, ev ResolvedRecord, retry int32, stringIDs bool) (raw pbwire.Raw, ok bool) {
 	pos := ev.Original().Position
-	// Created ticks, formatted once for sizing and writing.
-	var evBuf, linkBuf [20]byte
-	var evCreated, linkCreated []byte
-	var evSize, linkSize int
+	var evPlan, linkPlan psRecordedPlan
 	n := 1 + protowire.SizeVarint(pos) + 1 + protowire.SizeVarint(uint64(int64(retry)))
 	if ev.Event != nil {
 		if !utf8.ValidString(ev.Event.Type) {
 			return nil, false
 		}
-		evCreated = psCreated(evBuf[:0], ev.Event)
-		evSize = psRecordedSize(ev.Event, pos, stringIDs, len(evCreated))
-		n += psLenSize(evSize)
+		evPlan.init(ev.Event, pos, stringIDs, nil)
+		n += psLenSize(evPlan.size)
 	}
 	if ev.Link != nil {
 		if !utf8.ValidString(ev.Link.Type) {
 			return nil, false
 		}
-		linkCreated = psCreated(linkBuf[:0], ev.Link)
-		linkSize = psRecordedSize(ev.Link, pos, stringIDs, len(linkCreated))
-		n += psLenSize(linkSize)
+		var same *psRecordedPlan
+		if ev.Event != nil && ev.Link.Created.Equal(ev.Event.Created) {
+			same = &evPlan
+		}
+		linkPlan.init(ev.Link, pos, stringIDs, same)
+		n += psLenSize(linkPlan.size)
 	}
-	b := make([]byte, 0, psLenSize(n))
+	b := a.alloc(psLenSize(n))
 	b = psAppendLen(b, psfRespEvent, n)
 	if ev.Event != nil {
-		b = psAppendLen(b, psfEvent, evSize)
-		b = psAppendRecorded(b, ev.Event, pos, stringIDs, evCreated)
+		b = psAppendLen(b, psfEvent, evPlan.size)
+		b = evPlan.append(b, pos, stringIDs)
 	}
 	if ev.Link != nil {
-		b = psAppendLen(b, psfLink, linkSize)
-		b = psAppendRecorded(b, ev.Link, pos, stringIDs, linkCreated)
+		b = psAppendLen(b, psfLink, linkPlan.size)
+		b = linkPlan.append(b, pos, stringIDs)
 	}
 	// Both oneofs are set, so written even when zero.
 	b = psAppendUvarint(append(b, psTag(psfCommitPosition, protowire.VarintType)), pos)
 	b = psAppendUvarint(append(b, psTag(psfRetryCount, protowire.VarintType)), uint64(int64(retry)))
 	return b, true
+}
+
+// psRecordedPlan is what sizing a RecordedEvent works out, kept for writing
+// it: the created ticks and the id's structured halves are computed once.
+type psRecordedPlan struct {
+	r           *Record
+	created     [20]byte // ticks, in created[:createdLen]
+	createdLen  int
+	most, least uint64 // the structured id
+	structSize  int    // the shared.UUID.Structured's contents
+	idSize      int    // the shared.UUID's contents
+	size        int    // the RecordedEvent's contents
+}
+
+// init sizes r's RecordedEvent. same, if not nil, is the plan of a record
+// created at the same instant, whose ticks are reused: a link and the event
+// it was projected from are written in one commit.
+func (p *psRecordedPlan) init(r *Record, pos uint64, stringIDs bool, same *psRecordedPlan) {
+	p.r = r
+	if same != nil {
+		p.created, p.createdLen = same.created, same.createdLen
+	} else {
+		p.createdLen = len(psCreated(p.created[:0], r))
+	}
+	if stringIDs {
+		p.idSize = psLenSize(36)
+	} else {
+		p.most, p.least = psUUIDHalves(r.ID)
+		p.structSize = psVarintSize(p.most) + psVarintSize(p.least)
+		p.idSize = psLenSize(p.structSize)
+	}
+	p.size = psLenSize(p.idSize) +
+		psLenSize(psBytesSize(len(r.Stream))) +
+		psVarintSize(uint64(r.Number)) +
+		2*psVarintSize(pos) +
+		psEntrySize(len("content-type"), len(r.ContentType())) +
+		psEntrySize(len("created"), p.createdLen) +
+		psEntrySize(len("type"), len(r.Type)) +
+		psBytesSize(len(r.Metadata)) +
+		psBytesSize(len(r.Data))
+}
+
+// append appends the RecordedEvent's contents (without its tag and length)
+// in field order, as pbwire writes psRecorded's message.
+func (p *psRecordedPlan) append(b []byte, pos uint64, stringIDs bool) []byte {
+	r := p.r
+	b = psAppendLen(b, psfRecID, p.idSize)
+	if stringIDs {
+		b = appendUUID(psAppendLen(b, psfUUIDString, 36), r.ID)
+	} else {
+		b = psAppendLen(b, psfUUIDStructured, p.structSize)
+		b = psAppendVarint(b, psfMost, p.most)
+		b = psAppendVarint(b, psfLeast, p.least)
+	}
+	b = psAppendLen(b, psfRecStream, psBytesSize(len(r.Stream)))
+	if r.Stream != "" {
+		b = psAppendLen(b, psfStreamName, len(r.Stream))
+		b = append(b, r.Stream...)
+	}
+	b = psAppendVarint(b, psfRecRevision, uint64(r.Number))
+	b = psAppendVarint(b, psfRecPrepare, pos)
+	b = psAppendVarint(b, psfRecCommit, pos)
+	// The map in key order, as deterministic protobuf writes it.
+	if r.IsJSON {
+		b = append(b, psJSONEntry...)
+	} else {
+		b = append(b, psBinaryEntry...)
+	}
+	b = psAppendEntry(b, psfRecMetadata, "created", p.created[:p.createdLen])
+	b = psAppendEntry(b, psfRecMetadata, "type", r.Type)
+	b = psAppendBytes(b, psfRecCustom, r.Metadata)
+	return psAppendBytes(b, psfRecData, r.Data)
 }
 
 // psCreated appends the record's created metadata: .NET ticks since the
@@ -123,20 +249,6 @@ func psBytesSize(n int) int {
 		return 0
 	}
 	return psLenSize(n)
-}
-
-// psRecordedSize is the size of a RecordedEvent's contents as psRecorded
-// builds it, with created ticks of createdLen digits.
-func psRecordedSize(r *Record, pos uint64, stringIDs bool, createdLen int) int {
-	return psLenSize(psUUIDSize(r.ID, stringIDs)) +
-		psLenSize(psBytesSize(len(r.Stream))) +
-		psVarintSize(uint64(r.Number)) +
-		2*psVarintSize(pos) +
-		psEntrySize(len("content-type"), len(r.ContentType())) +
-		psEntrySize(len("created"), createdLen) +
-		psEntrySize(len("type"), len(r.Type)) +
-		psBytesSize(len(r.Metadata)) +
-		psBytesSize(len(r.Data))
 }
 
 // psEntrySize is the size of a map<string, string> entry field. Both key and
@@ -193,54 +305,7 @@ func psAppendBytes(b []byte, num protowire.Number, v []byte) []byte {
 	return append(b, v...)
 }
 
-// psAppendRecorded appends a RecordedEvent's contents (without its tag and
-// length) in field order, as pbwire writes psRecorded's message.
-func psAppendRecorded(b []byte, r *Record, pos uint64, stringIDs bool, created []byte) []byte {
-	b = psAppendLen(b, psfRecID, psUUIDSize(r.ID, stringIDs))
-	b = psAppendUUID(b, r.ID, stringIDs)
-	b = psAppendLen(b, psfRecStream, psBytesSize(len(r.Stream)))
-	if r.Stream != "" {
-		b = psAppendLen(b, psfStreamName, len(r.Stream))
-		b = append(b, r.Stream...)
-	}
-	b = psAppendVarint(b, psfRecRevision, uint64(r.Number))
-	b = psAppendVarint(b, psfRecPrepare, pos)
-	b = psAppendVarint(b, psfRecCommit, pos)
-	// The map in key order, as deterministic protobuf writes it.
-	if r.IsJSON {
-		b = append(b, psJSONEntry...)
-	} else {
-		b = append(b, psBinaryEntry...)
-	}
-	b = psAppendEntry(b, psfRecMetadata, "created", created)
-	b = psAppendEntry(b, psfRecMetadata, "type", r.Type)
-	b = psAppendBytes(b, psfRecCustom, r.Metadata)
-	return psAppendBytes(b, psfRecData, r.Data)
-}
-
 // psUUIDHalves are the structured form of an id: two big-endian int64s.
 func psUUIDHalves(id uuid.UUID) (most, least uint64) {
 	return binary.BigEndian.Uint64(id[:8]), binary.BigEndian.Uint64(id[8:])
-}
-
-// psUUIDSize is the size of a shared.UUID's contents as psProtoUUID builds
-// it.
-func psUUIDSize(id uuid.UUID, asString bool) int {
-	if asString {
-		return psLenSize(36)
-	}
-	most, least := psUUIDHalves(id)
-	return psLenSize(psVarintSize(most) + psVarintSize(least))
-}
-
-// psAppendUUID appends a shared.UUID's contents: the structured halves, or
-// the hyphenated lower-case string of uuid.UUID.String.
-func psAppendUUID(b []byte, id uuid.UUID, asString bool) []byte {
-	if asString {
-		return appendUUID(psAppendLen(b, psfUUIDString, 36), id)
-	}
-	most, least := psUUIDHalves(id)
-	b = psAppendLen(b, psfUUIDStructured, psVarintSize(most)+psVarintSize(least))
-	b = psAppendVarint(b, psfMost, most)
-	return psAppendVarint(b, psfLeast, least)
 }

@@ -21,7 +21,9 @@ import (
 // UUID forms (ids whose halves are negative, zero or small), an event alone,
 // a resolved link, an unresolved link, retry counts, zero and large
 // positions, empty and non-empty custom metadata and data, revision 0 and
-// the tombstone, created before and after the Unix epoch.
+// the tombstone, created before and after the Unix epoch, a link created
+// at another instant than its event and one at the same instant (in another
+// time zone).
 func psDeliveryCases() []ResolvedRecord {
 	created := time.Date(2024, 5, 6, 7, 8, 9, 123456700, time.UTC)
 	ev := &Record{
@@ -44,8 +46,13 @@ func psDeliveryCases() []ResolvedRecord {
 		Stream: "ström-1", Number: 1 << 33, ID: uuid.New(), Type: "Bestätigt✓", IsJSON: true,
 		Data: bytes.Repeat([]byte("x"), 300), Created: created, Position: 99,
 	}
+	sameInstant := &Record{
+		Stream: "$ce-order", Number: 1, ID: uuid.MustParse("80000000-0000-0000-8000-000000000000"),
+		Type: "$>", Data: []byte("3@order-7"), Created: created.In(time.FixedZone("UTC+1", 3600)), Position: 1235,
+	}
 	return []ResolvedRecord{
 		{Event: ev},
+		{Event: ev, Link: sameInstant},
 		{Event: ev, Link: link},
 		{Link: link},
 		{Event: bare},
@@ -64,7 +71,7 @@ func TestPSDeliveryMatchesReadResp(t *testing.T) {
 			for _, retry := range []int32{0, 1, 10, math.MaxInt32, -1} {
 				name := fmt.Sprintf("case %d stringIDs %v retry %d", i, stringIDs, retry)
 				want := psEventResp(ev, retry, stringIDs)
-				got, ok := psDelivery(ev, retry, stringIDs)
+				got, ok := psDelivery(nil, ev, retry, stringIDs)
 				if !ok {
 					t.Fatalf("%s: not encoded", name)
 				}
@@ -98,13 +105,42 @@ func TestPSDeliveryMatchesReadResp(t *testing.T) {
 	}
 }
 
+// Deliveries encoded through one arena, many at a time, are each exactly
+// the bytes of their own encoding, in exactly sized buffers that stay
+// intact while later ones are written, and their wires carry those bytes.
+func TestPSArenaDeliveriesStayIntact(t *testing.T) {
+	var a psArena
+	big := &Record{Stream: "big", ID: uuid.New(), Type: "Big", Data: bytes.Repeat([]byte("b"), psArenaChunk), Created: time.Now(), Position: 7}
+	cases := append(psDeliveryCases(), ResolvedRecord{Event: big})
+	type sent struct {
+		want []byte
+		wire psWire
+	}
+	var all []sent
+	for i := 0; i < 3*psArenaWires; i++ {
+		for _, ev := range cases {
+			want, _ := psDelivery(nil, ev, int32(i), i%2 == 0)
+			got, ok := psDelivery(&a, ev, int32(i), i%2 == 0)
+			if !ok || cap(got) != len(got) {
+				t.Fatalf("delivery %d: ok %v, %d bytes in a buffer of %d", i, ok, len(got), cap(got))
+			}
+			all = append(all, sent{want, a.wire(got)})
+		}
+	}
+	for i, s := range all {
+		if len(s.wire.data) != 1 || !bytes.Equal(s.wire.data.Materialize(), s.want) {
+			t.Fatalf("delivery %d: wire holds %x, want %x", i, s.wire.data.Materialize(), s.want)
+		}
+	}
+}
+
 // A type that is not valid UTF-8 is left to the old path, where the protobuf
 // runtime refuses it and the send fails as before.
 func TestPSDeliveryInvalidUTF8TypeTakesOldPath(t *testing.T) {
 	bad := &Record{Stream: "s", ID: uuid.New(), Type: "\xff", Created: time.Now(), Position: 1}
 	good := &Record{Stream: "$ce-s", ID: uuid.New(), Type: "$>", Data: []byte("0@s"), Created: time.Now(), Position: 2}
 	for _, ev := range []ResolvedRecord{{Event: bad}, {Event: bad, Link: good}, {Event: good, Link: bad}} {
-		if _, ok := psDelivery(ev, 0, false); ok {
+		if _, ok := psDelivery(nil, ev, 0, false); ok {
 			t.Fatalf("%+v: encoded by hand", ev)
 		}
 		if _, err := (pbwire.Codec{}).Marshal(psEventResp(ev, 0, false)); err == nil {
@@ -204,7 +240,7 @@ func BenchmarkPSDeliveryEncode(b *testing.B) {
 		b.Run(fmt.Sprintf("stringIDs=%v/new", stringIDs), func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
-				raw, ok := psDelivery(ev, 1, stringIDs)
+				raw, ok := psDelivery(nil, ev, 1, stringIDs)
 				if !ok {
 					b.Fatal("not encoded")
 				}

@@ -55,6 +55,10 @@ type psMessage struct {
 	// good (acked, skipped, parked, or its outstanding entry was taken by a
 	// later message with the same id). Only non-replayed messages use it.
 	settled bool
+	// out is the message's outstanding entry while it is in flight. A
+	// message is outstanding at most once at a time, so the entry lives in
+	// the message rather than in an allocation per delivery.
+	out psOutstanding
 }
 
 // sendItem is a message queued for a consumer's RPC handler.
@@ -70,6 +74,10 @@ type psConsumer struct {
 	bufferSize int
 	inFlight   int   // owned by the subscription goroutine
 	total      int64 // messages delivered; owned by the subscription goroutine
+
+	// pending collects the messages of one push burst for this consumer;
+	// owned by the subscription goroutine.
+	pending []sendItem
 
 	mu     sync.Mutex
 	queue  []sendItem // guarded by mu
@@ -134,7 +142,6 @@ type psSub struct {
 	head        int          // buffer[head:] is live
 	retry       []*psMessage
 	outstanding map[uuid.UUID]*psOutstanding
-	pending     map[*psConsumer][]sendItem // per push burst
 	// handed lists the non-replayed messages taken from the buffer (to a
 	// consumer or the retry list), in seq order since the buffer is; its
 	// unsettled ones are exactly the non-replayed messages in outstanding
@@ -186,7 +193,6 @@ func newSubState(store *Store, settings *psSettings) *psSub {
 		done:        make(chan struct{}),
 		strategy:    newStrategy(settings.Strategy),
 		outstanding: map[uuid.UUID]*psOutstanding{},
-		pending:     map[*psConsumer][]sendItem{},
 		lastReadSeq: -1,
 		now:         time.Now(),
 	}
@@ -370,14 +376,17 @@ func (s *psSub) readBatch(n int) int {
 	st := s.settings
 	if st.isAll() {
 		recs := s.store.ReadAll(s.nextPos, true, n, st.ResolveLinks)
-		for _, r := range recs {
+		msgs := make([]psMessage, len(recs))
+		for i, r := range recs {
 			orig := r.Original()
 			s.nextPos = orig.Position + 1
 			s.lastReadSeq = int64(orig.Position)
 			if excludedFromAll(st, orig) {
 				continue
 			}
-			s.buffer = append(s.buffer, &psMessage{ev: r, id: orig.ID, seq: int64(orig.Position)})
+			m := &msgs[i]
+			m.ev, m.id, m.seq = r, orig.ID, int64(orig.Position)
+			s.buffer = append(s.buffer, m)
 		}
 		return len(recs)
 	}
@@ -389,7 +398,9 @@ func (s *psSub) readBatch(n int) int {
 		}
 		return 0
 	}
-	for _, r := range recs {
+	// One allocation for the batch's messages rather than one each.
+	msgs := make([]psMessage, len(recs))
+	for i, r := range recs {
 		orig := r.Original()
 		if orig.Number == Tombstone {
 			s.ended = true
@@ -397,7 +408,9 @@ func (s *psSub) readBatch(n int) int {
 			s.nextNumber = orig.Number + 1
 		}
 		s.lastReadSeq = orig.Number
-		s.buffer = append(s.buffer, &psMessage{ev: r, id: orig.ID, seq: orig.Number})
+		m := &msgs[i]
+		m.ev, m.id, m.seq = r, orig.ID, orig.Number
+		s.buffer = append(s.buffer, m)
 	}
 	return len(recs)
 }
@@ -458,10 +471,10 @@ func (s *psSub) push() {
 		}
 		s.deliver(c, m)
 	}
-	for c, items := range s.pending {
-		if len(items) > 0 {
-			c.enqueue(items)
-			s.pending[c] = items[:0]
+	for _, c := range s.consumers {
+		if len(c.pending) > 0 {
+			c.enqueue(c.pending)
+			c.pending = c.pending[:0]
 		}
 	}
 }
@@ -475,11 +488,12 @@ func (s *psSub) deliver(c *psConsumer, m *psMessage) {
 		// message is no longer outstanding, nor anywhere else.
 		s.settle(prev.msg)
 	}
-	s.outstanding[m.id] = &psOutstanding{
+	m.out = psOutstanding{
 		msg: m, c: c,
 		deadline: s.now.Add(time.Duration(s.settings.MessageTimeoutMs) * time.Millisecond),
 	}
-	s.pending[c] = append(s.pending[c], sendItem{ev: m.ev, retry: m.retryCount})
+	s.outstanding[m.id] = &m.out
+	c.pending = append(c.pending, sendItem{ev: m.ev, retry: m.retryCount})
 }
 
 // insertRetry puts m back on the retry list in seq order, before any
@@ -527,7 +541,7 @@ func (s *psSub) disconnect(c *psConsumer) {
 			break
 		}
 	}
-	delete(s.pending, c)
+	c.pending = nil
 	for id, o := range s.outstanding {
 		if o.c == c {
 			delete(s.outstanding, id)

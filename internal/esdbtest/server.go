@@ -27,6 +27,7 @@ import (
 	"github.com/google/uuid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
 
 	"github.com/ditto-replicator/ditto/internal/pbwire"
@@ -78,6 +79,18 @@ type Server struct {
 	wg       sync.WaitGroup
 	closeErr error
 	once     sync.Once
+}
+
+// serverCodec is pbwire's codec, which also sends the deliveries the Read
+// handler has already wrapped for the transport (psWire) as they are.
+type serverCodec struct{ pbwire.Codec }
+
+// Marshal implements encoding.CodecV2.
+func (c serverCodec) Marshal(v any) (mem.BufferSlice, error) {
+	if w, ok := v.(*psWire); ok {
+		return w.data, nil
+	}
+	return c.Codec.Marshal(v)
 }
 
 // serverVersion is what ServerFeatures reports: ≥ 23.10 so that the client
@@ -134,7 +147,7 @@ func (s *Server) start() error {
 	recvLimit := max(s.opts.MaxAppendSize+(64<<10), 4<<20)
 	s.grpc = grpc.NewServer(
 		// Deliveries and appends are encoded by hand (package pbwire).
-		grpc.ForceServerCodecV2(pbwire.Codec{}),
+		grpc.ForceServerCodecV2(serverCodec{}),
 		grpc.MaxRecvMsgSize(recvLimit),
 		grpc.MaxSendMsgSize(maxSendMsgSize),
 		// The client pings every 10 s even without calls (§0).
