@@ -67,7 +67,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	asJSON := fs.Bool("json", false, "print the results as JSON instead of a table")
 	bin := fs.String("ditto-bin", "", "a ditto binary to run instead of building ./cmd/ditto")
 	cpuprof := fs.String("cpuprofile", "", "write a CPU profile of the bench process (the test servers) while ditto runs to this file; with several scenarios, the last one's")
-	repeat := fs.Int("repeat", 1, "run each scenario this many times and report the run with the median figure (ditto's events/s; lag p99 for c), to damp the noise of a shared machine; 1 to 9")
+	repeat := fs.Int("repeat", 1, "run each scenario this many times and report the run with the median figure (the ratio to the raw limit for a, b and e; lag p99 for c; events/s for d), to damp the noise of a shared machine; 1 to 9")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -93,13 +93,19 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	return c, nil
 }
 
-// median returns the run with the median key figure (ditto's events/s, or
-// lag p99 for scenario c), with every run's figure in Runs; a failed run
-// is returned at once, since its error matters more than any figure.
+// median returns the run with the median key figure, with every run's
+// figure in Runs: lag p99 for scenario c, the ratio to the raw limit where
+// there is one (each run measures its own limit, so a run picked by ditto's
+// rate alone could pair it with an outlying limit), else ditto's events/s.
+// A failed run is returned at once, since its error matters more than any
+// figure.
 func median(runs []*result) *result {
 	key := func(r *result) float64 {
-		if r.Lag != nil {
+		switch {
+		case r.Lag != nil:
 			return r.Lag.P99Ms
+		case r.VsB2 > 0:
+			return r.VsB2
 		}
 		return eps(r.Ditto)
 	}

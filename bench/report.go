@@ -196,10 +196,16 @@ func (rep *report) print(w io.Writer) {
 			runs := make([]string, len(r.Runs))
 			for i, v := range r.Runs {
 				runs[i] = strconv.FormatFloat(v, 'f', 1, 64)
+				if r.VsB2 > 0 && r.Lag == nil {
+					runs[i] = strconv.FormatFloat(v, 'f', 2, 64)
+				}
 			}
 			what := "ditto events/s"
-			if r.Lag != nil {
+			switch {
+			case r.Lag != nil:
 				what = "lag p99 ms"
+			case r.VsB2 > 0:
+				what = "ditto / baseline 2"
 			}
 			fmt.Fprintf(w, "      %s of each run (the median run is shown): %s\n", what, strings.Join(runs, ", "))
 		}
