@@ -207,17 +207,23 @@ func structuredID(b []byte, id *uuid.UUID) bool {
 	if !c.next() || c.f.num != fUUIDStructured || c.f.typ != protowire.BytesType || len(c.b) != 0 {
 		return false
 	}
+	var ok bool
+	*id, ok = structuredContents(c.f.v)
+	return ok
+}
+
+// structuredContents decodes the contents of a shared.UUID.Structured.
+func structuredContents(b []byte) (uuid.UUID, bool) {
 	var half [2]uint64
-	s := cursor{b: c.f.v}
+	s := cursor{b: b}
 	for s.next() {
 		if s.f.typ != protowire.VarintType || (s.f.num != fStructMost && s.f.num != fStructLeast) {
-			return false
+			return uuid.Nil, false
 		}
 		half[s.f.num-fStructMost] = s.f.x
 	}
 	if s.bad {
-		return false
+		return uuid.Nil, false
 	}
-	*id = structuredUUID(half[0], half[1])
-	return true
+	return structuredUUID(half[0], half[1]), true
 }

@@ -256,18 +256,11 @@ func decodeEventID(b []byte, id *uuid.UUID) error {
 		switch {
 		case c.f.typ == protowire.BytesType && c.f.num == fUUIDStructured && !seenStructured:
 			seenStructured = true
-			var half [2]uint64
-			s := cursor{b: c.f.v}
-			for s.next() {
-				if s.f.typ != protowire.VarintType || (s.f.num != fStructMost && s.f.num != fStructLeast) {
-					return errShape
-				}
-				half[s.f.num-fStructMost] = s.f.x
-			}
-			if s.bad {
+			v, ok := structuredContents(c.f.v)
+			if !ok {
 				return errShape
 			}
-			*id = structuredUUID(half[0], half[1])
+			*id = v
 		case c.f.typ == protowire.BytesType && c.f.num == fUUIDString:
 			seenStructured = false // a later structured form replaces it
 			v, err := str(c.f.v)
