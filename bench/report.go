@@ -193,19 +193,16 @@ func (rep *report) print(w io.Writer) {
 				r.Lag.Sent, r.Lag.OfferedPerSec, r.Lag.Samples, r.Lag.WarmupMs, r.Lag.MaxMs)
 		}
 		if len(r.Runs) > 0 {
-			runs := make([]string, len(r.Runs))
-			for i, v := range r.Runs {
-				runs[i] = strconv.FormatFloat(v, 'f', 1, 64)
-				if r.VsB2 > 0 && r.Lag == nil {
-					runs[i] = strconv.FormatFloat(v, 'f', 2, 64)
-				}
-			}
-			what := "ditto events/s"
+			what, digits := "ditto events/s", 1
 			switch {
 			case r.Lag != nil:
 				what = "lag p99 ms"
 			case r.VsB2 > 0:
-				what = "ditto / baseline 2"
+				what, digits = "ditto / baseline 2", 2
+			}
+			runs := make([]string, len(r.Runs))
+			for i, v := range r.Runs {
+				runs[i] = strconv.FormatFloat(v, 'f', digits, 64)
 			}
 			fmt.Fprintf(w, "      %s of each run (the median run is shown): %s\n", what, strings.Join(runs, ", "))
 		}

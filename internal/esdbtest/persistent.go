@@ -257,7 +257,7 @@ func (p *persistentService) Read(stream persistent.PersistentSubscriptions_ReadS
 	recvErr := make(chan error, 1)
 	go func() {
 		// Messages are received raw: acks, nearly all of them, are decoded
-		// straight into ids (psFastAckIDs); the rest by the codec, as
+		// straight into ids (pbwire.AckIDs); the rest by the codec, as
 		// Recv would, with its error.
 		var raw pbwire.Raw
 		for {
@@ -265,7 +265,7 @@ func (p *persistentService) Read(stream persistent.PersistentSubscriptions_ReadS
 				recvErr <- err
 				return
 			}
-			if ids, ok := psFastAckIDs(raw); ok {
+			if ids, ok := pbwire.AckIDs(raw); ok {
 				sub.post(func() { sub.ack(ids) })
 				continue
 			}

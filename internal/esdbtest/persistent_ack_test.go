@@ -110,10 +110,10 @@ func psAckMessages(t *testing.T) [][]byte {
 
 // The fast ack decoder finds exactly the ids the codec's message gives, and
 // takes only acks.
-func TestPSFastAckIDsMatchesCodec(t *testing.T) {
+func TestPSAckIDsMatchesCodec(t *testing.T) {
 	fast := 0
 	for i, b := range psAckMessages(t) {
-		ids, ok := psFastAckIDs(b)
+		ids, ok := pbwire.AckIDs(b)
 		if !ok {
 			continue
 		}

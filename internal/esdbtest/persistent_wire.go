@@ -13,7 +13,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/encoding/protowire"
 )
 
 // psEventResp builds the ReadResp of one delivery. Unlike Streams.Read, both
@@ -89,88 +88,6 @@ func psUUIDsFromProto(us []*shared.UUID) []uuid.UUID {
 		}
 	}
 	return ids
-}
-
-// psFastAckIDs decodes a ReadReq in the shape consumers send acks in: one
-// Ack whose ids are all in the structured form, each field written once and
-// in order, as protobuf writes them. ok is false for anything else (a nack,
-// string ids, unknown or repeated fields, bad bytes), which the caller then
-// decodes with the codec as any message. The ids equal those
-// psUUIDsFromProto finds in the decoded message, but for an ack of 16 ids
-// in one allocation instead of six, and in a fifth of the time.
-func psFastAckIDs(b []byte) (ids []uuid.UUID, ok bool) {
-	const (
-		readReqAck = 2<<3 | byte(protowire.BytesType)
-		ackID      = 1<<3 | byte(protowire.BytesType)
-		ackIDs     = 2<<3 | byte(protowire.BytesType)
-		structured = 1<<3 | byte(protowire.BytesType)
-	)
-	tag, ack, rest, ok := psLenField(b)
-	if !ok || tag != readReqAck || len(rest) > 0 {
-		return nil, false
-	}
-	// Count first, to allocate the ids once.
-	n := 0
-	for rest := ack; len(rest) > 0; {
-		tag, _, r, ok := psLenField(rest)
-		if !ok || (tag != ackID && tag != ackIDs) {
-			return nil, false
-		}
-		if tag == ackIDs {
-			n++
-		}
-		rest = r
-	}
-	ids = make([]uuid.UUID, 0, n)
-	for len(ack) > 0 {
-		tag, u, r, _ := psLenField(ack)
-		ack = r
-		if tag != ackIDs {
-			continue
-		}
-		tag, st, r, ok := psLenField(u)
-		if !ok || tag != structured || len(r) > 0 {
-			return nil, false
-		}
-		// Varint fields 1 (most) then 2 (least); zeros are not written.
-		var halves [2]uint64
-		next := byte(1)
-		for len(st) > 0 {
-			num := st[0] >> 3
-			if st[0]&7 != byte(protowire.VarintType) || num < next || num > 2 {
-				return nil, false
-			}
-			x, xn := protowire.ConsumeVarint(st[1:])
-			if xn < 0 {
-				return nil, false
-			}
-			halves[num-1], next, st = x, num+1, st[1+xn:]
-		}
-		var id uuid.UUID
-		binary.BigEndian.PutUint64(id[:8], halves[0])
-		binary.BigEndian.PutUint64(id[8:], halves[1])
-		ids = append(ids, id)
-	}
-	return ids, true
-}
-
-// psLenField reads a length-delimited field with a one-byte tag (field
-// numbers below 16) from b; ok is false for any other field or bad bytes.
-func psLenField(b []byte) (tag byte, v, rest []byte, ok bool) {
-	if len(b) < 2 || b[0]&7 != byte(protowire.BytesType) || b[0] >= 0x80 {
-		return 0, nil, nil, false
-	}
-	n, l := uint64(b[1]), 1
-	if n >= 0x80 {
-		if n, l = protowire.ConsumeVarint(b[1:]); l < 0 {
-			return 0, nil, nil, false
-		}
-	}
-	if n > uint64(len(b)-1-l) {
-		return 0, nil, nil, false
-	}
-	end := 1 + l + int(n)
-	return b[0], b[1+l : end], b[end:], true
 }
 
 // psUnmarshalError is the error grpc returns from RecvMsg when the codec

@@ -11,8 +11,9 @@
 //
 // ditto itself sends its appends and acks from its own values (BatchWrite,
 // Settle), reads deliveries as Raw bytes (DecodeRead) and decodes the
-// answers to its appends by hand (BatchAppendSuccess); the generated-message
-// paths serve the test server and the clients of the benchmark.
+// answers to its appends by hand (BatchAppendSuccess); the test server reads
+// acks back with AckIDs. The generated-message paths serve the test server
+// and the clients of the benchmark.
 //
 // The generic protobuf runtime walks their metadata maps and repeated
 // messages through reflection and allocates every string, byte field and

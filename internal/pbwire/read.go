@@ -282,20 +282,9 @@ func decodeEventID(b []byte, id *uuid.UUID) error {
 // the server always sends are recognised before any UTF-8 check (they are
 // ASCII), and a creation time of plain digits is read without one.
 func metadataEntry(b []byte, r *esdb.RecordedEvent) error {
-	var k, v []byte
-	c := cursor{b: b}
-	for c.next() {
-		switch {
-		case c.f.typ == protowire.BytesType && c.f.num == fMapKey:
-			k = c.f.v
-		case c.f.typ == protowire.BytesType && c.f.num == fMapValue:
-			v = c.f.v
-		default:
-			return errShape
-		}
-	}
-	if c.bad {
-		return errShape
+	k, v, err := entryBytes(b)
+	if err != nil {
+		return err
 	}
 	switch string(k) {
 	case mdCreated:
@@ -341,23 +330,38 @@ func digits(b []byte) (n int64, ok bool) {
 
 // mapEntry decodes one map<string, string> entry.
 func mapEntry(b []byte) (k, v string, err error) {
+	kb, vb, err := entryBytes(b)
+	if err != nil {
+		return "", "", err
+	}
+	if k, err = str(kb); err != nil {
+		return "", "", err
+	}
+	if v, err = str(vb); err != nil {
+		return "", "", err
+	}
+	return k, v, nil
+}
+
+// entryBytes walks one map<string, string> entry and returns its key and
+// value, not yet checked as UTF-8. A key or value sent twice (protobuf
+// keeps the last, after checking both) is left to protobuf.
+func entryBytes(b []byte) (k, v []byte, err error) {
+	var seen [2]bool
 	c := cursor{b: b}
 	for c.next() {
-		if c.f.typ != protowire.BytesType || (c.f.num != fMapKey && c.f.num != fMapValue) {
-			return "", "", errShape
+		if c.f.typ != protowire.BytesType || (c.f.num != fMapKey && c.f.num != fMapValue) || seen[c.f.num-fMapKey] {
+			return nil, nil, errShape
 		}
-		s, err := str(c.f.v)
-		if err != nil {
-			return "", "", err
-		}
+		seen[c.f.num-fMapKey] = true
 		if c.f.num == fMapKey {
-			k = s
+			k = c.f.v
 		} else {
-			v = s
+			v = c.f.v
 		}
 	}
 	if c.bad {
-		return "", "", errShape
+		return nil, nil, errShape
 	}
 	return k, v, nil
 }

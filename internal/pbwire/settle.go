@@ -63,3 +63,41 @@ func (s *Settle) append(b []byte) []byte {
 	}
 	return b
 }
+
+// AckIDs decodes a persistent.ReadReq holding an Ack whose ids are all in
+// the structured form, the shape Settle sends, into the ids. ok is false for
+// anything else (a nack, string ids, unknown fields, bad bytes), which the
+// caller decodes with the codec as any message.
+func AckIDs(b []byte) (ids []uuid.UUID, ok bool) {
+	c := cursor{b: b}
+	if !c.next() || c.f.num != fReadReqAck || c.f.typ != protowire.BytesType || len(c.b) != 0 {
+		return nil, false
+	}
+	ack := c.f.v
+	n := 0 // counted first, to allocate the ids once
+	a := cursor{b: ack}
+	for a.next() {
+		if a.f.typ != protowire.BytesType || (a.f.num != fAckID && a.f.num != fAckIDs) {
+			return nil, false
+		}
+		if a.f.num == fAckIDs {
+			n++
+		}
+	}
+	if a.bad {
+		return nil, false
+	}
+	ids = make([]uuid.UUID, 0, n)
+	a = cursor{b: ack}
+	for a.next() {
+		if a.f.num != fAckIDs {
+			continue
+		}
+		var id uuid.UUID
+		if !structuredID(a.f.v, &id) {
+			return nil, false
+		}
+		ids = append(ids, id)
+	}
+	return ids, true
+}
