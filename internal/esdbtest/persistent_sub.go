@@ -166,6 +166,7 @@ type psSub struct {
 	replay          *psReplay
 	totalItems      int64 // messages delivered, for GetInfo
 	now             time.Time
+	tickEvery       time.Duration // how often message timeouts are checked
 }
 
 // psStop says how a subscription ends.
@@ -195,6 +196,7 @@ func newSubState(store *Store, settings *psSettings) *psSub {
 		outstanding: map[uuid.UUID]*psOutstanding{},
 		lastReadSeq: -1,
 		now:         time.Now(),
+		tickEvery:   time.Second,
 	}
 	s.checkpointAt = s.now
 	if cp, ok := s.loadCheckpoint(); ok {
@@ -285,13 +287,26 @@ func (s *psSub) shutdown(flush bool) {
 	<-s.done
 }
 
+// psReadOn is always ready: the subscription goroutine waits on it when it
+// has more to read and a consumer has room for it.
+var psReadOn = func() chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
+}()
+
 func (s *psSub) run() {
 	defer close(s.done)
-	ticker := time.NewTicker(time.Second)
+	ticker := time.NewTicker(s.tickEvery)
 	defer ticker.Stop()
 	for {
+		// As the server does, read on while consumers have room, rather
+		// than one buffer's worth per ack: the select below still takes
+		// acks and stops between rounds.
 		changed := s.fill()
-		s.push()
+		if s.push() && changed == nil && !s.ended {
+			changed = psReadOn
+		}
 		select {
 		case f := <-s.reqs:
 			s.now = time.Now()
@@ -430,11 +445,13 @@ func excludedFromAll(st *psSettings, rec *Record) bool {
 
 // push hands out messages, the retry list first, then the buffer, until the
 // strategy reports no capacity. Messages are queued per consumer and handed
-// over in one burst at the end.
-func (s *psSub) push() {
+// over in one burst at the end. more reports that it delivered the whole
+// backlog with every consumer still taking: reading on may find more to send.
+func (s *psSub) push() (more bool) {
 	if len(s.consumers) == 0 || s.backlog() == 0 {
-		return
+		return false
 	}
+	delivered, stopped := 0, false
 	s.now = time.Now()
 	if len(s.retry) > 0 {
 		pending := s.retry
@@ -445,13 +462,16 @@ func (s *psSub) push() {
 			if r == noCapacity {
 				s.retry = append(append(s.retry, pending[i:]...), moved...)
 				moved = nil
+				stopped = true
 				break
 			}
 			if r == skipped {
 				moved = append(moved, m)
+				stopped = true
 				continue
 			}
 			s.deliver(c, m)
+			delivered++
 		}
 		s.retry = append(s.retry, moved...)
 	}
@@ -459,6 +479,7 @@ func (s *psSub) push() {
 		m := s.buffer[s.head]
 		c, r := s.strategy.pick(m)
 		if r == noCapacity {
+			stopped = true
 			break
 		}
 		s.buffer[s.head] = nil
@@ -467,9 +488,11 @@ func (s *psSub) push() {
 		s.handedLive++
 		if r == skipped {
 			s.retry = append(s.retry, m)
+			stopped = true
 			continue
 		}
 		s.deliver(c, m)
+		delivered++
 	}
 	for _, c := range s.consumers {
 		if len(c.pending) > 0 {
@@ -477,6 +500,7 @@ func (s *psSub) push() {
 			c.pending = c.pending[:0]
 		}
 	}
+	return delivered > 0 && !stopped
 }
 
 func (s *psSub) deliver(c *psConsumer, m *psMessage) {

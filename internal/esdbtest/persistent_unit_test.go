@@ -429,3 +429,45 @@ func TestPSSubReplayParkedStopAt(t *testing.T) {
 		return parked == 1
 	})
 }
+
+// A consumer with room for more than the subscription's read-ahead (history
+// plus live buffer, 1,000 here) gets it all without acking anything, as the
+// server reads the next batch as soon as it has pushed one. Before, the
+// subscription read one buffer's worth per ack, so a consumer that had
+// acked a lot at once got at most 1,000 until the next ack. The tick that
+// also woke it is made too rare to matter here.
+func TestPSSubReadsOnWhileConsumersHaveRoom(t *testing.T) {
+	const events = 2500
+	st := psNewStore(t)
+	psAppendN(t, st, "orders", events)
+	set := defaultPSSettings("orders", "g")
+	set.StartRevision = 0
+	if err := set.validate(st.HeadPosition()); err != nil {
+		t.Fatal(err)
+	}
+	if set.bufferCap() >= events {
+		t.Fatalf("read-ahead %d must be below the %d events", set.bufferCap(), events)
+	}
+	s := newSubState(st, set)
+	s.tickEvery = time.Hour
+	go s.run()
+	t.Cleanup(func() { s.shutdown(false) })
+	c, err := s.connect("admin", 2*events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := 0
+	timeout := time.NewTimer(psTimeout)
+	defer timeout.Stop()
+	for got < events {
+		select {
+		case <-c.notify:
+			got += len(c.take(nil))
+		case <-timeout.C:
+			t.Fatalf("%d of %d events delivered without acks, then nothing for %s", got, events, psTimeout)
+		}
+	}
+	if got != events {
+		t.Fatalf("delivered %d, want %d", got, events)
+	}
+}
