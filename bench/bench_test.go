@@ -3,6 +3,10 @@ package main
 import (
 	"context"
 	"io"
+	"math"
+	"os"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -157,8 +161,11 @@ func TestTargets(t *testing.T) {
 
 func TestParseFlags(t *testing.T) {
 	c, err := parseFlags([]string{"--scenario", "c, a,c", "--scale", "0.1"}, io.Discard)
-	if err != nil || strings.Join(c.scenarios, ",") != "c,a" || c.scale != 0.1 {
+	if err != nil || strings.Join(c.scenarios, ",") != "c,a" || c.scale != 0.1 || c.timeline {
 		t.Errorf("parseFlags = %+v, %v", c, err)
+	}
+	if c, err := parseFlags([]string{"--timeline"}, io.Discard); err != nil || !c.timeline {
+		t.Errorf("parseFlags(--timeline) = %+v, %v", c, err)
 	}
 	for _, bad := range [][]string{{"--scenario", "z"}, {"--scale", "0"}, {"extra"}} {
 		if _, err := parseFlags(bad, io.Discard); err == nil {
@@ -198,7 +205,7 @@ func TestBaselinesReplicate(t *testing.T) {
 		t.Errorf("baseline 1 wrote %d events (sampled %v), want all %d", b1.events, b1.sampled, w.events)
 	}
 	checkCopy(t, dst1.Store(), w)
-	if _, err := waitDestination(ctx, dst1.Store(), w.events, time.Second, time.Second, nil); err != nil {
+	if _, err := waitDestination(ctx, dst1.Store(), w.events, time.Second, time.Second, nil, nil); err != nil {
 		t.Errorf("waitDestination on a complete destination: %v", err)
 	}
 
@@ -212,7 +219,7 @@ func TestBaselinesReplicate(t *testing.T) {
 
 	// A destination that never fills up is reported, not waited on forever.
 	empty := esdbtest.Start(t, esdbtest.Options{Insecure: true})
-	if _, err := waitDestination(ctx, empty.Store(), 1, time.Second, 100*time.Millisecond, nil); err == nil {
+	if _, err := waitDestination(ctx, empty.Store(), 1, time.Second, 100*time.Millisecond, nil, nil); err == nil {
 		t.Error("waitDestination on an empty destination must fail")
 	}
 }
@@ -268,5 +275,67 @@ func TestSteadyLagMeasures(t *testing.T) {
 		if d <= 0 || d > 5*time.Second {
 			t.Fatalf("implausible lag %s", d)
 		}
+	}
+}
+
+func TestTimelineWindows(t *testing.T) {
+	start := time.Unix(0, 0)
+	tl := newTimeline(0, start)
+	// Every 5 ms: 1,000 more events, 5 ms more of the servers' CPU (one
+	// core) and 2.5 ms more of ditto's (half a core).
+	for i := 0; i <= 12; i++ {
+		at := time.Duration(i) * 5 * time.Millisecond
+		tl.samples = append(tl.samples, tlSample{at: at, events: int64(1000 * i), servers: at, ditto: at / 2})
+	}
+	ws := tl.windows(25 * time.Millisecond)
+	var ends []float64
+	for _, w := range ws {
+		ends = append(ends, w.EndMs)
+		if math.Abs(w.EventsPerSec-200_000) > 1e-6 || math.Abs(w.ServersCores-1) > 1e-9 || math.Abs(w.DittoCores-0.5) > 1e-9 {
+			t.Errorf("window ending %g ms: %+v, want 200,000 events/s, 1 and 0.5 cores", w.EndMs, w)
+		}
+	}
+	if !slices.Equal(ends, []float64{25, 50, 60}) {
+		t.Errorf("windows end at %v ms, want 25, 50 and the last sample, 60", ends)
+	}
+	if ws[len(ws)-1].Events != 12_000 {
+		t.Errorf("last window holds %d events, want 12000", ws[len(ws)-1].Events)
+	}
+	if got := (&timeline{}).windows(time.Millisecond); got != nil {
+		t.Errorf("no samples gave %v", got)
+	}
+}
+
+func TestParseSchedstat(t *testing.T) {
+	if d, err := parseSchedstat([]byte("123456789 42 7\n")); err != nil || d != 123456789*time.Nanosecond {
+		t.Errorf("got %v, %v; want 123456789ns", d, err)
+	}
+	for _, bad := range []string{"", "1 2", "x 2 3", "1 2 3 4"} {
+		if _, err := parseSchedstat([]byte(bad)); err == nil {
+			t.Errorf("%q: no error", bad)
+		}
+	}
+}
+
+// threadsCPU reads this process's own threads, and their time grows as
+// the test computes.
+func TestThreadsCPU(t *testing.T) {
+	if _, err := os.Stat("/proc/self/task/" + strconv.Itoa(os.Getpid()) + "/schedstat"); err != nil {
+		t.Skipf("no per-thread schedstat on this kernel: %v", err)
+	}
+	before, err := threadsCPU(os.Getpid())
+	if err != nil || before <= 0 {
+		t.Fatalf("threadsCPU = %v, %v", before, err)
+	}
+	sum := 0
+	for i := 0; i < 1e8; i++ {
+		sum += i & 3
+	}
+	after, err := threadsCPU(os.Getpid())
+	if err != nil || after <= before {
+		t.Fatalf("threadsCPU went from %v to %v (%v) over 1e8 iterations (sum %d)", before, after, err, sum)
+	}
+	if _, err := threadsCPU(-1); err == nil {
+		t.Error("no error for a process that does not exist")
 	}
 }

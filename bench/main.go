@@ -5,7 +5,7 @@
 // same events appended directly in batches of 100 by a few writers).
 //
 //	go run ./bench [--scenario a,b,c,d,e] [--scale 0.1] [--repeat 3] [--json]
-//	               [--ditto-bin PATH] [--cpuprofile FILE]
+//	               [--ditto-bin PATH] [--cpuprofile FILE] [--timeline]
 //
 // Scenarios: (a) 100k events over 1,000 streams; (b) 20k events in one hot
 // stream; (c) a steady 2,000 events/s, measuring replication lag; (d) a
@@ -57,6 +57,7 @@ type config struct {
 	dittoBin  string
 	cpuprof   string
 	repeat    int
+	timeline  bool
 }
 
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
@@ -67,6 +68,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	asJSON := fs.Bool("json", false, "print the results as JSON instead of a table")
 	bin := fs.String("ditto-bin", "", "a ditto binary to run instead of building ./cmd/ditto")
 	cpuprof := fs.String("cpuprofile", "", "write a CPU profile of the bench process (the test servers) while ditto runs to this file; with several scenarios, the last one's")
+	timeline := fs.Bool("timeline", false, "also print each ditto run of a, b, d and e in 25 ms windows: events/s, and the cores used by this process (the test servers) and by ditto")
 	repeat := fs.Int("repeat", 1, "run each scenario this many times and report the run with the median figure (the ratio to the raw limit for a, b and e; lag p99 for c; events/s for d), to damp the noise of a shared machine; 1 to 9")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -74,7 +76,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments: %v", fs.Args())
 	}
-	c := &config{scale: *scale, json: *asJSON, dittoBin: *bin, cpuprof: *cpuprof, repeat: *repeat}
+	c := &config{scale: *scale, json: *asJSON, dittoBin: *bin, cpuprof: *cpuprof, repeat: *repeat, timeline: *timeline}
 	if c.repeat < 1 || c.repeat > 9 {
 		return nil, fmt.Errorf("--repeat %d is out of range: expected 1 to 9", c.repeat)
 	}
@@ -158,7 +160,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		Cores: runtime.NumCPU(), GOMAXPROCS: runtime.GOMAXPROCS(0), GoVersion: runtime.Version(),
 		Scale: cfg.scale, Repeat: cfg.repeat, Started: time.Now().UTC(), DittoEnv: tuningVars(), DittoDefaults: dittoDefaults(ctx, bin),
 	}
-	env := &env{bin: bin, dir: dir, scale: cfg.scale, log: stderr, cpuprof: cfg.cpuprof}
+	env := &env{bin: bin, dir: dir, scale: cfg.scale, log: stderr, cpuprof: cfg.cpuprof, timeline: cfg.timeline}
 	failed := false
 	for _, name := range cfg.scenarios {
 		if ctx.Err() != nil {

@@ -31,8 +31,8 @@ type progress struct {
 // waitDestination polls the destination's $ce-bench (which the test server
 // maintains in the same commit as the appended event) until it holds want
 // events. It fails when check returns an error (ditto exited), when nothing
-// moves for stall, or after limit.
-func waitDestination(ctx context.Context, store *esdbtest.Store, want int, limit, stall time.Duration, check func() error) (progress, error) {
+// moves for stall, or after limit. poll, if not nil, sees every count.
+func waitDestination(ctx context.Context, store *esdbtest.Store, want int, limit, stall time.Duration, check func() error, poll func(time.Time, int64)) (progress, error) {
 	var p progress
 	start := time.Now()
 	last, lastMove := int64(0), start
@@ -41,6 +41,9 @@ func waitDestination(ctx context.Context, store *esdbtest.Store, want int, limit
 	for i := 0; ; i++ {
 		n := store.LastEventNumber("$ce-"+category) + 1
 		now := time.Now()
+		if poll != nil {
+			poll(now, n)
+		}
 		if n > 0 && p.first.IsZero() {
 			p.first = now
 		}

@@ -77,6 +77,8 @@ type result struct {
 	// Runs holds the key figure of every run when the scenario ran more
 	// than once (--repeat); the other figures are the median run's.
 	Runs []float64 `json:"runs,omitempty"`
+	// Timeline is the ditto run in windows (--timeline).
+	Timeline []tlWindow `json:"timeline,omitempty"`
 }
 
 func eps(m *measured) float64 {
@@ -182,6 +184,9 @@ func (rep *report) print(w io.Writer) {
 		if r.Ditto != nil && r.Ditto.Note != "" {
 			fmt.Fprintf(w, "      ditto: %.2fs from process start, %s\n", r.Ditto.Seconds, r.Ditto.Note)
 		}
+		if len(r.Timeline) > 0 {
+			printTimeline(w, r.Timeline)
+		}
 		if r.Baseline1 != nil && r.Baseline1.Note != "" {
 			fmt.Fprintf(w, "      * baseline 1: %s\n", r.Baseline1.Note)
 		}
@@ -213,4 +218,16 @@ func (rep *report) print(w io.Writer) {
 	fmt.Fprintln(w, "  baseline 1 = benfoster/ditto's algorithm (buffer 10, one append per event with expected version n-1, sequential, ack after each write);")
 	fmt.Fprintln(w, "  baseline 2 = the raw destination limit (the same events appended directly, no subscription).")
 	fmt.Fprintln(w, "  CPU µs/ev: CPU time per event of the ditto process + of this process (both test servers) while ditto ran.")
+}
+
+// printTimeline prints a ditto run's windows, four to a line.
+func printTimeline(w io.Writer, ws []tlWindow) {
+	fmt.Fprintln(w, "      timeline (ms from process start: events/s over the window, cores used by the servers' process + ditto):")
+	for i := 0; i < len(ws); i += 4 {
+		var parts []string
+		for _, x := range ws[i:min(i+4, len(ws))] {
+			parts = append(parts, fmt.Sprintf("%5.0f: %7.0f/s %.2f+%.2f", x.EndMs, x.EventsPerSec, x.ServersCores, x.DittoCores))
+		}
+		fmt.Fprintf(w, "        %s\n", strings.Join(parts, "   "))
+	}
 }

@@ -20,6 +20,8 @@ type env struct {
 	// cpuprof, if set, receives a CPU profile of this process (the test
 	// servers) while ditto runs.
 	cpuprof string
+	// timeline records each ditto run in windows (see timeline).
+	timeline bool
 }
 
 // profile starts the CPU profile if asked for; the returned func stops it.
@@ -70,6 +72,8 @@ const (
 	lagWriters  = 4
 	lagWarmup   = time.Second
 	b1MaxSample = 5000
+	// timelineWindow is the width of --timeline's windows: five polls.
+	timelineWindow = 5 * pollEvery
 )
 
 var scenarios = map[string]scenario{
@@ -194,10 +198,16 @@ func (e *env) ditto(ctx context.Context, res *result, src *server, w workload, d
 	}
 	defer d.stop()
 	limit := time.Minute + time.Duration(w.events/200)*time.Second
+	var tl *timeline
+	var poll func(time.Time, int64)
+	if e.timeline {
+		tl = newTimeline(d.cmd.Process.Pid, start)
+		poll = tl.record
+	}
 	p, err := waitDestination(ctx, dst.Store(), w.events, limit, time.Minute, func() error {
 		d.sampleRSS()
 		return d.alive()
-	})
+	}, poll)
 	if err != nil {
 		return fmt.Errorf("ditto: %w", err)
 	}
@@ -205,6 +215,12 @@ func (e *env) ditto(ctx context.Context, res *result, src *server, w workload, d
 	servers := selfCPU() - selfStart
 	stopProfile()
 	res.PeakRSSMB = float64(d.PeakRSS()) / (1 << 20)
+	if tl != nil {
+		res.Timeline = tl.windows(timelineWindow)
+	}
+	if tl != nil {
+		res.Timeline = tl.windows(timelineWindow)
+	}
 	cpu := d.cpuTime()
 	batch := d.meanBatch(ctx)
 	d.stop()
