@@ -218,9 +218,6 @@ func (e *env) ditto(ctx context.Context, res *result, src *server, w workload, d
 	if tl != nil {
 		res.Timeline = tl.windows(timelineWindow)
 	}
-	if tl != nil {
-		res.Timeline = tl.windows(timelineWindow)
-	}
 	cpu := d.cpuTime()
 	batch := d.meanBatch(ctx)
 	d.stop()
