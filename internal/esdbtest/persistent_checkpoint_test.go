@@ -242,11 +242,7 @@ func TestPSCheckpointCandidateDuplicateIDOutstanding(t *testing.T) {
 // handed stays within about twice the messages in flight when one message
 // is never acked while thousands after it are.
 func TestPSCheckpointHandedStaysBounded(t *testing.T) {
-	st := psNewStore(t)
-	psAppendN(t, st, "orders", 3000)
-	set := defaultPSSettings("orders", "g")
-	set.StartRevision = 0
-	s := newSubState(st, set)
+	s := psOrdersState(t, 3000)
 	s.joinForTest(10)
 	var stuck uuid.UUID
 	for i := 0; len(s.outstanding) > 0 || i == 0; i++ {
@@ -276,11 +272,7 @@ func TestPSCheckpointHandedStaysBounded(t *testing.T) {
 // $tb, with a message parked after it, spun forever in fillReplay (the read
 // returned only records past the range, and the cursor never moved).
 func TestPSSubReplayOfHiddenRangeEnds(t *testing.T) {
-	st := psNewStore(t)
-	psAppendN(t, st, "orders", 3)
-	set := defaultPSSettings("orders", "g")
-	set.StartRevision = 0
-	s := newSubState(st, set)
+	s := psOrdersState(t, 3)
 	s.joinForTest(10)
 	s.fill()
 	s.push()

@@ -190,6 +190,20 @@ func psAppendN(t testing.TB, st *Store, stream string, n int) {
 	}
 }
 
+// psOrdersState is the state of group g reading n events of "orders" from
+// its start, without the subscription goroutine (newSubState).
+func psOrdersState(t testing.TB, n int) *psSub {
+	t.Helper()
+	st := psNewStore(t)
+	psAppendN(t, st, "orders", n)
+	set := defaultPSSettings("orders", "g")
+	set.StartRevision = 0
+	if err := set.validate(st.HeadPosition()); err != nil {
+		t.Fatal(err)
+	}
+	return newSubState(st, set)
+}
+
 func psStartSub(t testing.TB, st *Store, s *psSettings) *psSub {
 	t.Helper()
 	if err := s.validate(st.HeadPosition()); err != nil {
@@ -438,17 +452,10 @@ func TestPSSubReplayParkedStopAt(t *testing.T) {
 // also woke it is made too rare to matter here.
 func TestPSSubReadsOnWhileConsumersHaveRoom(t *testing.T) {
 	const events = 2500
-	st := psNewStore(t)
-	psAppendN(t, st, "orders", events)
-	set := defaultPSSettings("orders", "g")
-	set.StartRevision = 0
-	if err := set.validate(st.HeadPosition()); err != nil {
-		t.Fatal(err)
+	s := psOrdersState(t, events)
+	if s.settings.bufferCap() >= events {
+		t.Fatalf("read-ahead %d must be below the %d events", s.settings.bufferCap(), events)
 	}
-	if set.bufferCap() >= events {
-		t.Fatalf("read-ahead %d must be below the %d events", set.bufferCap(), events)
-	}
-	s := newSubState(st, set)
 	s.tickEvery = time.Hour
 	go s.run()
 	t.Cleanup(func() { s.shutdown(false) })
