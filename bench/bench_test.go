@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"weak"
 
 	"github.com/ditto-replicator/ditto/internal/esdbtest"
 )
@@ -221,6 +222,37 @@ func TestBaselinesReplicate(t *testing.T) {
 	empty := esdbtest.Start(t, esdbtest.Options{Insecure: true})
 	if _, err := waitDestination(ctx, empty.Store(), 1, time.Second, 100*time.Millisecond, nil, nil); err == nil {
 		t.Error("waitDestination on an empty destination must fail")
+	}
+}
+
+// TestCollectFreesClosedServers checks that a measurement starts without
+// the servers of the one before: after collect, the records of a closed
+// destination that took appends through either call are unreachable. (One
+// collection leaves them reachable.)
+func TestCollectFreesClosedServers(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts servers")
+	}
+	e := &env{log: io.Discard}
+	w := newWorkload(200, 10)
+	for _, batchAppend := range []bool{false, true} {
+		dst, err := startServer(0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := baseline2(context.Background(), dst.conn(), w, 20, 2, batchAppend, 30*time.Second); err != nil {
+			t.Fatalf("batchAppend %v: %v", batchAppend, err)
+		}
+		store := weak.Make(dst.Store())
+		dst.Close()
+		dst = nil
+		e.collect()
+		if store.Value() != nil {
+			t.Errorf("batchAppend %v: the closed destination's store is still reachable after collect", batchAppend)
+		}
+		if n := closed.live(); n != 0 {
+			t.Errorf("batchAppend %v: %d closed stores still tracked as live", batchAppend, n)
+		}
 	}
 }
 

@@ -12,11 +12,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+	"weak"
 
 	"github.com/ditto-replicator/ditto/internal/esdbtest"
 	"github.com/ditto-replicator/ditto/internal/faultproxy"
@@ -61,6 +63,30 @@ func (s *server) Close() {
 		s.proxy.Close()
 	}
 	s.Server.Close()
+	closed.add(s.Store())
+}
+
+// closed holds, weakly, the stores of the servers closed so far: collect
+// runs until they are freed.
+var closed closedStores
+
+type closedStores struct {
+	mu     sync.Mutex
+	stores []weak.Pointer[esdbtest.Store]
+}
+
+func (c *closedStores) add(st *esdbtest.Store) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.stores = append(c.stores, weak.Make(st))
+}
+
+// live forgets the stores already freed and returns how many are not.
+func (c *closedStores) live() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.stores = slices.DeleteFunc(c.stores, func(p weak.Pointer[esdbtest.Store]) bool { return p.Value() == nil })
+	return len(c.stores)
 }
 
 // buildDitto builds cmd/ditto into dir and returns the binary's path.
