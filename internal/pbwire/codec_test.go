@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"strings"
 	"testing"
 
 	"google.golang.org/grpc/mem"
@@ -54,7 +55,7 @@ func randomMap(r *rand.Rand) map[string]string {
 	}
 	m := map[string]string{}
 	for range r.IntN(5) {
-		m[pick(r, "type", "content-type", "created", "", "é-ключ")] = pick(r, "", "application/json", "customer-registered", "638700000000000000", "ünïcode")
+		m[pick(r, "type", "content-type", "created", "", "é-ключ", strings.Repeat("k", 130))] = pick(r, "", "application/json", "customer-registered", "638700000000000000", "ünïcode", strings.Repeat("v", 200))
 	}
 	return m
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"math/rand/v2"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -220,4 +221,67 @@ func FuzzDecodeRead(f *testing.F) {
 			t.Fatalf("DecodeRead %+v, protobuf %+v", got, want)
 		}
 	})
+}
+
+// TestEntryBytesShapes: every shape of a map entry decodes as a walk of its
+// fields with protowire does, the usual one (key, then value, short) read in
+// place included.
+func TestEntryBytesShapes(t *testing.T) {
+	field := func(num protowire.Number, v string) []byte {
+		return protowire.AppendBytes(protowire.AppendTag(nil, num, protowire.BytesType), []byte(v))
+	}
+	cat := func(parts ...[]byte) []byte { return bytes.Join(parts, nil) }
+	long := strings.Repeat("x", 200)
+	for _, tc := range []struct {
+		name string
+		b    []byte
+	}{
+		{"key then value", cat(field(fMapKey, "type"), field(fMapValue, "customer-registered"))},
+		{"value then key", cat(field(fMapValue, "customer-registered"), field(fMapKey, "type"))},
+		{"long key", cat(field(fMapKey, long), field(fMapValue, "v"))},
+		{"long value", cat(field(fMapKey, "type"), field(fMapValue, long))},
+		{"empty key and value", cat(field(fMapKey, ""), field(fMapValue, ""))},
+		{"key only", field(fMapKey, "type")},
+		{"value only", field(fMapValue, "v")},
+		{"empty", nil},
+		{"key twice", cat(field(fMapKey, "a"), field(fMapKey, "b"), field(fMapValue, "v"))},
+		{"trailing byte", append(cat(field(fMapKey, "type"), field(fMapValue, "v")), 0)},
+		{"value cut short", cat(field(fMapKey, "type"), field(fMapValue, "value"))[:10]},
+		{"unknown field", cat(field(fMapKey, "type"), field(fMapValue, "v"), field(3, "x"))},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			wantK, wantV, wantOK := walkEntry(tc.b)
+			k, v, err := entryBytes(tc.b)
+			if (err == nil) != wantOK || string(k) != string(wantK) || string(v) != string(wantV) {
+				t.Fatalf("entryBytes = %q, %q, %v; want %q, %q, ok %v", k, v, err, wantK, wantV, wantOK)
+			}
+			if err == nil && (cap(k) != len(k) || cap(v) != len(v)) {
+				t.Fatal("an entry's key or value can be appended to over the bytes after it")
+			}
+		})
+	}
+}
+
+// walkEntry decodes a map entry field by field with protowire: ok is false
+// for a field other than a key or value, one sent twice, or broken bytes.
+func walkEntry(b []byte) (k, v []byte, ok bool) {
+	var seen [3]bool
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 || typ != protowire.BytesType || (num != fMapKey && num != fMapValue) || seen[num] {
+			return nil, nil, false
+		}
+		seen[num] = true
+		val, m := protowire.ConsumeBytes(b[n:])
+		if m < 0 {
+			return nil, nil, false
+		}
+		if num == fMapKey {
+			k = val
+		} else {
+			v = val
+		}
+		b = b[n+m:]
+	}
+	return k, v, true
 }
