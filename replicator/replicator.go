@@ -374,14 +374,24 @@ func (r *Replicator) settle(ctx context.Context, l *lane, batch []*item, err err
 func (r *Replicator) acked(l *lane, items []*item, took time.Duration) {
 	ds := make([]*consumer.Delivery, 0, len(items))
 	now := time.Now()
+	// Processed is counted once per subscription and write, not per event:
+	// writers on every core would otherwise share its cache line per event.
+	var sub *consumer.Subscription
+	n := 0
 	for _, it := range items {
 		for _, d := range it.ds {
 			ds = append(ds, d)
-			d.Sub.Metrics.Processed.Inc()
+			if d.Sub != sub {
+				if n > 0 {
+					sub.Metrics.Processed.Add(float64(n))
+				}
+				sub, n = d.Sub, 0
+			}
+			n++
 		}
-		d := it.ds[0]
-		d.Sub.Metrics.ReplicationDelay.Observe(now.Sub(it.ev.Created).Seconds())
+		it.ds[0].Sub.Metrics.ReplicationDelay.Observe(now.Sub(it.ev.Created).Seconds())
 	}
+	sub.Metrics.Processed.Add(float64(n))
 	last := items[len(items)-1].ds[0]
 	last.Sub.Metrics.CurrentEvent.Set(float64(last.Event.OriginalEvent().EventNumber))
 	r.m.BatchSize.Observe(float64(len(items)))

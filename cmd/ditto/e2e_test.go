@@ -223,6 +223,24 @@ func (e *env) waitIdentical(t *testing.T, opts verify.Options) {
 	}
 }
 
+// TestOverlappingSubscriptionsCountEachDelivery: an event that two groups
+// deliver (its category's and its type's) is written once and counted as
+// processed for each group.
+func TestOverlappingSubscriptionsCountEachDelivery(t *testing.T) {
+	e := newEnv(t)
+	e.createGroup(t, "$ce-customer", "ditto", esdb.ConsumerStrategyPinned)
+	e.createGroup(t, "$et-customer_event_0", "ditto", esdb.ConsumerStrategyPinned)
+	e.seed(t, "customer", 10, 30) // types customer_event_0..2 in turn: 100 of type 0
+	r := startDitto(t, e, map[string]string{"DITTO_SUBSCRIPTIONS": "$ce-customer:ditto,$et-customer_event_0:ditto"})
+	e.waitIdentical(t, verify.Options{})
+	processed := func(stream string) float64 {
+		return counterValue(r.svc.metrics.Processed.WithLabelValues(metrics.App, stream, "ditto"))
+	}
+	testutil.Eventually(t, 10*time.Second, "300 and 100 events processed", func() bool {
+		return processed("$ce-customer") == 300 && processed("$et-customer_event_0") == 100
+	})
+}
+
 func TestReplicatesCategoryByteIdentical(t *testing.T) {
 	e := newEnv(t)
 	e.createGroup(t, "$ce-customer", "ditto", esdb.ConsumerStrategyPinned)
