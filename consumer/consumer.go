@@ -309,8 +309,22 @@ func (c *Consumer) receive(ctx context.Context, s *Subscription, cn *conn, out c
 			}
 			received.Store(true)
 			s.Metrics.Received.Inc()
+			d := &Delivery{Event: m.Event, RetryCount: m.RetryCount, Sub: s, conn: cn}
+			// A select on both channels locks both for every event: look
+			// at ctx and try the send on their own first, each costing
+			// next to nothing when it cannot go ahead.
 			select {
-			case out <- &Delivery{Event: m.Event, RetryCount: m.RetryCount, Sub: s, conn: cn}:
+			case <-ctx.Done():
+				return
+			default:
+			}
+			select {
+			case out <- d:
+				continue
+			default:
+			}
+			select {
+			case out <- d:
 			case <-ctx.Done():
 				// Not acked: the source redelivers it once this
 				// connection closes.

@@ -155,6 +155,20 @@ func (r *Replicator) Run(stop context.Context, in <-chan *consumer.Delivery) err
 	}
 loop:
 	for {
+		// A select on both channels locks both for every event: look at
+		// stop and take a waiting delivery on their own first, each
+		// costing next to nothing when it cannot go ahead.
+		select {
+		case <-stop.Done():
+			break loop
+		default:
+		}
+		select {
+		case d := <-in:
+			r.dispatch(d)
+			continue
+		default:
+		}
 		select {
 		case d := <-in:
 			r.dispatch(d)
