@@ -3,7 +3,9 @@ package esdbtest
 import (
 	"encoding/binary"
 	"strconv"
+	"sync"
 	"unicode/utf8"
+	"unsafe"
 
 	"github.com/google/uuid"
 	"google.golang.org/grpc/mem"
@@ -13,7 +15,7 @@ import (
 )
 
 // Deliveries are encoded here straight from the stored records into one
-// exactly sized buffer (carved from a psArena chunk), handed to the
+// exactly sized buffer (a recycled one, from psArena), handed to the
 // transport as a psWire. Building a persistent.ReadResp
 // per delivery (a dozen allocations and a fresh metadata map) and encoding it
 // cost about a fifth of the test server's CPU in replication runs.
@@ -58,35 +60,64 @@ const (
 	psfMapValue = 2
 )
 
-// psArena hands out the exactly sized buffers of deliveries, carved from
-// larger allocations: one allocation per few dozen deliveries rather than
-// one each. A buffer is never written once encoded, and a chunk is freed
-// once the transport has written and dropped all of its deliveries. The
-// zero value is ready.
+// psArena hands out the exactly sized buffers of deliveries and wraps them
+// for the transport. Buffers come from pool (psBuffers when nil) and go back
+// to it once the transport has written them: grpc frees what it is given
+// to send. A replication run's deliveries thus reuse a few hundred buffers
+// instead of leaving one allocation each to the collector, which in the
+// benchmark shared the test servers' process with every append's records.
+// The zero value is ready.
 type psArena struct {
-	chunk []byte
-	// The buffer headers and one-buffer slices of psWire, likewise.
-	headers []mem.SliceBuffer
-	slices  []mem.Buffer
+	pool mem.BufferPool
+	last *[]byte // the buffer alloc handed out last, which wire wraps
+	// The one-buffer slices of psWire, allocated psArenaWires at a time;
+	// never written once handed out (the transport only reads them).
+	slices []mem.Buffer
 }
 
-// psArenaChunk is the size of a chunk; larger deliveries get their own.
-const psArenaChunk = 16 << 10
-
-// psArenaWires is the number of psWire headers allocated at once.
+// psArenaWires is the number of psWire slices allocated at once.
 const psArenaWires = 64
+
+// psBufferCap is the capacity of pooled delivery buffers; larger deliveries
+// get buffers of their own. It is above grpc's pooling threshold, so that
+// the transport frees them to the pool.
+const psBufferCap = 2 << 10
+
+// psBuffers recycles delivery buffers of psBufferCap bytes. Their bytes are
+// not cleared: every delivery overwrites what it sends.
+var psBuffers mem.BufferPool = &psBufferPool{}
+
+type psBufferPool struct{ p sync.Pool }
+
+func (p *psBufferPool) Get(n int) *[]byte {
+	if n > psBufferCap {
+		b := make([]byte, n)
+		return &b
+	}
+	if b, ok := p.p.Get().(*[]byte); ok {
+		*b = (*b)[:n]
+		return b
+	}
+	b := make([]byte, n, psBufferCap)
+	return &b
+}
+
+func (p *psBufferPool) Put(b *[]byte) {
+	if cap(*b) == psBufferCap {
+		p.p.Put(b)
+	}
+}
 
 // alloc returns an empty buffer with capacity n, nil arena included.
 func (a *psArena) alloc(n int) []byte {
-	if a == nil || n > psArenaChunk/4 {
+	if a == nil {
 		return make([]byte, 0, n)
 	}
-	used := len(a.chunk)
-	if cap(a.chunk)-used < n {
-		a.chunk, used = make([]byte, 0, psArenaChunk), 0
+	if a.pool == nil {
+		a.pool = psBuffers
 	}
-	a.chunk = a.chunk[:used+n]
-	return a.chunk[used : used : used+n]
+	a.last = a.pool.Get(n)
+	return (*a.last)[:0:n]
 }
 
 // psWire is a delivery as the transport takes it: its bytes as a
@@ -95,17 +126,21 @@ func (a *psArena) alloc(n int) []byte {
 // allocates the slice, for each message.
 type psWire struct{ data mem.BufferSlice }
 
-// wire wraps b for the transport without an allocation per delivery: the
-// mem.Buffer is a *mem.SliceBuffer into an array of headers, the slice a
-// window of an array of buffers. Neither is written once handed out (the
-// transport only reads them), and arrays are never reused.
+// wire wraps b, the bytes written into the buffer alloc returned last, for
+// the transport, which returns the buffer to the pool once it has sent them.
 func (a *psArena) wire(b []byte) psWire {
-	if len(a.headers) == cap(a.headers) {
-		a.headers = make([]mem.SliceBuffer, 0, psArenaWires)
+	var buf mem.Buffer
+	if a.last != nil && len(b) > 0 && unsafe.SliceData(b) == unsafe.SliceData(*a.last) {
+		*a.last = (*a.last)[:len(b)] // the pool's capacity, not b's
+		buf = mem.NewBuffer(a.last, a.pool)
+	} else {
+		buf = mem.SliceBuffer(b) // not from alloc: the collector frees it
+	}
+	a.last = nil
+	if len(a.slices) == cap(a.slices) {
 		a.slices = make([]mem.Buffer, 0, psArenaWires)
 	}
-	a.headers = append(a.headers, b)
-	a.slices = append(a.slices, &a.headers[len(a.headers)-1])
+	a.slices = append(a.slices, buf)
 	n := len(a.slices)
 	return psWire{data: a.slices[n-1 : n : n]}
 }

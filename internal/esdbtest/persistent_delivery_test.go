@@ -108,9 +108,12 @@ func TestPSDeliveryMatchesReadResp(t *testing.T) {
 // Deliveries encoded through one arena, many at a time, are each exactly
 // the bytes of their own encoding, in exactly sized buffers that stay
 // intact while later ones are written, and their wires carry those bytes.
+// Once the transport frees a wire, its buffer goes back to the pool, and
+// only then.
 func TestPSArenaDeliveriesStayIntact(t *testing.T) {
-	var a psArena
-	big := &Record{Stream: "big", ID: uuid.New(), Type: "Big", Data: bytes.Repeat([]byte("b"), psArenaChunk), Created: time.Now(), Position: 7}
+	pool := &recordingPool{}
+	a := psArena{pool: pool}
+	big := &Record{Stream: "big", ID: uuid.New(), Type: "Big", Data: bytes.Repeat([]byte("b"), 2*psBufferCap), Created: time.Now(), Position: 7}
 	cases := append(psDeliveryCases(), ResolvedRecord{Event: big})
 	type sent struct {
 		want []byte
@@ -131,6 +134,44 @@ func TestPSArenaDeliveriesStayIntact(t *testing.T) {
 		if len(s.wire.data) != 1 || !bytes.Equal(s.wire.data.Materialize(), s.want) {
 			t.Fatalf("delivery %d: wire holds %x, want %x", i, s.wire.data.Materialize(), s.want)
 		}
+	}
+	if len(pool.put) != 0 {
+		t.Fatalf("%d buffers went back to the pool before the transport freed them", len(pool.put))
+	}
+	for _, s := range all {
+		s.wire.data.Free()
+	}
+	if len(pool.put) != len(all) {
+		t.Fatalf("%d of %d buffers went back to the pool once freed", len(pool.put), len(all))
+	}
+	for _, b := range pool.put {
+		if cap(*b) < psBufferCap {
+			t.Fatalf("a buffer went back with a capacity of %d, below the pool's %d", cap(*b), psBufferCap)
+		}
+	}
+}
+
+// recordingPool is psBufferPool that keeps every buffer given back.
+type recordingPool struct {
+	psBufferPool
+	put []*[]byte
+}
+
+func (p *recordingPool) Put(b *[]byte) { p.put = append(p.put, b) }
+
+// psBufferPool hands out buffers of the asked length, recycles those of its
+// own capacity and leaves larger ones to the collector.
+func TestPSBufferPool(t *testing.T) {
+	var p psBufferPool
+	for _, n := range []int{0, 1, 700, psBufferCap, psBufferCap + 1} {
+		b := p.Get(n)
+		if len(*b) != n || cap(*b) < n {
+			t.Fatalf("Get(%d): len %d, cap %d", n, len(*b), cap(*b))
+		}
+		if want := max(n, psBufferCap); cap(*b) != want {
+			t.Fatalf("Get(%d): cap %d, want %d", n, cap(*b), want)
+		}
+		p.Put(b)
 	}
 }
 
