@@ -154,13 +154,21 @@ func halves(id uuid.UUID) (most, least uint64) {
 	return binary.BigEndian.Uint64(id[:8]), binary.BigEndian.Uint64(id[8:])
 }
 
-// Field numbers of streams.BatchAppendResp and its Success.
+// Field numbers of streams.BatchAppendResp, its Success and
+// shared.AllStreamPosition.
 const (
 	fRespCorrelation = 1
 	fRespError       = 2
 	fRespSuccess     = 3
+	fRespStream      = 4
 
-	fSuccessRevision = 1
+	fSuccessRevision   = 1
+	fSuccessNoStream   = 2
+	fSuccessPosition   = 3
+	fSuccessNoPosition = 4
+
+	fAllCommit  = 1
+	fAllPrepare = 2
 )
 
 // BatchAppendSuccess decodes the answer to nearly every write: a

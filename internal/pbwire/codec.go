@@ -7,7 +7,9 @@
 //     deliveries, with their lists of event ids);
 //   - streams.AppendReq holding a proposed message (an appended event);
 //   - streams.BatchAppendReq, whole: correlation id, options (stream, every
-//     expected position, both deadline forms), proposed messages, is_final.
+//     expected position, both deadline forms), proposed messages, is_final;
+//   - streams.BatchAppendResp reporting a success (encoded only: the test
+//     server's answers to nearly every write).
 //
 // ditto itself sends its appends and acks from its own values (BatchWrite,
 // Settle), reads deliveries as Raw bytes (DecodeRead) and decodes the
@@ -88,6 +90,10 @@ func (Codec) Marshal(v any) (mem.BufferSlice, error) {
 	case *streams.BatchAppendReq:
 		if w.batchAppendReqSize(m) {
 			return w.finish(func(b []byte) []byte { return w.appendBatchAppendReq(b, m) }), nil
+		}
+	case *streams.BatchAppendResp:
+		if w.batchAppendRespSize(m) {
+			return w.finish(func(b []byte) []byte { return w.appendBatchAppendResp(b, m) }), nil
 		}
 	case *persistent.ReadReq:
 		if w.readReqSize(m) {

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -154,6 +155,37 @@ func randomBatchAppendReq(r *rand.Rand) *streams.BatchAppendReq {
 	return m
 }
 
+// randomBatchAppendResp returns any shape of success the codec encodes
+// and, at times, a refusal or an expected position, which it leaves to
+// protobuf.
+func randomBatchAppendResp(r *rand.Rand) *streams.BatchAppendResp {
+	ok := &streams.BatchAppendResp_Success{}
+	switch r.IntN(3) {
+	case 1:
+		ok.CurrentRevisionOption = &streams.BatchAppendResp_Success_CurrentRevision{CurrentRevision: pick(r, 0, 1, 1<<40, r.Uint64())}
+	case 2:
+		ok.CurrentRevisionOption = &streams.BatchAppendResp_Success_NoStream{NoStream: &emptypb.Empty{}}
+	}
+	switch r.IntN(3) {
+	case 1:
+		ok.PositionOption = &streams.BatchAppendResp_Success_Position{Position: &shared.AllStreamPosition{
+			CommitPosition: pick(r, 0, 7, r.Uint64()), PreparePosition: pick(r, 0, 7, r.Uint64())}}
+	case 2:
+		ok.PositionOption = &streams.BatchAppendResp_Success_NoPosition{NoPosition: &emptypb.Empty{}}
+	}
+	m := &streams.BatchAppendResp{CorrelationId: randomUUID(r), Result: &streams.BatchAppendResp_Success_{Success: ok}}
+	if r.IntN(4) > 0 {
+		m.StreamIdentifier = &shared.StreamIdentifier{StreamName: randomBytes(r)}
+	}
+	switch r.IntN(8) {
+	case 0:
+		m.Result = &streams.BatchAppendResp_Error{Error: &rpcstatus.Status{Code: 9, Message: "WrongExpectedVersion"}}
+	case 1:
+		m.ExpectedStreamPosition = &streams.BatchAppendResp_StreamPosition{StreamPosition: 4}
+	}
+	return m
+}
+
 // writerBatch splits n events into requests as a BatchAppend writer does:
 // one correlation id, the options in the first request only, is_final in the
 // last only, and perhaps an empty final request.
@@ -231,9 +263,11 @@ func marshal(t *testing.T, m proto.Message) []byte {
 // what protobuf writes, the codec reads as the same message.
 func TestRoundTripAgainstProtobuf(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))
-	for i := range 4000 {
+	for i := range 5000 {
 		var m proto.Message
-		switch i % 4 {
+		switch i % 5 {
+		case 4:
+			m = randomBatchAppendResp(r)
 		case 0:
 			m = randomReadResp(r)
 		case 1:
@@ -305,6 +339,12 @@ func TestHandDecoderTakesTheFastPath(t *testing.T) {
 		b, _ = proto.Marshal(ba)
 		if err := decodeBatchAppendReq(b, &streams.BatchAppendReq{}); err != nil {
 			t.Fatalf("decodeBatchAppendReq(%v): %v", ba, err)
+		}
+		resp := randomBatchAppendResp(r)
+		w = writer{}
+		if _, ok := resp.Result.(*streams.BatchAppendResp_Success_); ok && resp.ExpectedStreamPosition == nil &&
+			(!w.batchAppendRespSize(resp) || w.total != proto.Size(resp)) {
+			t.Fatalf("batchAppendRespSize(%v): %d bytes, protobuf %d", resp, w.total, proto.Size(resp))
 		}
 		rq := randomReadReq(r)
 		w = writer{}

@@ -621,3 +621,105 @@ func appendRecorded(b []byte, num protowire.Number, size int, r *persistent.Read
 	b = appendBytesField(b, fRecCustomMetadata, r.CustomMetadata)
 	return appendBytesField(b, fRecData, r.Data)
 }
+
+// batchAppendRespSize sizes a BatchAppendResp reporting a success, the
+// answer to nearly every write (refusals go through protobuf). sizes holds
+// the correlation id's, the success's and the stream identifier's.
+func (w *writer) batchAppendRespSize(m *streams.BatchAppendResp) bool {
+	r, ok := m.Result.(*streams.BatchAppendResp_Success_)
+	if !ok || r == nil || r.Success == nil || m.ExpectedStreamPosition != nil || !plain(m) || !plain(r.Success) {
+		return false
+	}
+	n := 0
+	if m.CorrelationId != nil {
+		idn, ok := sizeUUID(m.CorrelationId)
+		if !ok {
+			return false
+		}
+		w.sizes[0] = idn
+		n += sizeField(idn)
+	}
+	sn, ok := successSize(r.Success)
+	if !ok {
+		return false
+	}
+	w.sizes[1] = sn
+	n += sizeField(sn)
+	if id := m.StreamIdentifier; id != nil {
+		if !plain(id) {
+			return false
+		}
+		w.sizes[2] = sizeBytesField(len(id.StreamName))
+		n += sizeField(w.sizes[2])
+	}
+	w.total = n
+	return true
+}
+
+// successSize sizes a BatchAppendResp.Success.
+func successSize(s *streams.BatchAppendResp_Success) (int, bool) {
+	n := 0
+	switch r := s.CurrentRevisionOption.(type) {
+	case nil:
+	case *streams.BatchAppendResp_Success_CurrentRevision:
+		if r == nil {
+			return 0, false
+		}
+		n += 1 + protowire.SizeVarint(r.CurrentRevision) // a oneof's case: written even when zero
+	case *streams.BatchAppendResp_Success_NoStream:
+		if r == nil || r.NoStream == nil || !plain(r.NoStream) {
+			return 0, false
+		}
+		n += 2
+	default:
+		return 0, false
+	}
+	switch p := s.PositionOption.(type) {
+	case nil:
+	case *streams.BatchAppendResp_Success_Position:
+		if p == nil || p.Position == nil || !plain(p.Position) {
+			return 0, false
+		}
+		n += sizeField(allPositionSize(p.Position))
+	case *streams.BatchAppendResp_Success_NoPosition:
+		if p == nil || p.NoPosition == nil || !plain(p.NoPosition) {
+			return 0, false
+		}
+		n += 2
+	default:
+		return 0, false
+	}
+	return n, true
+}
+
+func allPositionSize(p *shared.AllStreamPosition) int {
+	return sizeVarintField(p.CommitPosition) + sizeVarintField(p.PreparePosition)
+}
+
+func (w *writer) appendBatchAppendResp(b []byte, m *streams.BatchAppendResp) []byte {
+	if m.CorrelationId != nil {
+		b = appendUUID(b, fRespCorrelation, m.CorrelationId)
+	}
+	s := m.Result.(*streams.BatchAppendResp_Success_).Success
+	b = appendLen(b, fRespSuccess, w.sizes[1])
+	switch r := s.CurrentRevisionOption.(type) {
+	case *streams.BatchAppendResp_Success_CurrentRevision:
+		b = protowire.AppendTag(b, fSuccessRevision, protowire.VarintType)
+		b = protowire.AppendVarint(b, r.CurrentRevision)
+	case *streams.BatchAppendResp_Success_NoStream:
+		b = appendLen(b, fSuccessNoStream, 0)
+	}
+	switch p := s.PositionOption.(type) {
+	case *streams.BatchAppendResp_Success_Position:
+		b = appendLen(b, fSuccessPosition, allPositionSize(p.Position))
+		b = appendVarintField(b, fAllCommit, p.Position.CommitPosition)
+		b = appendVarintField(b, fAllPrepare, p.Position.PreparePosition)
+	case *streams.BatchAppendResp_Success_NoPosition:
+		b = appendLen(b, fSuccessNoPosition, 0)
+	}
+	if id := m.StreamIdentifier; id != nil {
+		b = appendLen(b, fRespStream, w.sizes[2])
+		b = appendBytesField(b, fStreamName, id.StreamName)
+	}
+	return b
+}
