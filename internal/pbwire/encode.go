@@ -667,7 +667,7 @@ func successSize(s *streams.BatchAppendResp_Success) (int, bool) {
 		}
 		n += 1 + protowire.SizeVarint(r.CurrentRevision) // a oneof's case: written even when zero
 	case *streams.BatchAppendResp_Success_NoStream:
-		if r == nil || r.NoStream == nil || !plain(r.NoStream) {
+		if r == nil || !plainEmpty(r.NoStream) {
 			return 0, false
 		}
 		n += 2
@@ -682,7 +682,7 @@ func successSize(s *streams.BatchAppendResp_Success) (int, bool) {
 		}
 		n += sizeField(allPositionSize(p.Position))
 	case *streams.BatchAppendResp_Success_NoPosition:
-		if p == nil || p.NoPosition == nil || !plain(p.NoPosition) {
+		if p == nil || !plainEmpty(p.NoPosition) {
 			return 0, false
 		}
 		n += 2
