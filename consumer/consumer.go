@@ -75,6 +75,15 @@ type Options struct {
 	Config *esdb.Configuration
 }
 
+// readWindow is the HTTP/2 flow-control window of the source connection,
+// for each read and for the connection. The subscription's buffer size
+// already bounds the events in flight; left to grpc, the window starts at
+// 64 KiB and grows only as it measures more bandwidth, which at the start
+// of a backlog took 30 to 250 ms to make way for the buffer's 10,000 events
+// (and now and then never did, for a whole run of the benchmark). Fixed, it
+// is the most that measuring grows it to.
+const readWindow = 16 << 20
+
 // Consumer reads every configured subscription group.
 type Consumer struct {
 	client    *esdbconn.Client
@@ -105,8 +114,14 @@ func New(client *esdb.Client, subs []config.Subscription, m *metrics.Metrics, op
 	if opts.ConsumersPerSubscription <= 0 {
 		opts.ConsumersPerSubscription = 1
 	}
-	c := &Consumer{client: esdbconn.New(client, opts.Dial), leader: esdbconn.NewLeader(opts.Config), timeout: 10 * time.Second,
-		opts: opts, log: log, conns: map[*conn]struct{}{}}
+	c := &Consumer{
+		client:  esdbconn.New(client, opts.Dial),
+		leader:  esdbconn.NewLeader(opts.Config, grpc.WithInitialWindowSize(readWindow), grpc.WithInitialConnWindowSize(readWindow)),
+		timeout: 10 * time.Second,
+		opts:    opts,
+		log:     log,
+		conns:   map[*conn]struct{}{},
+	}
 	if d := opts.Config.DefaultDeadline; d != nil && *d > 0 {
 		c.timeout = *d
 	}

@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"reflect"
 	"strings"
 	"testing"
@@ -13,6 +15,7 @@ import (
 	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
 	"github.com/google/uuid"
 	"github.com/rs/zerolog"
+	"golang.org/x/net/http2"
 
 	"github.com/ditto-replicator/ditto/config"
 	"github.com/ditto-replicator/ditto/internal/esdbtest"
@@ -313,5 +316,59 @@ func TestRefusalNamedOnce(t *testing.T) {
 	err := <-done
 	if n := strings.Count(err.Error(), errNotFound.Error()); n != 1 || !strings.Contains(err.Error(), "code = NotFound") {
 		t.Fatalf("Run: %v; want %q once, with the source's status", err, errNotFound)
+	}
+}
+
+// TestSourceConnectionWindow: the connection reads are made on announces
+// readWindow as the flow-control window of each read and of the connection,
+// as a peer sees it in the connection's first frames.
+func TestSourceConnectionWindow(t *testing.T) {
+	_, client, _ := source(t, esdbtest.Options{})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c := New(client, nil, metrics.New(), Options{Config: esdbtest.Config(t, "esdb://"+ln.Addr().String()+"?tls=false")}, zerolog.Nop())
+	defer c.Close()
+	conn, err := c.leader.Conn(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.Connect()
+
+	if err := ln.(*net.TCPListener).SetDeadline(time.Now().Add(10 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	peer, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	if err := peer.SetDeadline(time.Now().Add(10 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	preface := make([]byte, len(http2.ClientPreface))
+	if _, err := io.ReadFull(peer, preface); err != nil || string(preface) != http2.ClientPreface {
+		t.Fatalf("preface %q, %v", preface, err)
+	}
+	fr := http2.NewFramer(peer, peer)
+	streamWindow, connWindow := uint32(0), uint32(65535) // HTTP/2's initial connection window
+	for range 2 {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch f := f.(type) {
+		case *http2.SettingsFrame:
+			streamWindow, _ = f.Value(http2.SettingInitialWindowSize)
+		case *http2.WindowUpdateFrame:
+			if f.StreamID == 0 {
+				connWindow += f.Increment
+			}
+		}
+	}
+	if streamWindow != readWindow || connWindow != readWindow {
+		t.Fatalf("windows announced: %d per read, %d for the connection; want %d for both", streamWindow, connWindow, readWindow)
 	}
 }

@@ -36,11 +36,13 @@ const maxRecvMsgSize = 17 << 20
 // discovery) each seed is asked for the cluster's members, in random order,
 // and the live leader is dialled. leader, if not empty, is a host:port a
 // node named as leader (in a not-leader answer) and is dialled directly.
-func DialLeader(ctx context.Context, conf *esdb.Configuration, leader string) (*grpc.ClientConn, error) {
+// extra options come after those read from conf.
+func DialLeader(ctx context.Context, conf *esdb.Configuration, leader string, extra ...grpc.DialOption) (*grpc.ClientConn, error) {
 	opts, err := dialOptions(conf)
 	if err != nil {
 		return nil, err
 	}
+	opts = append(opts, extra...)
 	if leader != "" {
 		return grpc.NewClient(leader, opts...)
 	}
@@ -76,7 +78,8 @@ func DialLeader(ctx context.Context, conf *esdb.Configuration, leader string) (*
 // dialled on first use and again after Drop: a connection stays on the node
 // it was made to, so after a leader change it must be made again.
 type Leader struct {
-	conf *esdb.Configuration
+	conf  *esdb.Configuration
+	extra []grpc.DialOption
 
 	mu     sync.Mutex
 	conn   *grpc.ClientConn
@@ -84,8 +87,11 @@ type Leader struct {
 	closed bool
 }
 
-// NewLeader returns a Leader for conf; nothing is dialled yet.
-func NewLeader(conf *esdb.Configuration) *Leader { return &Leader{conf: conf} }
+// NewLeader returns a Leader for conf, whose connections are dialled with
+// the extra options too; nothing is dialled yet.
+func NewLeader(conf *esdb.Configuration, extra ...grpc.DialOption) *Leader {
+	return &Leader{conf: conf, extra: extra}
+}
 
 // Conn returns the current connection, dialling one if there is none.
 func (l *Leader) Conn(ctx context.Context) (*grpc.ClientConn, error) {
@@ -95,7 +101,7 @@ func (l *Leader) Conn(ctx context.Context) (*grpc.ClientConn, error) {
 		return nil, errors.New("connection closed")
 	}
 	if l.conn == nil {
-		conn, err := DialLeader(ctx, l.conf, l.hint)
+		conn, err := DialLeader(ctx, l.conf, l.hint, l.extra...)
 		if err != nil {
 			return nil, err
 		}
