@@ -245,7 +245,6 @@ func TestCollectFreesClosedServers(t *testing.T) {
 		}
 		store := weak.Make(dst.Store())
 		dst.Close()
-		dst = nil
 		e.collect()
 		if store.Value() != nil {
 			t.Errorf("batchAppend %v: the closed destination's store is still reachable after collect", batchAppend)

@@ -158,7 +158,7 @@ func (e *env) collect() {
 		if closed.live() == 0 {
 			return
 		}
-		runtime.Gosched() // lets finalizers run
+		runtime.Gosched() // lets other goroutines, such as finalizers, run between collections
 	}
 	e.logf("note: %d closed test server(s) still reachable after %d collections", closed.live(), maxCollections)
 }

@@ -79,7 +79,7 @@ type Options struct {
 // for each read and for the connection. The subscription's buffer size
 // already bounds the events in flight; left to grpc, the window starts at
 // 64 KiB and grows only as it measures more bandwidth, which at the start
-// of a backlog took 30 to 250 ms to make way for the buffer's 10,000 events
+// of a backlog took 40 to 250 ms to make way for the buffer's 10,000 events
 // (and now and then never did, for a whole run of the benchmark). Fixed, it
 // is the most that measuring grows it to.
 const readWindow = 16 << 20
