@@ -89,7 +89,8 @@ func (c *closedStores) live() int {
 	return len(c.stores)
 }
 
-// buildDitto builds cmd/ditto into dir and returns the binary's path.
+// buildDitto builds cmd/ditto into dir as the Dockerfile builds the shipped
+// binary (static, no symbol tables), and returns the binary's path.
 func buildDitto(ctx context.Context, dir string) (string, error) {
 	out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
 	if err != nil {
@@ -102,8 +103,9 @@ func buildDitto(ctx context.Context, dir string) (string, error) {
 	bin := filepath.Join(dir, "ditto")
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/ditto")
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags=-s -w", "-o", bin, "./cmd/ditto")
 	cmd.Dir = filepath.Dir(gomod)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("go build ./cmd/ditto: %v\n%s", err, out)
 	}
