@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/binary"
 	"strconv"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/EventStore/EventStore-Client-Go/v4/protos/persistent"
 	"github.com/EventStore/EventStore-Client-Go/v4/protos/shared"
@@ -24,8 +26,25 @@ import (
 // time are mostly the server's. One op delivers and acks every event once
 // (events/op), so per event costs are the op's divided by that.
 func BenchmarkPSReadCategory(b *testing.B) {
-	const streams, perStream, ackBatch = 1000, 20, 16
-	const total = streams * perStream
+	benchPSReadCategory(b, 20, 16, false)
+}
+
+// BenchmarkPSReadCategoryDeep is the replication run's shape: 100 events per
+// stream, a consumer buffer of 10,000 kept nearly full, and each ack the ids
+// of one stream (ten of them, as one destination write acks them), so acks
+// look up ids delivered thousands of messages earlier.
+func BenchmarkPSReadCategoryDeep(b *testing.B) {
+	benchPSReadCategory(b, 100, 10, true)
+}
+
+// benchPSReadCategory runs the read of BenchmarkPSReadCategory. byStream
+// acks the ids of one stream together, ackBatch at a time; otherwise every
+// ackBatch ids are acked in delivery order. With byStream, ackBatch times
+// the 1,000 streams must stay within the consumer buffer of 10,000, or the
+// read stalls.
+func benchPSReadCategory(b *testing.B, perStream, ackBatch int, byStream bool) {
+	const streams = 1000
+	total := streams * perStream
 	srv := Start(b, Options{Insecure: true})
 	data := []byte(`{"orderId":"123","amount":42,"currency":"EUR"}`)
 	for i := 0; i < perStream; i++ {
@@ -45,8 +64,13 @@ func BenchmarkPSReadCategory(b *testing.B) {
 	desc := &grpc.StreamDesc{StreamName: "Read", ServerStreams: true, ClientStreams: true}
 	const method = "/event_store.client.persistent_subscriptions.PersistentSubscriptions/Read"
 
+	var pending [][]uuid.UUID // byStream: each stream's ids not yet acked
+	if byStream {
+		pending = make([][]uuid.UUID, streams)
+	}
 	b.ReportAllocs()
 	b.ResetTimer()
+	cpu0 := benchCPUTime(b)
 	for n := 0; n < b.N; n++ {
 		group := "g" + strconv.Itoa(n)
 		if st := srv.ps.create(&psSettings{
@@ -83,17 +107,32 @@ func BenchmarkPSReadCategory(b *testing.B) {
 			if !ok {
 				b.Fatalf("delivery %d: no link id in %x", i, raw)
 			}
-			if ack.IDs = append(ack.IDs, id); len(ack.IDs) == ackBatch || i == total-1 {
+			ids := &ack.IDs
+			if byStream {
+				// Appended round-robin, so delivery i is of stream i%streams.
+				ids = &pending[i%streams]
+			}
+			if *ids = append(*ids, id); len(*ids) == ackBatch || (!byStream && i == total-1) {
+				ack.IDs = *ids
 				if err := stream.SendMsg(&ack); err != nil {
 					b.Fatal(err)
 				}
-				ack.IDs = ack.IDs[:0]
+				*ids = (*ids)[:0]
+			}
+		}
+		for i := range pending {
+			if len(pending[i]) > 0 {
+				ack.IDs = pending[i]
+				if err := stream.SendMsg(&ack); err != nil {
+					b.Fatal(err)
+				}
+				pending[i] = pending[i][:0]
 			}
 		}
 		// Wait for the last acks, then stop the read and drop the group.
 		sub := srv.ps.get("$ce-bench", group)
 		for left := 1; left > 0; {
-			if err := sub.call(func() { left = len(sub.outstanding) }); err != nil {
+			if err := sub.call(func() { left = sub.outstanding.len() }); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -107,6 +146,19 @@ func BenchmarkPSReadCategory(b *testing.B) {
 	}
 	b.StopTimer()
 	b.ReportMetric(float64(total), "events/op")
+	// The process's CPU time, client included, is steadier on a shared
+	// machine than the wall time, which depends on how the goroutines of
+	// both ends overlap.
+	b.ReportMetric(float64(benchCPUTime(b)-cpu0)/float64(b.N*total), "cpu-ns/event")
+}
+
+// benchCPUTime is the user and system CPU time the process used so far.
+func benchCPUTime(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatalf("getrusage: %v", err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // benchAckID finds the id a delivery is acked by: that of its link
@@ -156,4 +208,68 @@ func benchField(b []byte, num protowire.Number) []byte {
 		b = b[m:]
 	}
 	return nil
+}
+
+// BenchmarkPSSubCategory is the subscription goroutine's share of
+// BenchmarkPSReadCategoryDeep without the transport: the state machine
+// (newSubState) reads, resolves and delivers the $ce-bench links of 1,000
+// interleaved streams of 100 events to one consumer with a buffer of
+// 10,000, which acks the ids of one stream ten at a time, with the
+// checkpoints that writes. One op reads the whole category once.
+func BenchmarkPSSubCategory(b *testing.B) {
+	const streams, perStream, ackBatch = 1000, 100, 10
+	const total = streams * perStream
+	st := psNewStore(b)
+	data := []byte(`{"orderId":"123","amount":42,"currency":"EUR"}`)
+	for i := 0; i < perStream; i++ {
+		for s := 0; s < streams; s++ {
+			if _, err := st.Append("bench-"+strconv.Itoa(s), Expected{Kind: ExpectAny}, []ProposedEvent{{
+				ID: uuid.New(), Type: "OrderPlaced", IsJSON: true, Data: data,
+			}}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	pending := make([][]uuid.UUID, streams)
+	var spare []sendItem
+	b.ReportAllocs()
+	b.ResetTimer()
+	for n := 0; n < b.N; n++ {
+		set := &psSettings{
+			Stream: "$ce-bench", Group: "g" + strconv.Itoa(n), ResolveLinks: true, Strategy: strategyPinned,
+			MaxRetryCount: 10, MinCheckpointCount: 10, MaxCheckpointCount: 1000,
+			LiveBufferSize: 500, ReadBatchSize: 20, HistoryBufferSize: 500,
+			MessageTimeoutMs: 30_000, CheckpointAfterMs: 2_000,
+		}
+		s := newSubState(st, set)
+		s.joinForTest(10_000)
+		c := s.consumers[0]
+		for i := 0; i < total; {
+			s.fill()
+			s.push()
+			items := c.take(spare)
+			if len(items) == 0 {
+				b.Fatalf("stalled after %d deliveries", i)
+			}
+			for j := range items {
+				// Appended round-robin, so delivery i is of stream i%streams.
+				ids := &pending[i%streams]
+				if *ids = append(*ids, items[j].ev.Link.ID); len(*ids) == ackBatch {
+					s.ack(*ids)
+					*ids = (*ids)[:0]
+				}
+				items[j] = sendItem{}
+				i++
+			}
+			s.maybeCheckpoint(false)
+			spare = items
+		}
+		for i := range pending {
+			s.ack(pending[i])
+			pending[i] = pending[i][:0]
+		}
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(total), "events/op")
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*total), "ns/event")
 }

@@ -17,9 +17,9 @@ import (
 // one.
 func psScanCandidate(s *psSub) (int64, bool) {
 	low, found := int64(math.MaxInt64), false
-	for _, o := range s.outstanding {
-		if !o.msg.replayed && o.msg.seq < low {
-			low, found = o.msg.seq, true
+	for m := range s.outstanding.all() {
+		if !m.replayed && m.seq < low {
+			low, found = m.seq, true
 		}
 	}
 	for _, m := range s.retry {
@@ -46,13 +46,13 @@ func (s *psSub) joinForTest(buffer int) {
 }
 
 // psCheckCandidate compares checkpointCandidate with the scan, and handed's
-// bookkeeping with the outstanding map and the retry list.
+// bookkeeping with the outstanding table and the retry list.
 func psCheckCandidate(t *testing.T, s *psSub, step string) {
 	t.Helper()
 	live := map[*psMessage]bool{}
-	for _, o := range s.outstanding {
-		if !o.msg.replayed {
-			live[o.msg] = true
+	for m := range s.outstanding.all() {
+		if !m.replayed {
+			live[m] = true
 		}
 	}
 	for _, m := range s.retry {
@@ -82,16 +82,12 @@ func psCheckCandidate(t *testing.T, s *psSub, step string) {
 // psOutstandingIDs lists the outstanding ids in seq order, so a seeded run
 // picks the same ones every time.
 func psOutstandingIDs(s *psSub) []uuid.UUID {
-	os := make([]*psOutstanding, 0, len(s.outstanding))
-	for _, o := range s.outstanding {
-		os = append(os, o)
-	}
-	slices.SortFunc(os, func(a, b *psOutstanding) int {
-		return cmp.Or(cmp.Compare(a.msg.seq, b.msg.seq), slices.Compare(a.msg.id[:], b.msg.id[:]))
+	ms := slices.SortedFunc(s.outstanding.all(), func(a, b *psMessage) int {
+		return cmp.Or(cmp.Compare(a.seq, b.seq), slices.Compare(a.id[:], b.id[:]))
 	})
-	ids := make([]uuid.UUID, len(os))
-	for i, o := range os {
-		ids[i] = o.msg.id
+	ids := make([]uuid.UUID, len(ms))
+	for i, m := range ms {
+		ids[i] = m.id
 	}
 	return ids
 }
@@ -182,7 +178,7 @@ func psRandomCheckpointRun(t *testing.T, stream string, resolve bool, strategy s
 			s.nack(some, nackAction(rng.IntN(5)), "random")
 		case 5:
 			for _, id := range sample(3) {
-				s.outstanding[id].deadline = s.now
+				s.outstanding.get(id).deadline = s.now
 				expired++
 			}
 			s.tick()
@@ -230,8 +226,8 @@ func TestPSCheckpointCandidateDuplicateIDOutstanding(t *testing.T) {
 	s.joinForTest(10)
 	s.fill()
 	s.push()
-	if len(s.outstanding) != 1 || s.outstanding[id].msg.seq != 1 {
-		t.Fatalf("outstanding %v, want only event 1", s.outstanding)
+	if m := s.outstanding.get(id); s.outstanding.len() != 1 || m == nil || m.seq != 1 {
+		t.Fatalf("%d outstanding, %+v under the id, want only event 1", s.outstanding.len(), m)
 	}
 	psCheckCandidate(t, s, "both delivered")
 	if pos, ok := s.checkpointCandidate(); pos != 0 || !ok {
@@ -245,7 +241,7 @@ func TestPSCheckpointHandedStaysBounded(t *testing.T) {
 	s := psOrdersState(t, 3000)
 	s.joinForTest(10)
 	var stuck uuid.UUID
-	for i := 0; len(s.outstanding) > 0 || i == 0; i++ {
+	for i := 0; s.outstanding.len() > 0 || i == 0; i++ {
 		s.fill()
 		s.push()
 		ids := psOutstandingIDs(s)

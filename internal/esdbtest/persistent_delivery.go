@@ -151,14 +151,16 @@ func (a *psArena) wire(b []byte) psWire {
 // caller then sends psEventResp's message, so that send fails as it always
 // did.
 func psDelivery(a *psArena, ev ResolvedRecord, retry int32, stringIDs bool) (raw pbwire.Raw, ok bool) {
-	pos := ev.Original().Position
+	// The position is written up to five times: encode it once.
+	var pos psUvarint
+	pos.set(ev.Original().Position)
 	var evPlan, linkPlan psRecordedPlan
-	n := 1 + protowire.SizeVarint(pos) + 1 + protowire.SizeVarint(uint64(int64(retry)))
+	n := 1 + pos.n + 1 + protowire.SizeVarint(uint64(int64(retry)))
 	if ev.Event != nil {
 		if !utf8.ValidString(ev.Event.Type) {
 			return nil, false
 		}
-		evPlan.init(ev.Event, pos, stringIDs, nil)
+		evPlan.init(ev.Event, &pos, stringIDs, nil)
 		n += psLenSize(evPlan.size)
 	}
 	if ev.Link != nil {
@@ -169,101 +171,150 @@ func psDelivery(a *psArena, ev ResolvedRecord, retry int32, stringIDs bool) (raw
 		if ev.Event != nil && ev.Link.Created.Equal(ev.Event.Created) {
 			same = &evPlan
 		}
-		linkPlan.init(ev.Link, pos, stringIDs, same)
+		linkPlan.init(ev.Link, &pos, stringIDs, same)
 		n += psLenSize(linkPlan.size)
 	}
 	b := a.alloc(psLenSize(n))
 	b = psAppendLen(b, psfRespEvent, n)
 	if ev.Event != nil {
 		b = psAppendLen(b, psfEvent, evPlan.size)
-		b = evPlan.append(b, pos, stringIDs)
+		b = evPlan.append(b, &pos)
 	}
 	if ev.Link != nil {
 		b = psAppendLen(b, psfLink, linkPlan.size)
-		b = linkPlan.append(b, pos, stringIDs)
+		b = linkPlan.append(b, &pos)
 	}
 	// Both oneofs are set, so written even when zero.
-	b = psAppendUvarint(append(b, psTag(psfCommitPosition, protowire.VarintType)), pos)
+	b = append(append(b, psTag(psfCommitPosition, protowire.VarintType)), pos.bytes()...)
 	b = psAppendUvarint(append(b, psTag(psfRetryCount, protowire.VarintType)), uint64(int64(retry)))
 	return b, true
 }
 
-// psRecordedPlan is what sizing a RecordedEvent works out, kept for writing
-// it: the created ticks and the id's structured halves are computed once.
-type psRecordedPlan struct {
-	r           *Record
-	created     [20]byte // ticks, in created[:createdLen]
-	createdLen  int
-	most, least uint64 // the structured id
-	structSize  int    // the shared.UUID.Structured's contents
-	idSize      int    // the shared.UUID's contents
-	size        int    // the RecordedEvent's contents
+// psUvarint is a value's varint, encoded once for repeated use.
+type psUvarint struct {
+	v   uint64
+	n   int
+	buf [binary.MaxVarintLen64]byte
 }
 
+func (u *psUvarint) set(v uint64) { u.v, u.n = v, binary.PutUvarint(u.buf[:], v) }
+
+func (u *psUvarint) bytes() []byte { return u.buf[:u.n] }
+
+// fieldSize is the size of a scalar field holding the value; zero values
+// are not written.
+func (u *psUvarint) fieldSize() int {
+	if u.v == 0 {
+		return 0
+	}
+	return 1 + u.n
+}
+
+// appendField appends a scalar field holding the value, unless it is zero.
+func (u *psUvarint) appendField(b []byte, num protowire.Number) []byte {
+	if u.v == 0 {
+		return b
+	}
+	return append(append(b, psTag(num, protowire.VarintType)), u.bytes()...)
+}
+
+// psRecordedPlan is what sizing a RecordedEvent works out, kept for writing
+// it: the id field and the created entry, whose sizes take as long to work
+// out as their bytes, are encoded while sizing.
+type psRecordedPlan struct {
+	r          *Record
+	id         [psIDFieldMax]byte // the id field, in id[:idLen]
+	idLen      int
+	created    [psCreatedEntryMax]byte // the created metadata entry, in created[:createdLen]
+	createdLen int
+	size       int // the RecordedEvent's contents
+}
+
+// The largest id field (tag and length of the shared.UUID, then those of the
+// hyphenated string and its 36 bytes; the structured form takes at most 26)
+// and the largest created entry (tag and length of the entry, of its key
+// and of its value, the key and up to 20 digits of ticks).
+const (
+	psIDFieldMax      = 2 + 2 + 36
+	psCreatedEntryMax = 2 + 2 + len("created") + 2 + 20
+)
+
 // init sizes r's RecordedEvent. same, if not nil, is the plan of a record
-// created at the same instant, whose ticks are reused: a link and the event
-// it was projected from are written in one commit.
-func (p *psRecordedPlan) init(r *Record, pos uint64, stringIDs bool, same *psRecordedPlan) {
+// created at the same instant, whose created entry is reused: a link and the
+// event it was projected from are written in one commit.
+func (p *psRecordedPlan) init(r *Record, pos *psUvarint, stringIDs bool, same *psRecordedPlan) {
 	p.r = r
 	if same != nil {
 		p.created, p.createdLen = same.created, same.createdLen
 	} else {
-		p.createdLen = len(psCreated(p.created[:0], r))
+		p.createdLen = psCreatedEntry(&p.created, r)
 	}
-	if stringIDs {
-		p.idSize = psLenSize(36)
-	} else {
-		p.most, p.least = psUUIDHalves(r.ID)
-		p.structSize = psVarintSize(p.most) + psVarintSize(p.least)
-		p.idSize = psLenSize(p.structSize)
-	}
-	p.size = psLenSize(p.idSize) +
+	p.idLen = psIDField(&p.id, r.ID, stringIDs)
+	p.size = p.idLen +
 		psLenSize(psBytesSize(len(r.Stream))) +
 		psVarintSize(uint64(r.Number)) +
-		2*psVarintSize(pos) +
-		psEntrySize(len("content-type"), len(r.ContentType())) +
-		psEntrySize(len("created"), p.createdLen) +
+		2*pos.fieldSize() +
+		len(psContentTypeEntry(r)) +
+		p.createdLen +
 		psEntrySize(len("type"), len(r.Type)) +
 		psBytesSize(len(r.Metadata)) +
 		psBytesSize(len(r.Data))
 }
 
+// psIDField encodes the RecordedEvent's id field into b and returns its
+// length.
+func psIDField(b *[psIDFieldMax]byte, id uuid.UUID, stringIDs bool) int {
+	b[0] = psTag(psfRecID, protowire.BytesType)
+	if stringIDs {
+		b[1], b[2], b[3] = 2+36, psTag(psfUUIDString, protowire.BytesType), 36
+		appendUUID(b[4:4], id)
+		return 4 + 36
+	}
+	b[2] = psTag(psfUUIDStructured, protowire.BytesType)
+	n := 4
+	for i, v := range psUUIDHalves(id) {
+		if v != 0 { // zero halves are not written
+			b[n] = psTag(protowire.Number(psfMost+i), protowire.VarintType)
+			n += 1 + binary.PutUvarint(b[n+1:], v)
+		}
+	}
+	b[1], b[3] = byte(n-2), byte(n-4)
+	return n
+}
+
+// psCreatedEntry encodes the RecordedEvent's created metadata entry into b
+// and returns its length: .NET ticks since the Unix epoch, as psRecorded
+// writes them.
+func psCreatedEntry(b *[psCreatedEntryMax]byte, r *Record) int {
+	const key = "created"
+	const value = 2 + 2 + len(key) // the value's tag and length start here
+	b[0], b[2], b[3] = psTag(psfRecMetadata, protowire.BytesType), psTag(psfMapKey, protowire.BytesType), byte(len(key))
+	copy(b[4:], key)
+	b[value] = psTag(psfMapValue, protowire.BytesType)
+	n := len(strconv.AppendInt(b[value+2:value+2], r.Created.UnixNano()/100, 10))
+	b[1], b[value+1] = byte(value+n), byte(n)
+	return value + 2 + n
+}
+
 // append appends the RecordedEvent's contents (without its tag and length)
 // in field order, as pbwire writes psRecorded's message.
-func (p *psRecordedPlan) append(b []byte, pos uint64, stringIDs bool) []byte {
+func (p *psRecordedPlan) append(b []byte, pos *psUvarint) []byte {
 	r := p.r
-	b = psAppendLen(b, psfRecID, p.idSize)
-	if stringIDs {
-		b = appendUUID(psAppendLen(b, psfUUIDString, 36), r.ID)
-	} else {
-		b = psAppendLen(b, psfUUIDStructured, p.structSize)
-		b = psAppendVarint(b, psfMost, p.most)
-		b = psAppendVarint(b, psfLeast, p.least)
-	}
+	b = append(b, p.id[:p.idLen]...)
 	b = psAppendLen(b, psfRecStream, psBytesSize(len(r.Stream)))
 	if r.Stream != "" {
 		b = psAppendLen(b, psfStreamName, len(r.Stream))
 		b = append(b, r.Stream...)
 	}
 	b = psAppendVarint(b, psfRecRevision, uint64(r.Number))
-	b = psAppendVarint(b, psfRecPrepare, pos)
-	b = psAppendVarint(b, psfRecCommit, pos)
+	b = pos.appendField(b, psfRecPrepare)
+	b = pos.appendField(b, psfRecCommit)
 	// The map in key order, as deterministic protobuf writes it.
-	if r.IsJSON {
-		b = append(b, psJSONEntry...)
-	} else {
-		b = append(b, psBinaryEntry...)
-	}
-	b = psAppendEntry(b, psfRecMetadata, "created", p.created[:p.createdLen])
+	b = append(b, psContentTypeEntry(r)...)
+	b = append(b, p.created[:p.createdLen]...)
 	b = psAppendEntry(b, psfRecMetadata, "type", r.Type)
 	b = psAppendBytes(b, psfRecCustom, r.Metadata)
 	return psAppendBytes(b, psfRecData, r.Data)
-}
-
-// psCreated appends the record's created metadata: .NET ticks since the
-// Unix epoch, as psRecorded writes them.
-func psCreated(b []byte, r *Record) []byte {
-	return strconv.AppendInt(b, r.Created.UnixNano()/100, 10)
 }
 
 // psLenSize is the size of a length-delimited field of n bytes (field
@@ -287,9 +338,31 @@ func psBytesSize(n int) int {
 }
 
 // psEntrySize is the size of a map<string, string> entry field. Both key and
-// value are always written, even empty.
+// value are always written, even empty. Below psShortEntry, every length in
+// it takes one byte.
 func psEntrySize(keyLen, valueLen int) int {
+	if keyLen+valueLen < psShortEntry {
+		return 6 + keyLen + valueLen
+	}
+	return psLongEntrySize(keyLen, valueLen)
+}
+
+// psLongEntrySize is psEntrySize's general case, apart so that the short
+// one inlines.
+func psLongEntrySize(keyLen, valueLen int) int {
 	return psLenSize(psLenSize(keyLen) + psLenSize(valueLen))
+}
+
+// psShortEntry bounds the key and value lengths of a map entry whose
+// lengths (key, value and the entry's, 4 bytes more) are all below 128.
+const psShortEntry = 0x80 - 4
+
+// psContentTypeEntry is the record's content-type entry of the metadata map.
+func psContentTypeEntry(r *Record) []byte {
+	if r.IsJSON {
+		return psJSONEntry
+	}
+	return psBinaryEntry
 }
 
 // The content-type entries of the metadata map, encoded once.
@@ -300,6 +373,12 @@ var (
 
 // psAppendEntry appends a map<string, string> entry field.
 func psAppendEntry[V string | []byte](b []byte, num protowire.Number, key string, value V) []byte {
+	if len(key)+len(value) < psShortEntry {
+		b = append(b, psTag(num, protowire.BytesType), byte(4+len(key)+len(value)), psTag(psfMapKey, protowire.BytesType), byte(len(key)))
+		b = append(b, key...)
+		b = append(b, psTag(psfMapValue, protowire.BytesType), byte(len(value)))
+		return append(b, value...)
+	}
 	b = psAppendLen(b, num, psLenSize(len(key))+psLenSize(len(value)))
 	b = psAppendLen(b, psfMapKey, len(key))
 	b = append(b, key...)
@@ -307,9 +386,13 @@ func psAppendEntry[V string | []byte](b []byte, num protowire.Number, key string
 	return append(b, value...)
 }
 
-// psAppendLen appends the tag and length of a length-delimited field.
+// psAppendLen appends the tag and length of a length-delimited field; the
+// one-byte case (most lengths here) in one append.
 func psAppendLen(b []byte, num protowire.Number, n int) []byte {
-	return psAppendUvarint(append(b, psTag(num, protowire.BytesType)), uint64(n))
+	if uint(n) < 0x80 {
+		return append(b, psTag(num, protowire.BytesType), byte(n))
+	}
+	return protowire.AppendVarint(append(b, psTag(num, protowire.BytesType)), uint64(n))
 }
 
 func psAppendVarint(b []byte, num protowire.Number, v uint64) []byte {
@@ -340,7 +423,8 @@ func psAppendBytes(b []byte, num protowire.Number, v []byte) []byte {
 	return append(b, v...)
 }
 
-// psUUIDHalves are the structured form of an id: two big-endian int64s.
-func psUUIDHalves(id uuid.UUID) (most, least uint64) {
-	return binary.BigEndian.Uint64(id[:8]), binary.BigEndian.Uint64(id[8:])
+// psUUIDHalves are the structured form of an id: two big-endian int64s,
+// most then least significant.
+func psUUIDHalves(id uuid.UUID) [2]uint64 {
+	return [2]uint64{binary.BigEndian.Uint64(id[:8]), binary.BigEndian.Uint64(id[8:])}
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"strings"
 	"testing"
 	"time"
 
@@ -23,7 +24,9 @@ import (
 // positions, empty and non-empty custom metadata and data, revision 0 and
 // the tombstone, created before and after the Unix epoch, a link created
 // at another instant than its event and one at the same instant (in another
-// time zone).
+// time zone), and lengths on both sides of one-byte length prefixes (a
+// stream name of 130 bytes, types whose metadata entry is 127 and 128 bytes
+// long).
 func psDeliveryCases() []ResolvedRecord {
 	created := time.Date(2024, 5, 6, 7, 8, 9, 123456700, time.UTC)
 	ev := &Record{
@@ -50,7 +53,16 @@ func psDeliveryCases() []ResolvedRecord {
 		Stream: "$ce-order", Number: 1, ID: uuid.MustParse("80000000-0000-0000-8000-000000000000"),
 		Type: "$>", Data: []byte("3@order-7"), Created: created.In(time.FixedZone("UTC+1", 3600)), Position: 1235,
 	}
+	longName := &Record{
+		Stream: strings.Repeat("s", 130), Number: 5, ID: uuid.New(), Type: strings.Repeat("T", 119),
+		Data: []byte("{}"), Created: created, Position: 1 << 20,
+	}
+	longType := &Record{
+		Stream: "$ce-s", Number: 6, ID: uuid.New(), Type: strings.Repeat("T", 120),
+		Data: []byte("5@" + longName.Stream), Created: created, Position: 1<<20 + 1,
+	}
 	return []ResolvedRecord{
+		{Event: longName, Link: longType},
 		{Event: ev},
 		{Event: ev, Link: sameInstant},
 		{Event: ev, Link: link},

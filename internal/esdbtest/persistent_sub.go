@@ -51,14 +51,16 @@ type psMessage struct {
 	// replayed marks a parked message being replayed: it sits at the end of
 	// the retry list and never moves the checkpoint.
 	replayed bool
-	// settled: the message left the outstanding map and the retry list for
-	// good (acked, skipped, parked, or its outstanding entry was taken by a
-	// later message with the same id). Only non-replayed messages use it.
+	// settled: the message left the outstanding table and the retry list
+	// for good (acked, skipped, parked, or its outstanding entry was taken
+	// by a later message with the same id). Only non-replayed messages use
+	// it.
 	settled bool
-	// out is the message's outstanding entry while it is in flight. A
-	// message is outstanding at most once at a time, so the entry lives in
-	// the message rather than in an allocation per delivery.
-	out psOutstanding
+	// While the message is in flight: the consumer it was delivered to and
+	// when it times out. A message is in flight at most once at a time, so
+	// these live in the message rather than in an entry of their own.
+	c        *psConsumer
+	deadline time.Time
 }
 
 // sendItem is a message queued for a consumer's RPC handler.
@@ -118,12 +120,6 @@ func (c *psConsumer) take(buf []sendItem) []sendItem {
 	return items
 }
 
-type psOutstanding struct {
-	msg      *psMessage
-	c        *psConsumer
-	deadline time.Time
-}
-
 // psSub is one running persistent subscription. See the ownership rules at
 // the top of this file.
 type psSub struct {
@@ -141,7 +137,8 @@ type psSub struct {
 	buffer      []*psMessage // read, not yet delivered, ascending seq
 	head        int          // buffer[head:] is live
 	retry       []*psMessage
-	outstanding map[uuid.UUID]*psOutstanding
+	outstanding psOutstanding // messages in flight, by ack id
+	touched     uintptr       // sums what outstanding.touch read, so the reads stay
 	// handed lists the non-replayed messages taken from the buffer (to a
 	// consumer or the retry list), in seq order since the buffer is; its
 	// unsettled ones are exactly the non-replayed messages in outstanding
@@ -193,7 +190,6 @@ func newSubState(store *Store, settings *psSettings) *psSub {
 		stop:        make(chan psStop),
 		done:        make(chan struct{}),
 		strategy:    newStrategy(settings.Strategy),
-		outstanding: map[uuid.UUID]*psOutstanding{},
 		lastReadSeq: -1,
 		now:         time.Now(),
 		tickEvery:   time.Second,
@@ -453,6 +449,7 @@ func (s *psSub) push() (more bool) {
 	}
 	delivered, stopped := 0, false
 	s.now = time.Now()
+	deadline := s.now.Add(time.Duration(s.settings.MessageTimeoutMs) * time.Millisecond)
 	if len(s.retry) > 0 {
 		pending := s.retry
 		s.retry = nil
@@ -470,7 +467,7 @@ func (s *psSub) push() (more bool) {
 				stopped = true
 				continue
 			}
-			s.deliver(c, m)
+			s.deliver(c, m, deadline)
 			delivered++
 		}
 		s.retry = append(s.retry, moved...)
@@ -491,7 +488,7 @@ func (s *psSub) push() (more bool) {
 			stopped = true
 			continue
 		}
-		s.deliver(c, m)
+		s.deliver(c, m, deadline)
 		delivered++
 	}
 	for _, c := range s.consumers {
@@ -503,20 +500,17 @@ func (s *psSub) push() (more bool) {
 	return delivered > 0 && !stopped
 }
 
-func (s *psSub) deliver(c *psConsumer, m *psMessage) {
+// deliver hands m to c, in flight until deadline.
+func (s *psSub) deliver(c *psConsumer, m *psMessage, deadline time.Time) {
 	c.inFlight++
 	c.total++
 	s.totalItems++
-	if prev, ok := s.outstanding[m.id]; ok {
+	m.c, m.deadline = c, deadline
+	if prev := s.outstanding.put(m); prev != nil {
 		// Ids are not unique across (or even within) streams: the earlier
 		// message is no longer outstanding, nor anywhere else.
-		s.settle(prev.msg)
+		s.settle(prev)
 	}
-	m.out = psOutstanding{
-		msg: m, c: c,
-		deadline: s.now.Add(time.Duration(s.settings.MessageTimeoutMs) * time.Millisecond),
-	}
-	s.outstanding[m.id] = &m.out
 	c.pending = append(c.pending, sendItem{ev: m.ev, retry: m.retryCount})
 }
 
@@ -566,23 +560,27 @@ func (s *psSub) disconnect(c *psConsumer) {
 		}
 	}
 	c.pending = nil
-	for id, o := range s.outstanding {
-		if o.c == c {
-			delete(s.outstanding, id)
-			o.msg.retryCount++
-			s.insertRetry(o.msg)
+	var back []*psMessage
+	for m := range s.outstanding.all() {
+		if m.c == c {
+			back = append(back, m)
 		}
+	}
+	for _, m := range back {
+		s.outstanding.take(m.id)
+		m.retryCount++
+		s.insertRetry(m)
 	}
 	c.inFlight = 0
 }
 
 // ack completes messages; unknown ids are ignored.
 func (s *psSub) ack(ids []uuid.UUID) {
+	s.touched += s.outstanding.touch(ids)
 	for _, id := range ids {
-		if o, ok := s.outstanding[id]; ok {
-			delete(s.outstanding, id)
-			o.c.inFlight--
-			s.processed(o.msg)
+		if m := s.outstanding.take(id); m != nil {
+			m.c.inFlight--
+			s.processed(m)
 		}
 	}
 }
@@ -600,19 +598,18 @@ const (
 
 func (s *psSub) nack(ids []uuid.UUID, action nackAction, reason string) {
 	for _, id := range ids {
-		o, ok := s.outstanding[id]
-		if !ok {
+		m := s.outstanding.take(id)
+		if m == nil {
 			continue
 		}
-		delete(s.outstanding, id)
-		o.c.inFlight--
+		m.c.inFlight--
 		switch action {
 		case nackPark:
-			s.park(o.msg, "Client explicitly NAK'ed message.\n"+reason)
+			s.park(m, "Client explicitly NAK'ed message.\n"+reason)
 		case nackRetry, nackUnknown:
-			s.retryOrPark(o.msg)
+			s.retryOrPark(m)
 		default: // Skip drops; Stop is a no-op that still frees the message.
-			s.processed(o.msg)
+			s.processed(m)
 		}
 	}
 }

@@ -3,6 +3,7 @@ package esdbtest
 import (
 	"encoding/json"
 	"fmt"
+	"hash/fnv"
 	"strings"
 	"testing"
 	"time"
@@ -476,5 +477,17 @@ func TestPSSubReadsOnWhileConsumersHaveRoom(t *testing.T) {
 	}
 	if got != events {
 		t.Fatalf("delivered %d, want %d", got, events)
+	}
+}
+
+// bucketOf is hash/fnv's 32-bit FNV-1a, so pinned consumers own the same
+// streams as before it was written out.
+func TestPSBucketOfIsFNV1a(t *testing.T) {
+	for _, source := range []string{"", "a", "bench-17", "$ce-order", "order-1-x", "ünïcødé-ström", strings.Repeat("x", 300)} {
+		h := fnv.New32a()
+		h.Write([]byte(source))
+		if got, want := bucketOf(source), int(h.Sum32()%pinnedBuckets); got != want {
+			t.Errorf("bucketOf(%q) = %d, want %d", source, got, want)
+		}
 	}
 }

@@ -61,9 +61,9 @@ func (s *Store) projectEvent(st *streamState, rec *Record) {
 	ce := s.ceOf(st)
 	if rec.Number == Tombstone {
 		if ce != nil {
-			s.emitLink(ce, rec, st.name, nil, true, projByCategory)
+			s.emitLink(ce, rec, st, nil, true, projByCategory)
 		}
-		s.emitLink(s.stream(deletedEtStream), rec, st.name, nil, true, projByEventType)
+		s.emitLink(s.stream(deletedEtStream), rec, st, nil, true, projByEventType)
 		return
 	}
 	if ce != nil {
@@ -71,7 +71,7 @@ func (s *Store) projectEvent(st *streamState, rec *Record) {
 		if rec.Type == linkType {
 			data = rec.Data // a link to a link points at the original target
 		}
-		s.emitLink(ce, rec, st.name, data, false, projByCategory)
+		s.emitLink(ce, rec, st, data, false, projByCategory)
 	}
 	if rec.Type != linkType {
 		et := s.et[rec.Type]
@@ -79,10 +79,10 @@ func (s *Store) projectEvent(st *streamState, rec *Record) {
 			et = s.stream(etStreamPrefix + rec.Type)
 			s.et[rec.Type] = et
 		}
-		s.emitLink(et, rec, st.name, nil, false, projByEventType)
+		s.emitLink(et, rec, st, nil, false, projByEventType)
 	}
 	if rec.Number == 0 {
-		s.emitLink(s.stream(streamsStream), rec, st.name, nil, false, projStreams)
+		s.emitLink(s.stream(streamsStream), rec, st, nil, false, projStreams)
 		if st.cat != "" {
 			s.emitCategoryStream(st)
 		}
@@ -97,12 +97,12 @@ func (s *Store) projectEvent(st *streamState, rec *Record) {
 func (s *Store) projectMetadata(st *streamState, rec *Record) {
 	if parseMeta(rec).tb == math.MaxInt64 {
 		if ce := s.ceOf(st); ce != nil {
-			s.emitLink(ce, rec, st.name, nil, true, projByCategory)
+			s.emitLink(ce, rec, st, nil, true, projByCategory)
 		}
-		s.emitLink(s.stream(deletedEtStream), rec, st.name, nil, true, projByEventType)
+		s.emitLink(s.stream(deletedEtStream), rec, st, nil, true, projByEventType)
 		return
 	}
-	s.emitLink(s.stream(etStreamPrefix+rec.Type), rec, st.name, nil, false, projByEventType)
+	s.emitLink(s.stream(etStreamPrefix+rec.Type), rec, st, nil, false, projByEventType)
 }
 
 // ceOf returns the $ce-<category> stream of st, or nil when st has no
@@ -121,11 +121,12 @@ func (s *Store) ceOf(st *streamState) *streamState {
 	return st.ce
 }
 
-// emitLink appends a $> link to src (in stream origin) to stream to. data
-// overrides the default "<n>@<stream>" target; deleted adds "$deleted":-1.
+// emitLink appends a $> link to src (in stream origin, or origin's
+// metastream) to stream to. data overrides the default "<n>@<stream>"
+// target; deleted adds "$deleted":-1.
 //
 // Lock must be held, inside a commit.
-func (s *Store) emitLink(to *streamState, src *Record, origin string, data []byte, deleted bool, projID int) {
+func (s *Store) emitLink(to *streamState, src *Record, origin *streamState, data []byte, deleted bool, projID int) {
 	if to.tombstoned() {
 		return
 	}
@@ -143,9 +144,12 @@ func (s *Store) emitLink(to *streamState, src *Record, origin string, data []byt
 		b = append(b, src.Stream...)
 		s.scratch = b
 		data = b
+		if src.Stream == origin.name {
+			rec.target = origin.ref
+		}
 	}
 	rec.Data = s.keep(data)
-	rec.Metadata = s.keep(s.linkMetadata(src, origin, deleted, projID))
+	rec.Metadata = s.keep(s.linkMetadata(src, origin.name, deleted, projID))
 	s.add(rec)
 }
 

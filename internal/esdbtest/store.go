@@ -36,7 +36,8 @@ type Record struct {
 	Number   int64 // event number within Stream (Tombstone for $streamDeleted)
 	ID       uuid.UUID
 	Type     string
-	IsJSON   bool // content type application/json, else application/octet-stream
+	IsJSON   bool   // content type application/json, else application/octet-stream
+	target   uint32 // of a link: its target stream's ref, 0 if unknown (see resolve)
 	Data     []byte
 	Metadata []byte // custom (user) metadata
 	Created  time.Time
@@ -135,6 +136,7 @@ type Store struct {
 	mu      sync.RWMutex
 	log     []*Record               // every record, ascending Position
 	streams map[string]*streamState // by stream name, including $$ metastreams
+	refs    []*streamState          // by streamState.ref; refs[0] is nil
 	ids     map[uuid.UUID]idRef     // committed event ids, for idempotency
 	changed chan struct{}           // closed and replaced at each commit
 	nextPos uint64                  // position of the next record
@@ -165,6 +167,7 @@ type idRef struct {
 // streamState is the index of one stream.
 type streamState struct {
 	name      string
+	ref       uint32    // index in Store.refs; 0 when they are full
 	events    []*Record // events[i].Number == i; hidden ones included
 	tombstone *Record   // the $streamDeleted record, once hard-deleted
 	meta      streamMeta
@@ -207,6 +210,7 @@ func NewStore(dir string) (*Store, error) {
 	}
 	s := &Store{
 		streams: make(map[string]*streamState),
+		refs:    []*streamState{nil},
 		ids:     make(map[uuid.UUID]idRef),
 		et:      make(map[string]*streamState),
 		changed: make(chan struct{}),
@@ -214,7 +218,7 @@ func NewStore(dir string) (*Store, error) {
 		rng:     rand.NewPCG(binary.LittleEndian.Uint64(seed[:8]), binary.LittleEndian.Uint64(seed[8:])),
 	}
 	if dir != "" {
-		f, err := openLogFile(dir, s.index)
+		f, err := openLogFile(dir, s.reload)
 		if err != nil {
 			return nil, err
 		}

@@ -82,6 +82,10 @@ func (s *Store) stream(name string) *streamState {
 	if st == nil {
 		st = &streamState{name: name}
 		s.streams[name] = st
+		if uint64(len(s.refs)) <= math.MaxUint32 {
+			st.ref = uint32(len(s.refs))
+			s.refs = append(s.refs, st)
+		}
 	}
 	return st
 }
@@ -124,6 +128,23 @@ func (s *Store) index(rec *Record) {
 			s.ids[rec.ID] = idRef{st: st, number: rec.Number}
 		}
 	}
+}
+
+// reload indexes a record read back from the log file. A link whose target
+// stream exists already (as the target of a projected link always does)
+// gets that stream's ref, as emitLink gives it to the links it writes, when
+// linkNumber reads its number (no sign).
+//
+// Lock must be held (or the store not yet shared).
+func (s *Store) reload(rec *Record) {
+	if rec.Type == linkType {
+		if _, name, ok := parseLink(rec.Data); ok && rec.Data[0] != '-' {
+			if st := s.streams[string(name)]; st != nil {
+				rec.target = st.ref
+			}
+		}
+	}
+	s.index(rec)
 }
 
 // recordSpan is how far a record advances the log position: roughly its

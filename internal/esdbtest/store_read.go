@@ -127,16 +127,31 @@ func (s *Store) Resolve(rec *Record) ResolvedRecord {
 }
 
 // resolve is Resolve with the lock held.
+//
+// The links the store writes, and those it reloads, carry the ref of the
+// stream their data names (Record.target), so that resolving them, once
+// per read of $ce-, $et- or $streams, needs neither the name's parse nor a
+// lookup of it. Streams stay in the index for good, so refs stay valid;
+// everything else is checked on the stream each time. A ref rather than a
+// pointer fits in the padding after Record.IsJSON: records are no larger,
+// which appends would pay for.
 func (s *Store) resolve(rec *Record, now time.Time) ResolvedRecord {
 	if rec.Type != linkType {
 		return ResolvedRecord{Event: rec}
 	}
-	n, target, ok := parseLink(rec.Data)
-	if !ok {
-		return ResolvedRecord{Event: rec} // not a link after all
+	var n int64
+	var st *streamState
+	if rec.target != 0 {
+		st, n = s.refs[rec.target], linkNumber(rec.Data)
+	} else {
+		var target []byte
+		var ok bool
+		if n, target, ok = parseLink(rec.Data); !ok {
+			return ResolvedRecord{Event: rec} // not a link after all
+		}
+		st = s.streams[string(target)]
 	}
 	unresolved := ResolvedRecord{Link: rec}
-	st := s.streams[string(target)]
 	if st == nil || st.tombstoned() || st.softDeleted() {
 		return unresolved
 	}
@@ -174,6 +189,19 @@ func parseLink(data []byte) (n int64, stream []byte, ok bool) {
 		n = -n
 	}
 	return n, data[at+1:], true
+}
+
+// linkNumber is the event number of link data that parseLink accepts and
+// that names a non-negative number, as the links the store writes do.
+func linkNumber(data []byte) int64 {
+	var n int64
+	for _, c := range data {
+		if c == '@' {
+			break
+		}
+		n = n*10 + int64(c-'0')
+	}
+	return n
 }
 
 // streamSince serves catch-up stream subscriptions: up to max visible events

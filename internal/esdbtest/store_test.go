@@ -2,6 +2,9 @@ package esdbtest
 
 import (
 	"errors"
+	"fmt"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -125,4 +128,100 @@ func TestResolveLeavesNonLinksAlone(t *testing.T) {
 	if recs[1].Event != nil || recs[1].Link == nil {
 		t.Fatalf("a link to a missing stream must be unresolved: %+v", recs[1])
 	}
+}
+
+// The links the store writes carry their target stream's ref
+// (Record.target), so that resolving them skips the parse and the lookup of
+// its name. They must resolve exactly as their data does, whatever later
+// happens to the target ($tb, $maxCount, soft delete and undelete,
+// tombstone), also when they were read back from the log file, which gives
+// links written by clients a target too.
+func TestLinkTargetsResolveAsTheirData(t *testing.T) {
+	dir := t.TempDir()
+	s, err := NewStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { s.Close() }()
+	reopen := func() {
+		t.Helper()
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if s, err = NewStore(dir); err != nil {
+			t.Fatal(err)
+		}
+	}
+	clientLinks := []string{"1@tgt-2", "-1@tgt-2", "-0@tgt-2", "0@nowhere"}
+	// check compares the resolution of every $ce-tgt link with that of its
+	// data alone, and returns the "<stream>/<n>" of those that resolve.
+	check := func(step string, want ...string) {
+		t.Helper()
+		links, err := s.ReadStream("$ce-tgt", 0, true, 1000, false)
+		if err != nil {
+			t.Fatalf("%s: %v", step, err)
+		}
+		var got []string
+		for _, l := range links {
+			rec := l.Event
+			projected := !strings.Contains(string(rec.Data), "@$$") && !slices.Contains(clientLinks, string(rec.Data))
+			if projected && rec.target == 0 {
+				t.Fatalf("%s: link %q has no target", step, rec.Data)
+			}
+			bare := *rec
+			bare.target = 0
+			r, want := s.Resolve(rec), s.Resolve(&bare)
+			if r.Event != want.Event || r.Link != rec || want.Link != &bare {
+				t.Fatalf("%s: link %q resolves to %+v, its data to %+v", step, rec.Data, r.Event, want.Event)
+			}
+			if r.Event != nil {
+				got = append(got, fmt.Sprintf("%s/%d", r.Event.Stream, r.Event.Number))
+			}
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("%s: resolved %v, want %v", step, got, want)
+		}
+	}
+	if _, err := s.Append("tgt-1", Expected{Kind: ExpectAny}, proposed(5)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Append("tgt-2", Expected{Kind: ExpectAny}, proposed(2)); err != nil {
+		t.Fatal(err)
+	}
+	// Links written by a client: $ce-tgt links to them point at their
+	// targets, which they resolve to.
+	for _, data := range clientLinks {
+		if _, err := s.Append("tgt-3", Expected{Kind: ExpectAny}, []ProposedEvent{{ID: uuid.New(), Type: linkType, Data: []byte(data)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check("written", "tgt-1/0", "tgt-1/1", "tgt-1/2", "tgt-1/3", "tgt-1/4", "tgt-2/0", "tgt-2/1", "tgt-2/1", "tgt-2/0")
+	reopen()
+	check("written and reloaded", "tgt-1/0", "tgt-1/1", "tgt-1/2", "tgt-1/3", "tgt-1/4", "tgt-2/0", "tgt-2/1", "tgt-2/1", "tgt-2/0")
+	setMeta(t, s, "tgt-1", `{"$tb":2}`)
+	check("truncated", "tgt-1/2", "tgt-1/3", "tgt-1/4", "tgt-2/0", "tgt-2/1", "tgt-2/1", "tgt-2/0")
+	setMeta(t, s, "tgt-1", `{"$maxCount":2}`)
+	check("$maxCount", "tgt-1/3", "tgt-1/4", "tgt-2/0", "tgt-2/1", "tgt-2/1", "tgt-2/0")
+	if _, err := s.Delete("tgt-2", Expected{Kind: ExpectAny}); err != nil {
+		t.Fatal(err)
+	}
+	// The deletion link points at the $$tgt-2 event, which resolves.
+	check("soft-deleted", "tgt-1/3", "tgt-1/4", "$$tgt-2/0")
+	if _, err := s.Append("tgt-2", Expected{Kind: ExpectAny}, proposed(1)); err != nil {
+		t.Fatal(err)
+	}
+	// The undelete's $$tgt-2 event hides the deletion's ($maxCount 1).
+	check("undeleted", "tgt-1/3", "tgt-1/4", "tgt-2/2")
+	if _, err := s.TombstoneStream("tgt-1", Expected{Kind: ExpectAny}); err != nil {
+		t.Fatal(err)
+	}
+	check("tombstoned", "tgt-2/2")
+	reopen()
+	check("reloaded", "tgt-2/2")
+	setMeta(t, s, "tgt-2", `{"$tb":3}`)
+	check("truncated after the reload")
+	if _, err := s.Append("nowhere", Expected{Kind: ExpectAny}, proposed(1)); err != nil {
+		t.Fatal(err)
+	}
+	check("link target created after the reload", "nowhere/0")
 }
