@@ -50,18 +50,26 @@ func (t *psOutstanding) hash(id *uuid.UUID) uint64 {
 
 // get returns the message in flight with id, or nil.
 func (t *psOutstanding) get(id uuid.UUID) *psMessage {
-	if t.n == 0 {
-		return nil
+	if i, ok := t.find(&id); ok {
+		return t.slots[i].m
 	}
-	h := t.hash(&id)
+	return nil
+}
+
+// find returns the slot of the message in flight with id.
+func (t *psOutstanding) find(id *uuid.UUID) (uint64, bool) {
+	if t.n == 0 {
+		return 0, false
+	}
+	h := t.hash(id)
 	mask := uint64(len(t.slots) - 1)
 	for i := h >> t.shift; ; i = (i + 1) & mask {
 		sl := &t.slots[i]
 		if sl.m == nil {
-			return nil
+			return 0, false
 		}
-		if sl.h == h && sl.m.id == id {
-			return sl.m
+		if sl.h == h && sl.m.id == *id {
+			return i, true
 		}
 	}
 }
@@ -109,22 +117,13 @@ func (t *psOutstanding) touch(ids []uuid.UUID) uintptr {
 
 // take removes the message in flight with id and returns it, or nil.
 func (t *psOutstanding) take(id uuid.UUID) *psMessage {
-	if t.n == 0 {
+	i, ok := t.find(&id)
+	if !ok {
 		return nil
 	}
-	h := t.hash(&id)
-	mask := uint64(len(t.slots) - 1)
-	for i := h >> t.shift; ; i = (i + 1) & mask {
-		sl := &t.slots[i]
-		if sl.m == nil {
-			return nil
-		}
-		if sl.h == h && sl.m.id == id {
-			m := sl.m
-			t.removeAt(i)
-			return m
-		}
-	}
+	m := t.slots[i].m
+	t.removeAt(i)
+	return m
 }
 
 // removeAt empties slot i, moving later entries of its run back so that
