@@ -74,6 +74,10 @@ func TestRateAndRatio(t *testing.T) {
 	if ratio(30, 0) != 0 || ratio(0, 3) != 0 {
 		t.Error("a ratio with an unknown side must be 0 (shown as -)")
 	}
+	// 5 µs of CPU per event at 300k events/s keeps 1.5 cores busy.
+	if got := coresBusy(5, 300000); math.Abs(got-1.5) > 1e-9 {
+		t.Errorf("coresBusy = %g, want 1.5", got)
+	}
 }
 
 func TestWorkloadLayoutAndIDs(t *testing.T) {

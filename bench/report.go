@@ -38,7 +38,11 @@ type measured struct {
 	// servers) while ditto ran.
 	CPUMicrosPerEvent        float64 `json:"cpu_us_per_event,omitempty"`
 	ServersCPUMicrosPerEvent float64 `json:"servers_cpu_us_per_event,omitempty"`
-	Note                     string  `json:"note,omitempty"`
+	// CoresBusy is the CPU the measured processes used per second of the
+	// run: beside CPU per event, it tells a run that wasted cores (waiting,
+	// or the kernel leaving one idle) from one that needed more work.
+	CoresBusy float64 `json:"cores_busy,omitempty"`
+	Note      string  `json:"note,omitempty"`
 }
 
 type lagFigures struct {

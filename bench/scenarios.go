@@ -191,8 +191,10 @@ func (e *env) raw(ctx context.Context, res *result, w workload, delay time.Durat
 			res.Baseline2 = &measured{Events: w.events, Seconds: took.Seconds(), EventsPerSec: rates[i], CPUMicrosPerEvent: cpu}
 		}
 	}
-	res.Baseline2.Note = fmt.Sprintf("%d per append, %d writer(s); Append %.0f events/s, BatchAppend %.0f events/s, the faster counts; its CPU per event (client and server) %.1f µs",
-		rawBatch, writers, rates[0], rates[1], res.Baseline2.CPUMicrosPerEvent)
+	b2 := res.Baseline2
+	b2.CoresBusy = coresBusy(b2.CPUMicrosPerEvent, b2.EventsPerSec)
+	b2.Note = fmt.Sprintf("%d per append, %d writer(s); Append %.0f events/s, BatchAppend %.0f events/s, the faster counts; its CPU per event (client and server) %.1f µs, cores busy %.2f",
+		rawBatch, writers, rates[0], rates[1], b2.CPUMicrosPerEvent, b2.CoresBusy)
 	return nil
 }
 
@@ -240,10 +242,12 @@ func (e *env) ditto(ctx context.Context, res *result, src *server, w workload, d
 	cpu := d.cpuTime()
 	batch := d.meanBatch(ctx)
 	d.stop()
-	res.Ditto = &measured{Events: w.events, Seconds: took.Seconds(), EventsPerSec: rate(w.events, took), MeanBatch: batch,
-		CPUMicrosPerEvent: perEvent(cpu, w.events), ServersCPUMicrosPerEvent: perEvent(servers, w.events),
-		Note: fmt.Sprintf("first event on the destination after %s; %.1f events per append; CPU per event: ditto %.1f µs, test servers %.1f µs",
-			p.first.Sub(start).Round(time.Millisecond), batch, perEvent(cpu, w.events), perEvent(servers, w.events))}
+	m := &measured{Events: w.events, Seconds: took.Seconds(), EventsPerSec: rate(w.events, took), MeanBatch: batch,
+		CPUMicrosPerEvent: perEvent(cpu, w.events), ServersCPUMicrosPerEvent: perEvent(servers, w.events)}
+	m.CoresBusy = coresBusy(m.CPUMicrosPerEvent+m.ServersCPUMicrosPerEvent, m.EventsPerSec)
+	m.Note = fmt.Sprintf("first event on the destination after %s; %.1f events per append; CPU per event: ditto %.1f µs, test servers %.1f µs; cores busy %.2f",
+		p.first.Sub(start).Round(time.Millisecond), batch, m.CPUMicrosPerEvent, m.ServersCPUMicrosPerEvent, m.CoresBusy)
+	res.Ditto = m
 	e.logf("ditto: %d events in %s: %.0f events/s, %.1f events per append, peak RSS %.1f MiB, CPU/event ditto %.1f µs, servers %.1f µs",
 		w.events, took.Round(time.Millisecond), res.Ditto.EventsPerSec, batch, res.PeakRSSMB, res.Ditto.CPUMicrosPerEvent, res.Ditto.ServersCPUMicrosPerEvent)
 	return nil
@@ -273,6 +277,12 @@ func (e *env) reference(ctx context.Context, res *result, src *server, w workloa
 }
 
 // perEvent is CPU time per event in microseconds.
+// coresBusy is the cores a run kept busy, from its CPU per event (µs) and
+// its rate.
+func coresBusy(cpuPerEvent, eventsPerSec float64) float64 {
+	return cpuPerEvent * eventsPerSec / 1e6
+}
+
 func perEvent(cpu time.Duration, events int) float64 {
 	if events <= 0 {
 		return 0
