@@ -80,6 +80,31 @@ func TestRateAndRatio(t *testing.T) {
 	}
 }
 
+// The two factors of the ratio to the raw limit multiply back to it: here
+// ditto needs twice the raw limit's CPU per event and keeps 0.9 of its
+// busy cores, so it runs at 0.45 of its rate.
+func TestVsB2Factors(t *testing.T) {
+	raw := &measured{EventsPerSec: 300000, CPUMicrosPerEvent: 6}
+	raw.CoresBusy = coresBusy(raw.CPUMicrosPerEvent, raw.EventsPerSec)
+	d := &measured{EventsPerSec: 135000, CPUMicrosPerEvent: 5, ServersCPUMicrosPerEvent: 7}
+	d.CoresBusy = coresBusy(d.CPUMicrosPerEvent+d.ServersCPUMicrosPerEvent, d.EventsPerSec)
+	r := &result{Scenario: "a", Ditto: d, Baseline2: raw}
+	r.evaluate()
+	cpu, busy, ok := r.vsB2Factors()
+	if !ok {
+		t.Fatal("no factors with both runs measured")
+	}
+	if math.Abs(cpu-0.5) > 1e-9 || math.Abs(busy-0.9) > 1e-9 {
+		t.Errorf("factors = %g × %g, want 0.5 × 0.9", cpu, busy)
+	}
+	if math.Abs(cpu*busy-r.VsB2) > 1e-9 {
+		t.Errorf("factors multiply to %g, ratio is %g", cpu*busy, r.VsB2)
+	}
+	if _, _, ok := (&result{Ditto: d}).vsB2Factors(); ok {
+		t.Error("factors without a raw limit")
+	}
+}
+
 func TestWorkloadLayoutAndIDs(t *testing.T) {
 	w := newWorkload(10, 3)
 	if w.stream(4) != "bench-1" || w.number(4) != 1 {

@@ -85,6 +85,17 @@ type result struct {
 	Timeline []tlWindow `json:"timeline,omitempty"`
 }
 
+// vsB2Factors splits the ratio to the raw limit into the ratio of CPU per
+// event and the ratio of busy cores, whose product it is: on a shared
+// machine the second says how much the ratio lost to cores left idle.
+func (r *result) vsB2Factors() (cpu, busy float64, ok bool) {
+	d, b := r.Ditto, r.Baseline2
+	if d == nil || b == nil || d.CoresBusy <= 0 || b.CoresBusy <= 0 {
+		return 0, 0, false
+	}
+	return b.CPUMicrosPerEvent / (d.CPUMicrosPerEvent + d.ServersCPUMicrosPerEvent), d.CoresBusy / b.CoresBusy, true
+}
+
 func eps(m *measured) float64 {
 	if m == nil {
 		return 0
@@ -196,6 +207,9 @@ func (rep *report) print(w io.Writer) {
 		}
 		if r.Baseline2 != nil && r.Baseline2.Note != "" {
 			fmt.Fprintf(w, "      baseline 2: %s\n", r.Baseline2.Note)
+		}
+		if cpu, busy, ok := r.vsB2Factors(); ok {
+			fmt.Fprintf(w, "      ditto / baseline 2 = %.2f (the raw limit's CPU per event over ditto's and the servers') × %.2f (ditto's run's busy cores over the raw limit's)\n", cpu, busy)
 		}
 		if r.Lag != nil {
 			fmt.Fprintf(w, "      lag: %d events offered at %.0f/s, the %d sent after a %.0f ms warm-up measured; max %.1f ms (from just before the source append to arrival on a catch-up subscription to the destination's $ce-bench)\n",
