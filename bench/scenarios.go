@@ -276,13 +276,13 @@ func (e *env) reference(ctx context.Context, res *result, src *server, w workloa
 	return nil
 }
 
-// perEvent is CPU time per event in microseconds.
 // coresBusy is the cores a run kept busy, from its CPU per event (µs) and
 // its rate.
 func coresBusy(cpuPerEvent, eventsPerSec float64) float64 {
 	return cpuPerEvent * eventsPerSec / 1e6
 }
 
+// perEvent is CPU time per event in microseconds.
 func perEvent(cpu time.Duration, events int) float64 {
 	if events <= 0 {
 		return 0
