@@ -156,8 +156,8 @@ func TestParseProc(t *testing.T) {
 	}
 	// The command name may contain spaces and parentheses.
 	stat := []byte("1234 (dit to) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 8 0 1000 1000000 2000")
-	if got, err := parseStatCPU(stat); err != nil || got != 3*time.Second {
-		t.Errorf("parseStatCPU = %s, %v; want 3s (300 ticks)", got, err)
+	if got, err := parseStat(stat); err != nil || got.cpu != 3*time.Second || got.faults != 100 {
+		t.Errorf("parseStat = %+v, %v; want 3s (300 ticks) and 100 faults", got, err)
 	}
 }
 

@@ -345,43 +345,49 @@ func (d *ditto) stop() {
 	}
 }
 
-// cpuTime is the CPU time (user + system) the process has used so far, or
-// 0 if unknown.
-func (d *ditto) cpuTime() time.Duration {
+// usage is what /proc/PID/stat says a process has used so far: CPU time
+// (user + system) and minor page faults.
+type usage struct {
+	cpu    time.Duration
+	faults int64
+}
+
+// usage reads the process's usage, zero if unknown.
+func (d *ditto) usage() usage {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(d.cmd.Process.Pid) + "/stat")
 	if err != nil {
-		return 0
+		return usage{}
 	}
-	t, _ := parseStatCPU(b)
-	return t
+	u, _ := parseStat(b)
+	return u
 }
 
 // clockTick is USER_HZ, the unit of /proc/PID/stat times: 100 on every
 // Linux architecture Go supports.
 const clockTick = 10 * time.Millisecond
 
-// parseStatCPU returns utime + stime from the contents of /proc/PID/stat.
-// The command name (field 2) may contain spaces, so fields are counted from
-// the last ')'.
-func parseStatCPU(stat []byte) (time.Duration, error) {
+// parseStat returns minflt, utime and stime from the contents of
+// /proc/PID/stat. The command name (field 2) may contain spaces, so fields
+// are counted from the last ')'.
+func parseStat(stat []byte) (usage, error) {
 	i := bytes.LastIndexByte(stat, ')')
 	if i < 0 {
-		return 0, errors.New("no ')' in stat")
+		return usage{}, errors.New("no ')' in stat")
 	}
 	f := strings.Fields(string(stat[i+1:]))
-	// f[0] is field 3 (state); utime and stime are fields 14 and 15.
+	// f[0] is field 3 (state); minflt is field 10, utime and stime 14 and 15.
 	if len(f) < 13 {
-		return 0, fmt.Errorf("stat has %d fields after the name", len(f))
+		return usage{}, fmt.Errorf("stat has %d fields after the name", len(f))
 	}
-	var total int64
-	for _, s := range f[11:13] {
-		n, err := strconv.ParseInt(s, 10, 64)
+	var n [3]int64
+	for k, s := range []string{f[7], f[11], f[12]} {
+		v, err := strconv.ParseInt(s, 10, 64)
 		if err != nil {
-			return 0, fmt.Errorf("stat: %w", err)
+			return usage{}, fmt.Errorf("stat: %w", err)
 		}
-		total += n
+		n[k] = v
 	}
-	return time.Duration(total) * clockTick, nil
+	return usage{cpu: time.Duration(n[1]+n[2]) * clockTick, faults: n[0]}, nil
 }
 
 // selfCPU is this process's CPU time (user + system) so far.

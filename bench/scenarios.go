@@ -239,17 +239,17 @@ func (e *env) ditto(ctx context.Context, res *result, src *server, w workload, d
 	if tl != nil {
 		res.Timeline = tl.windows(timelineWindow)
 	}
-	cpu := d.cpuTime()
+	u := d.usage()
 	batch := d.meanBatch(ctx)
 	d.stop()
 	m := &measured{Events: w.events, Seconds: took.Seconds(), EventsPerSec: rate(w.events, took), MeanBatch: batch,
-		CPUMicrosPerEvent: perEvent(cpu, w.events), ServersCPUMicrosPerEvent: perEvent(servers, w.events)}
+		CPUMicrosPerEvent: perEvent(u.cpu, w.events), ServersCPUMicrosPerEvent: perEvent(servers, w.events), PageFaults: u.faults}
 	m.CoresBusy = coresBusy(m.CPUMicrosPerEvent+m.ServersCPUMicrosPerEvent, m.EventsPerSec)
-	m.Note = fmt.Sprintf("first event on the destination after %s; %.1f events per append; CPU per event: ditto %.1f µs, test servers %.1f µs; cores busy %.2f",
-		p.first.Sub(start).Round(time.Millisecond), batch, m.CPUMicrosPerEvent, m.ServersCPUMicrosPerEvent, m.CoresBusy)
+	m.Note = fmt.Sprintf("first event on the destination after %s; %.1f events per append; CPU per event: ditto %.1f µs, test servers %.1f µs; cores busy %.2f; ditto's page faults %d",
+		p.first.Sub(start).Round(time.Millisecond), batch, m.CPUMicrosPerEvent, m.ServersCPUMicrosPerEvent, m.CoresBusy, u.faults)
 	res.Ditto = m
-	e.logf("ditto: %d events in %s: %.0f events/s, %.1f events per append, peak RSS %.1f MiB, CPU/event ditto %.1f µs, servers %.1f µs",
-		w.events, took.Round(time.Millisecond), res.Ditto.EventsPerSec, batch, res.PeakRSSMB, res.Ditto.CPUMicrosPerEvent, res.Ditto.ServersCPUMicrosPerEvent)
+	e.logf("ditto: %d events in %s: %.0f events/s, %.1f events per append, peak RSS %.1f MiB, CPU/event ditto %.1f µs, servers %.1f µs, page faults %d",
+		w.events, took.Round(time.Millisecond), res.Ditto.EventsPerSec, batch, res.PeakRSSMB, res.Ditto.CPUMicrosPerEvent, res.Ditto.ServersCPUMicrosPerEvent, u.faults)
 	return nil
 }
 
