@@ -281,7 +281,10 @@ func (l *lane) add(ev sinks.Event, d *consumer.Delivery) {
 // work is one writer: it takes a ready lane, writes its next batch, and
 // settles the outcome, until the replicator closes.
 func (r *Replicator) work(ctx context.Context) {
-	events := make([]sinks.Event, 0, r.opts.BatchMaxEvents)
+	// events grows to the largest batch this writer has written and is
+	// reused: sized to BatchMaxEvents up front, the writers' slices were
+	// megabytes to clear at start, when batches are small.
+	var events []sinks.Event
 	for {
 		r.mu.Lock()
 		for len(r.ready) == 0 && !r.closing {

@@ -4,8 +4,9 @@ package hugepages
 
 import (
 	"fmt"
+	"math"
 	"os"
-	"runtime"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
@@ -18,20 +19,30 @@ import (
 // all). It reports whether it marked anything.
 //
 // Go offers no way to advise its heap, so Heap has the runtime map the
-// space itself: it allocates one block of size bytes (fresh memory, which
-// the runtime neither zeroes nor touches), marks the block's whole huge
-// pages with madvise(MADV_HUGEPAGE), drops it and collects it. The space
-// stays mapped and marked, and the heap's next allocations, which the
-// runtime takes at the lowest free addresses, come from it. Call it early,
-// before the heap has grown: it costs a few milliseconds and two
-// collections of a small heap. Resident memory is not raised by the size,
-// only rounded up to whole huge pages where the heap touches them.
+// space itself: with the collector off, it allocates one block of size
+// bytes (fresh memory, which the runtime neither zeroes nor touches), marks
+// the block's whole huge pages with madvise(MADV_HUGEPAGE) and drops it.
+// No collection sees the block live, so it does not raise the heap's goal;
+// the next one frees it. The space stays mapped and marked, and the heap's
+// next allocations, which the runtime takes at the lowest free addresses,
+// come from it. Call it early, before the heap has grown; it takes about a
+// millisecond. Resident memory is not raised by the size, only rounded up
+// to whole huge pages where the heap touches them. Under a memory limit
+// (GOMEMLIMIT) the block is at most a quarter of the limit, which would
+// otherwise collect while the block is live.
 func Heap(size int) (bool, error) {
-	if Mode() != "madvise" || size <= 0 {
+	if Mode() != "madvise" {
 		return false, nil
 	}
+	if limit := debug.SetMemoryLimit(-1); limit < math.MaxInt64 {
+		size = min(size, int(limit/4))
+	}
+	if size <= 0 {
+		return false, nil
+	}
+	gc := debug.SetGCPercent(-1)
 	beg, end, err := advise(size)
-	runtime.GC()
+	debug.SetGCPercent(gc)
 	return end > beg && err == nil, err
 }
 

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/metrics"
 	"strconv"
 	"strings"
 	"syscall"
@@ -112,7 +113,7 @@ func TestAdviseMarksTheBlock(t *testing.T) {
 	}
 }
 
-// helperEnv makes the test binary run helperHeap instead of the tests.
+// helperEnv makes the test binary run TestHelperHeap in a process of its own.
 const helperEnv = "DITTO_HUGEPAGES_HELPER"
 
 // TestHeapServesLaterAllocations checks what Heap is for, in a fresh
@@ -143,15 +144,18 @@ func TestHeapServesLaterAllocations(t *testing.T) {
 	}
 }
 
-// TestHelperHeap is the process TestHeapServesLaterAllocations starts.
+// TestHelperHeap is the process TestHeapServesLaterAllocations starts. It
+// also fails if the block Heap allocates was live at a collection, which
+// would have raised the heap's goal above it.
 func TestHelperHeap(t *testing.T) {
 	mode := os.Getenv(helperEnv)
 	if mode == "" {
 		t.Skip("run by TestHeapServesLaterAllocations")
 	}
+	const size = 256 << 20
 	before := hugeKiB(smaps(t))
 	if mode == "heap" {
-		if ok, err := Heap(64 << 20); err != nil || !ok {
+		if ok, err := Heap(size); err != nil || !ok {
 			t.Fatalf("Heap = %v, %v; want true, nil", ok, err)
 		}
 	}
@@ -160,6 +164,11 @@ func TestHelperHeap(t *testing.T) {
 		b := make([]byte, 1000)
 		b[0] = 1
 		keep = append(keep, b)
+	}
+	s := []metrics.Sample{{Name: "/gc/heap/goal:bytes"}}
+	metrics.Read(s)
+	if goal := s[0].Value.Uint64(); goal >= size {
+		t.Errorf("heap goal %d MiB after Heap(%d MiB) and 32 MB of allocations; the block was counted live", goal>>20, size>>20)
 	}
 	fmt.Printf("huge pages grew %d KiB\n", hugeKiB(smaps(t))-before)
 	runtime.KeepAlive(keep)
