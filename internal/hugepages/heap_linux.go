@@ -28,8 +28,8 @@ import (
 // come from it. Call it early, before the heap has grown; it takes about a
 // millisecond. Resident memory is not raised by the size, only rounded up
 // to whole huge pages where the heap touches them. Under a memory limit
-// (GOMEMLIMIT) the block is at most a quarter of the limit, which would
-// otherwise collect while the block is live.
+// (GOMEMLIMIT), which makes the runtime collect even with the collector
+// off, the block is at most a quarter of the limit.
 func Heap(size int) (bool, error) {
 	if Mode() != "madvise" {
 		return false, nil
