@@ -63,10 +63,13 @@ func advise(size int) (beg, end uintptr, err error) {
 	return beg, end, nil
 }
 
+// pageSizeFile holds the size of a transparent huge page in bytes.
+const pageSizeFile = "/sys/kernel/mm/transparent_hugepage/hpage_pmd_size"
+
 // pageSize is the size of a transparent huge page, 2 MiB unless the
 // kernel says otherwise.
 func pageSize() uintptr {
-	if b, err := os.ReadFile("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size"); err == nil {
+	if b, err := os.ReadFile(pageSizeFile); err == nil {
 		if n, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64); err == nil && n > 0 && n&(n-1) == 0 {
 			return uintptr(n)
 		}

@@ -130,8 +130,8 @@ func TestHeapServesLaterAllocations(t *testing.T) {
 			t.Fatalf("helper (%s): %v\n%s", mode, err, out)
 		}
 		_, v, ok := strings.Cut(string(out), "grew ")
-		kib, err := strconv.ParseInt(strings.Fields(v + " x")[0], 10, 64)
-		if !ok || err != nil {
+		var kib int64
+		if _, err := fmt.Sscanf(v, "%d", &kib); !ok || err != nil {
 			t.Fatalf("helper (%s) printed no figure:\n%s", mode, out)
 		}
 		return kib
