@@ -171,6 +171,18 @@ func TestMeanFromMetrics(t *testing.T) {
 	}
 }
 
+func TestTwoLimits(t *testing.T) {
+	r := &result{Ditto: &measured{CPUMicrosPerEvent: 5, ServersCPUMicrosPerEvent: 6},
+		Baseline2: &measured{CPUMicrosPerEvent: 4.5}, Baseline3: &measured{CPUMicrosPerEvent: 3.5}}
+	two, excess, ok := r.twoLimits()
+	if !ok || math.Abs(two-4.5/8) > 1e-9 || math.Abs(excess-3) > 1e-9 {
+		t.Errorf("twoLimits = %g, %g, %v; want 0.5625, 3, true", two, excess, ok)
+	}
+	if _, _, ok := (&result{Baseline2: r.Baseline2}).twoLimits(); ok {
+		t.Error("twoLimits without a source limit")
+	}
+}
+
 func TestTargets(t *testing.T) {
 	r := &result{Scenario: "a", Ditto: &measured{EventsPerSec: 30000}, Baseline1: &measured{EventsPerSec: 2000}, Baseline2: &measured{EventsPerSec: 100000}}
 	r.evaluate()
@@ -245,6 +257,16 @@ func TestBaselinesReplicate(t *testing.T) {
 			t.Fatalf("batchAppend %v: %v", batchAppend, err)
 		}
 		checkCopy(t, dst2.Store(), w)
+	}
+
+	if err := createGroup(ctx, admin, "source-limit"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sourceLimit(ctx, src.ConnectionString(), "source-limit", w.events, 8, 30*time.Second); err != nil {
+		t.Errorf("baseline 3: %v", err)
+	}
+	if _, err := sourceLimit(ctx, src.ConnectionString(), "no-such-group", w.events, 8, 30*time.Second); err == nil {
+		t.Error("baseline 3 on a missing group must fail")
 	}
 
 	// A destination that never fills up is reported, not waited on forever.

@@ -34,6 +34,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -127,6 +128,17 @@ func median(runs []*result) *result {
 	return m
 }
 
+// bufferSize is the subscription buffer ditto runs with: DITTO_BUFFER_SIZE
+// from the environment, else the built binary's default.
+func bufferSize(defaults map[string]string) int {
+	for _, v := range []string{os.Getenv("DITTO_BUFFER_SIZE"), defaults["DITTO_BUFFER_SIZE"]} {
+		if n, err := strconv.Atoi(v); err == nil && n > 0 {
+			return n
+		}
+	}
+	return 10000
+}
+
 func run(args []string, stdout, stderr io.Writer) int {
 	cfg, err := parseFlags(args, stderr)
 	if err != nil {
@@ -160,7 +172,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		Cores: runtime.NumCPU(), GOMAXPROCS: runtime.GOMAXPROCS(0), GoVersion: runtime.Version(),
 		Scale: cfg.scale, Repeat: cfg.repeat, Started: time.Now().UTC(), DittoEnv: tuningVars(), DittoDefaults: dittoDefaults(ctx, bin),
 	}
-	env := &env{bin: bin, dir: dir, scale: cfg.scale, log: stderr, cpuprof: cfg.cpuprof, timeline: cfg.timeline}
+	env := &env{bin: bin, dir: dir, scale: cfg.scale, log: stderr, cpuprof: cfg.cpuprof, timeline: cfg.timeline,
+		buffer: bufferSize(rep.DittoDefaults)}
 	failed := false
 	for _, name := range cfg.scenarios {
 		if ctx.Err() != nil {

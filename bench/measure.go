@@ -12,10 +12,14 @@ import (
 	"github.com/EventStore/EventStore-Client-Go/v4/protos/shared"
 	streamspb "github.com/EventStore/EventStore-Client-Go/v4/protos/streams"
 	"github.com/google/uuid"
+	"github.com/rs/zerolog"
 	"google.golang.org/protobuf/types/known/emptypb"
 
+	dittoconfig "github.com/ditto-replicator/ditto/config"
+	"github.com/ditto-replicator/ditto/consumer"
 	"github.com/ditto-replicator/ditto/internal/esdbconn"
 	"github.com/ditto-replicator/ditto/internal/esdbtest"
+	"github.com/ditto-replicator/ditto/internal/metrics"
 )
 
 // pollEvery is how often the destination is polled for progress; the
@@ -137,6 +141,51 @@ func baseline1(ctx context.Context, source, destination string, group string, sa
 	}
 	res.elapsed = time.Since(start)
 	return res, nil
+}
+
+// sourceLimit is the source's own limit (baseline 3): the workload read
+// through a group of its own with ditto's consumer (its default buffer of
+// bufferSize events in flight) and acked in hundreds (or whole buffers,
+// if smaller), written nowhere. Its
+// CPU per event is what a replicator pays on this machine before it writes
+// anything: the source's deliveries, receiving them and acking them.
+func sourceLimit(ctx context.Context, source, group string, events, bufferSize int, limit time.Duration) (time.Duration, error) {
+	conf, err := esdb.ParseConnectionString(source)
+	if err != nil {
+		return 0, err
+	}
+	client, err := newClient(source)
+	if err != nil {
+		return 0, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	start := time.Now()
+	c := consumer.New(client, []dittoconfig.Subscription{{Stream: "$ce-" + category, Group: group}}, metrics.New(),
+		consumer.Options{Config: conf, BufferSize: bufferSize}, zerolog.Nop())
+	defer c.Close()
+	ackEvery := min(rawBatch, bufferSize)
+	out := make(chan *consumer.Delivery, ackEvery)
+	ran := make(chan error, 1)
+	go func() { ran <- c.Run(ctx, out) }()
+	acks := make([]*consumer.Delivery, 0, ackEvery)
+	for n := 0; n < events; n++ {
+		select {
+		case d := <-out:
+			acks = append(acks, d)
+		case err := <-ran:
+			return 0, fmt.Errorf("baseline 3: the consumer stopped after %d events: %w", n, err)
+		case <-ctx.Done():
+			return 0, fmt.Errorf("baseline 3: %d of %d events within %s", n, events, limit)
+		}
+		if len(acks) == ackEvery || n == events-1 {
+			if err := consumer.Ack(acks); err != nil {
+				return 0, fmt.Errorf("baseline 3: ack: %w", err)
+			}
+			acks = acks[:0]
+		}
+	}
+	return time.Since(start), nil
 }
 
 // baseline2 is the destination's own limit: the workload appended straight

@@ -76,6 +76,7 @@ type result struct {
 	Ditto     *measured   `json:"ditto,omitempty"`
 	Baseline1 *measured   `json:"baseline1,omitempty"` // benfoster/ditto's algorithm
 	Baseline2 *measured   `json:"baseline2,omitempty"` // raw destination limit
+	Baseline3 *measured   `json:"baseline3,omitempty"` // the source's own limit
 	VsB1      float64     `json:"ratio_to_baseline1,omitempty"`
 	VsB2      float64     `json:"ratio_to_baseline2,omitempty"`
 	Lag       *lagFigures `json:"lag,omitempty"`
@@ -105,6 +106,24 @@ func eps(m *measured) float64 {
 		return 0
 	}
 	return m.EventsPerSec
+}
+
+// twoLimits is the raw limit's CPU per event over its sum with the source
+// limit's: the ratio to the raw limit of a replicator whose run cost no more
+// than the two limits' work together, on cores as busy as the raw limit's.
+// The source's deliveries, receiving and acking them are work the raw limit
+// never does and a replicator cannot skip. excess is what ditto's run took
+// per event beyond the two.
+func (r *result) twoLimits() (ratio, excess float64, ok bool) {
+	b2, b3 := r.Baseline2, r.Baseline3
+	if b2 == nil || b3 == nil || b2.CPUMicrosPerEvent <= 0 || b3.CPUMicrosPerEvent <= 0 {
+		return 0, 0, false
+	}
+	ratio = b2.CPUMicrosPerEvent / (b2.CPUMicrosPerEvent + b3.CPUMicrosPerEvent)
+	if d := r.Ditto; d != nil && d.CPUMicrosPerEvent > 0 {
+		excess = d.CPUMicrosPerEvent + d.ServersCPUMicrosPerEvent - b2.CPUMicrosPerEvent - b3.CPUMicrosPerEvent
+	}
+	return ratio, excess, true
 }
 
 // evaluate computes the ratios and checks the scenario's targets. A target
@@ -212,6 +231,12 @@ func (rep *report) print(w io.Writer) {
 		if r.Baseline2 != nil && r.Baseline2.Note != "" {
 			fmt.Fprintf(w, "      baseline 2: %s\n", r.Baseline2.Note)
 		}
+		if r.Baseline3 != nil && r.Baseline3.Note != "" {
+			fmt.Fprintf(w, "      baseline 3: %.0f events/s; %s\n", r.Baseline3.EventsPerSec, r.Baseline3.Note)
+		}
+		if two, excess, ok := r.twoLimits(); ok {
+			fmt.Fprintf(w, "      the raw limit's CPU per event over its sum with baseline 3's: %.2f (ditto / baseline 2 for a run that cost no more than both limits' work); ditto's run took %+.1f µs per event beyond that work\n", two, excess)
+		}
 		if cpu, busy, ok := r.vsB2Factors(); ok {
 			fmt.Fprintf(w, "      ditto / baseline 2 = %.2f (the raw limit's CPU per event over ditto's and the servers') × %.2f (ditto's run's busy cores over the raw limit's)\n", cpu, busy)
 		}
@@ -239,6 +264,7 @@ func (rep *report) print(w io.Writer) {
 	}
 	fmt.Fprintln(w, "  baseline 1 = benfoster/ditto's algorithm (buffer 10, one append per event with expected version n-1, sequential, ack after each write);")
 	fmt.Fprintln(w, "  baseline 2 = the raw destination limit (the same events appended directly, no subscription).")
+	fmt.Fprintln(w, "  baseline 3 = the source limit (the same events read through a group of their own with ditto's consumer and acked, written nowhere).")
 	fmt.Fprintln(w, "  CPU µs/ev: CPU time per event of the ditto process + of this process (both test servers) while ditto ran.")
 }
 

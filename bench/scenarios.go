@@ -22,6 +22,9 @@ type env struct {
 	cpuprof string
 	// timeline records each ditto run in windows (see timeline).
 	timeline bool
+	// buffer is ditto's subscription buffer size in these runs, which the
+	// source limit (baseline 3) reads with too.
+	buffer int
 }
 
 // profile starts the CPU profile if asked for; the returned func stops it.
@@ -116,7 +119,7 @@ func throughput(ctx context.Context, e *env, events, streams int, delay time.Dur
 	defer admin.Close()
 	groups := []string{"ditto-bench"}
 	if baselines {
-		groups = append(groups, "baseline-1")
+		groups = append(groups, "baseline-1", "source-limit")
 	}
 	for _, g := range groups {
 		if err := createGroup(ctx, admin, g); err != nil {
@@ -126,6 +129,9 @@ func throughput(ctx context.Context, e *env, events, streams int, delay time.Dur
 
 	if baselines {
 		if err := e.raw(ctx, res, w, delay); err != nil {
+			return res, err
+		}
+		if err := e.source(ctx, res, src, w); err != nil {
 			return res, err
 		}
 	}
@@ -195,6 +201,25 @@ func (e *env) raw(ctx context.Context, res *result, w workload, delay time.Durat
 	b2.CoresBusy = coresBusy(b2.CPUMicrosPerEvent, b2.EventsPerSec)
 	b2.Note = fmt.Sprintf("%d per append, %d writer(s); Append %.0f events/s, BatchAppend %.0f events/s, the faster counts; its CPU per event (client and server) %.1f µs, cores busy %.2f",
 		rawBatch, writers, rates[0], rates[1], b2.CPUMicrosPerEvent, b2.CoresBusy)
+	return nil
+}
+
+// source measures baseline 3, the source's own limit, on a group of its
+// own with ditto's buffer size.
+func (e *env) source(ctx context.Context, res *result, src *server, w workload) error {
+	e.collect()
+	selfStart := selfCPU()
+	took, err := sourceLimit(ctx, src.conn(), "source-limit", w.events, e.buffer, 10*time.Minute)
+	if err != nil {
+		return err
+	}
+	m := &measured{Events: w.events, Seconds: took.Seconds(), EventsPerSec: rate(w.events, took),
+		CPUMicrosPerEvent: perEvent(selfCPU()-selfStart, w.events)}
+	m.CoresBusy = coresBusy(m.CPUMicrosPerEvent, m.EventsPerSec)
+	m.Note = fmt.Sprintf("read with ditto's consumer, %d in flight, acked in hundreds, written nowhere; its CPU per event (source and reader) %.1f µs, cores busy %.2f",
+		e.buffer, m.CPUMicrosPerEvent, m.CoresBusy)
+	res.Baseline3 = m
+	e.logf("baseline 3 (source limit): %d events in %s: %.0f events/s, CPU/event %.1f µs", w.events, took.Round(time.Millisecond), m.EventsPerSec, m.CPUMicrosPerEvent)
 	return nil
 }
 
