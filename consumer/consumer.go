@@ -30,11 +30,23 @@ import (
 
 // Delivery is one event received from a subscription.
 type Delivery struct {
-	Event      *esdb.ResolvedEvent
+	Event      *esdb.ResolvedEvent // nil after Release
 	RetryCount int
 	Sub        *Subscription
 	conn       *conn
+	id         uuid.UUID // of the delivered record (the link, for a resolved link), which acks name
+	number     uint64    // of the delivered record, in the subscription's stream
 }
+
+// OriginalNumber is the delivered record's event number in the
+// subscription's stream: the link's, for a resolved link.
+func (d *Delivery) OriginalNumber() uint64 { return d.number }
+
+// Release drops the decoded event; acks and nacks still work. A delivery
+// waits in memory until it is settled, and the decoded event with its two
+// records is a third of what it holds: a caller that has taken what it
+// needs releases it.
+func (d *Delivery) Release() { d.Event = nil }
 
 // Subscription is one subscription group and its bound metrics.
 type Subscription struct {
@@ -317,14 +329,15 @@ func (c *Consumer) receive(ctx context.Context, s *Subscription, cn *conn, out c
 			if m.Event == nil {
 				continue
 			}
-			if m.Event.OriginalEvent() == nil {
+			orig := m.Event.OriginalEvent()
+			if orig == nil {
 				// Nothing to write and no id to ack it by.
 				c.log.Error().Str("stream", s.Stream).Str("group", s.Group).Msg("the source delivered a message with no record; ignored")
 				continue
 			}
 			received.Store(true)
 			s.Metrics.Received.Inc()
-			d := &Delivery{Event: m.Event, RetryCount: m.RetryCount, Sub: s, conn: cn}
+			d := &Delivery{Event: m.Event, RetryCount: m.RetryCount, Sub: s, conn: cn, id: orig.EventID, number: orig.EventNumber}
 			// A select on both channels locks both for every event: look
 			// at ctx and try the send on their own first, each costing
 			// next to nothing when it cannot go ahead.
@@ -443,7 +456,7 @@ func oneMessage(ds []*Delivery) bool {
 func eventIDs(ds []*Delivery) []uuid.UUID {
 	ids := make([]uuid.UUID, len(ds))
 	for i, d := range ds {
-		ids[i] = d.Event.OriginalEvent().EventID
+		ids[i] = d.id
 	}
 	return ids
 }

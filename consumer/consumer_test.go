@@ -177,6 +177,15 @@ func TestAckAndNack(t *testing.T) {
 	}
 	_, out, _ := run(t, client, conf, "$ce-acks", "ditto", true)
 	ds := receive(t, out, 3)
+	// Settling needs nothing of the decoded event: release it first.
+	ids, events := make([]uuid.UUID, len(ds)), make([]uuid.UUID, len(ds))
+	for i, d := range ds {
+		ids[i], events[i] = d.Event.OriginalEvent().EventID, d.Event.Event.EventID
+		if d.OriginalNumber() != d.Event.OriginalEvent().EventNumber || d.OriginalNumber() != uint64(i) {
+			t.Errorf("delivery %d: OriginalNumber %d, the link's number %d", i, d.OriginalNumber(), d.Event.OriginalEvent().EventNumber)
+		}
+		d.Release()
+	}
 	if err := Ack(ds[:1]); err != nil {
 		t.Fatal(err)
 	}
@@ -187,8 +196,8 @@ func TestAckAndNack(t *testing.T) {
 		t.Fatal(err)
 	}
 	again := receive(t, out, 1)[0]
-	if again.Event.OriginalEvent().EventID != ds[2].Event.OriginalEvent().EventID || again.RetryCount != 1 {
-		t.Fatalf("redelivered %v with retry count %d; want %v with 1", again.Event.OriginalEvent().EventID, again.RetryCount, ds[2].Event.OriginalEvent().EventID)
+	if again.Event.OriginalEvent().EventID != ids[2] || again.RetryCount != 1 {
+		t.Fatalf("redelivered %v with retry count %d; want %v with 1", again.Event.OriginalEvent().EventID, again.RetryCount, ids[2])
 	}
 	if err := Ack([]*Delivery{again}); err != nil {
 		t.Fatal(err)
@@ -202,8 +211,8 @@ func TestAckAndNack(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ev.OriginalEvent().EventID != ds[1].Event.OriginalEvent().EventID && (ev.Event == nil || ev.Event.EventID != ds[1].Event.Event.EventID) {
-		t.Fatalf("parked %v, want %v", ev.OriginalEvent().EventID, ds[1].Event.OriginalEvent().EventID)
+	if ev.OriginalEvent().EventID != ids[1] && (ev.Event == nil || ev.Event.EventID != events[1]) {
+		t.Fatalf("parked %v, want %v", ev.OriginalEvent().EventID, ids[1])
 	}
 	if ev.Link == nil || !strings.Contains(string(ev.Link.UserMetadata), "bad \uFFFD event") {
 		t.Fatalf("parked with metadata %+v; want the reason with U+FFFD for the bad byte", ev.Link)

@@ -244,6 +244,9 @@ func (r *Replicator) dispatch(d *consumer.Delivery) {
 	}
 	ev := sinks.Event{Stream: rec.StreamID, Number: rec.EventNumber, ID: rec.EventID, Type: rec.EventType,
 		ContentType: rec.ContentType, Data: rec.Data, Metadata: rec.UserMetadata, Created: rec.CreatedDate}
+	// ev is all the lane needs: while the delivery waits for its ack it
+	// keeps the event's bytes, not the decoded records.
+	d.Release()
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.inflight++
@@ -410,18 +413,18 @@ func (r *Replicator) acked(l *lane, items []*item, took time.Duration) {
 	}
 	sub.Metrics.Processed.Add(float64(n))
 	last := items[len(items)-1].ds[0]
-	last.Sub.Metrics.CurrentEvent.Set(float64(last.Event.OriginalEvent().EventNumber))
+	last.Sub.Metrics.CurrentEvent.Set(float64(last.OriginalNumber()))
 	r.m.BatchSize.Observe(float64(len(items)))
 	r.ack(ds)
 	if e := r.log.Debug(); e.Enabled() {
 		first := items[0]
 		e.Str("type", first.ev.Type).Str("stream", l.stream).
 			Uint64("from", first.ev.Number).Uint64("to", items[len(items)-1].ev.Number).
-			Uint64("originalFrom", first.ds[0].Event.OriginalEvent().EventNumber).
+			Uint64("originalFrom", first.ds[0].OriginalNumber()).
 			Int("events", len(items)).Dur("took", took).
 			Msg(fmt.Sprintf("Replicating %s #%d..#%d from %s (Original Event: #%d) completed in %.1f ms",
 				first.ev.Type, first.ev.Number, items[len(items)-1].ev.Number, l.stream,
-				first.ds[0].Event.OriginalEvent().EventNumber, float64(took.Microseconds())/1000))
+				first.ds[0].OriginalNumber(), float64(took.Microseconds())/1000))
 	}
 }
 
@@ -503,7 +506,7 @@ func (r *Replicator) logFailure(level zerolog.Level, l *lane, rest []*item, we *
 	first := rest[0]
 	e.Str("stream", l.stream).Uint64("from", first.ev.Number).Uint64("to", rest[len(rest)-1].ev.Number).
 		Str("eventId", first.ev.ID.String()).Str("subscription", first.ds[0].Sub.String()).
-		Uint64("originalNumber", first.ds[0].Event.OriginalEvent().EventNumber).
+		Uint64("originalNumber", first.ds[0].OriginalNumber()).
 		Str("kind", we.Kind.String()).Str("reason", we.Reason).AnErr("error", we.Err).Msg(msg)
 }
 
