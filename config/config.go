@@ -30,7 +30,7 @@ type Config struct {
 	DestinationConnectionString string        `envconfig:"DESTINATION_CONNECTION_STRING" secret:"true" desc:"Connection string of the destination cluster; required for the eventstore sink."`
 	Subscriptions               string        `envconfig:"SUBSCRIPTIONS" ditto:"required" desc:"Comma-separated stream:group pairs to read, e.g. $ce-customer:ditto-customer,$ce-order:ditto-order. Escape a literal ',' or ':' in a name with a backslash."`
 	Sink                        string        `envconfig:"SINK" default:"eventstore" desc:"Where events go: eventstore (append to the original stream on the destination) or stdout (one JSON line per event)."`
-	BufferSize                  int           `envconfig:"BUFFER_SIZE" default:"10000" desc:"Persistent-subscription buffer size: events in flight per consumer connection (1-10000). Batches can only be as large as the events of one stream among those in flight, so with many interleaved streams a larger buffer means fewer, larger appends; memory grows with buffer size times event size."`
+	BufferSize                  int           `envconfig:"BUFFER_SIZE" default:"10000" desc:"Persistent-subscription buffer size: events in flight per consumer connection (1-100000). Batches can only be as large as the events of one stream among those in flight, so with many interleaved streams a larger buffer means fewer, larger appends; memory grows by about 700 bytes plus the event's data and metadata per event in flight, and an event waits about buffer size / write rate before it is written, so keep that well below the group's message timeout."`
 	ConsumersPerSubscription    int           `envconfig:"CONSUMERS_PER_SUBSCRIPTION" default:"1" desc:"Consumer connections per subscription group in this process (1-64)."`
 	SkipVersionCheck            bool          `envconfig:"SKIP_VERSION_CHECK" default:"false" desc:"Append with expected revision any instead of n-1. Needed when the destination does not start from the same event numbers; loses the ordering guarantee across processes."`
 	ReplicationThrottleInterval time.Duration `envconfig:"REPLICATION_THROTTLE_INTERVAL" default:"0s" desc:"Minimum pause between two writes of this process, to spare the destination (0 = no throttle)."`
@@ -143,7 +143,7 @@ func (c *Config) validate() []string {
 			bad(name, "=%d is out of range: expected %d to %d", v, lo, hi)
 		}
 	}
-	intRange("BUFFER_SIZE", c.BufferSize, 1, 10000)
+	intRange("BUFFER_SIZE", c.BufferSize, 1, 100000)
 	intRange("CONSUMERS_PER_SUBSCRIPTION", c.ConsumersPerSubscription, 1, 64)
 	intRange("WRITERS", c.Writers, 1, 1024)
 	intRange("BATCH_MAX_EVENTS", c.BatchMaxEvents, 1, 10000)

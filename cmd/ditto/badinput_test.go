@@ -52,7 +52,7 @@ var badConfig = []struct {
 	{"DITTO_SUBSCRIPTIONS only commas", map[string]string{"DITTO_SUBSCRIPTIONS": ",,"}, 2, []string{"DITTO_SUBSCRIPTIONS"}},
 	{"DITTO_SINK unknown", map[string]string{"DITTO_SINK": "kafka2"}, 2, []string{`DITTO_SINK="kafka2" is not a known sink`}},
 	{"DITTO_BUFFER_SIZE not a number", map[string]string{"DITTO_BUFFER_SIZE": "ten"}, 2, []string{`DITTO_BUFFER_SIZE="ten" is not a valid integer`}},
-	{"DITTO_BUFFER_SIZE out of range", map[string]string{"DITTO_BUFFER_SIZE": "0"}, 2, []string{"DITTO_BUFFER_SIZE=0 is out of range: expected 1 to 10000"}},
+	{"DITTO_BUFFER_SIZE out of range", map[string]string{"DITTO_BUFFER_SIZE": "0"}, 2, []string{"DITTO_BUFFER_SIZE=0 is out of range: expected 1 to 100000"}},
 	{"DITTO_CONSUMERS_PER_SUBSCRIPTION out of range", map[string]string{"DITTO_CONSUMERS_PER_SUBSCRIPTION": "65"}, 2, []string{"DITTO_CONSUMERS_PER_SUBSCRIPTION=65 is out of range"}},
 	{"DITTO_SKIP_VERSION_CHECK not a boolean", map[string]string{"DITTO_SKIP_VERSION_CHECK": "maybe"}, 2, []string{`DITTO_SKIP_VERSION_CHECK="maybe" is not a valid boolean`}},
 	{"DITTO_REPLICATION_THROTTLE_INTERVAL without unit", map[string]string{"DITTO_REPLICATION_THROTTLE_INTERVAL": "5"}, 2, []string{`DITTO_REPLICATION_THROTTLE_INTERVAL="5" is not a valid duration`}},
