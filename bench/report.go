@@ -234,7 +234,9 @@ func (rep *report) print(w io.Writer) {
 		if r.Baseline3 != nil && r.Baseline3.Note != "" {
 			fmt.Fprintf(w, "      baseline 3: %.0f events/s; %s\n", r.Baseline3.EventsPerSec, r.Baseline3.Note)
 		}
-		if two, excess, ok := r.twoLimits(); ok {
+		// Across the delayed link (e) the runs wait on the link, not on
+		// the cores, and CPU per event says nothing of the rate.
+		if two, excess, ok := r.twoLimits(); ok && r.DelayMs == 0 {
 			fmt.Fprintf(w, "      the raw limit's CPU per event over its sum with baseline 3's: %.2f (ditto / baseline 2 for a run that cost no more than both limits' work); ditto's run took %+.1f µs per event beyond that work\n", two, excess)
 		}
 		if cpu, busy, ok := r.vsB2Factors(); ok {
