@@ -144,13 +144,12 @@ func baseline1(ctx context.Context, source, destination string, group string, sa
 }
 
 // sourceLimit is the source's own limit (baseline 3): the workload read
-// through a group of its own with ditto's consumer (its default buffer of
-// bufferSize events in flight) and acked in hundreds (or whole buffers,
-// if smaller), written nowhere. Its
-// CPU per event is what a replicator pays on this machine before it writes
-// anything: the source's deliveries, receiving them and acking them. The
-// time runs from connecting, which takes about 5 ms of CPU: 0.05 µs per
-// event of (a).
+// through a group of its own with ditto's consumer, bufferSize events in
+// flight, acked in hundreds (or whole buffers, if smaller) and written
+// nowhere. Its CPU per event is what a replicator pays on this machine
+// before it writes anything: the source's deliveries, receiving them and
+// acking them. The time runs from connecting, which takes about 5 ms of
+// CPU: 0.05 µs per event of (a).
 func sourceLimit(ctx context.Context, source, group string, events, bufferSize int, limit time.Duration) (time.Duration, error) {
 	conf, err := esdb.ParseConnectionString(source)
 	if err != nil {
