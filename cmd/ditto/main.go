@@ -109,13 +109,17 @@ const hugeHeapSize = 256 << 20
 // heap keeps 4 KiB pages.
 func hugeHeap(log zerolog.Logger) {
 	ok, err := hugepages.Heap(hugeHeapSize)
-	switch {
-	case err != nil:
+	if err != nil {
 		log.Warn().Err(err).Msg("heap left in 4 KiB pages (set DITTO_HUGE_PAGES=false to skip this)")
-	case ok:
-		log.Debug().Int("bytes", hugeHeapSize).Msg("heap marked for transparent huge pages")
-	default:
-		log.Debug().Str("thpMode", hugepages.Mode()).Msg("heap not marked for huge pages: the kernel's mode decides")
+		return
+	}
+	// The mode is read again only to be logged: not at all below debug.
+	if e := log.Debug(); e.Enabled() {
+		if ok {
+			e.Int("bytes", hugeHeapSize).Msg("heap marked for transparent huge pages")
+		} else {
+			e.Str("thpMode", hugepages.Mode()).Msg("heap not marked for huge pages: the kernel's mode decides")
+		}
 	}
 }
 
