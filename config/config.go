@@ -17,6 +17,8 @@ import (
 
 	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
 	"github.com/kelseyhightower/envconfig"
+
+	"github.com/ditto-replicator/ditto/sinks"
 )
 
 // Prefix is the prefix of every environment variable ditto reads.
@@ -27,20 +29,16 @@ const Prefix = "DITTO"
 // generated from these tags.
 type Config struct {
 	SourceConnectionString      string        `envconfig:"SOURCE_CONNECTION_STRING" ditto:"required" secret:"true" desc:"KurrentDB/EventStoreDB connection string of the source cluster (esdb://user:pass@host:2113?tls=true...)."`
-	DestinationConnectionString string        `envconfig:"DESTINATION_CONNECTION_STRING" secret:"true" desc:"Connection string of the destination cluster; required for the eventstore sink."`
 	Subscriptions               string        `envconfig:"SUBSCRIPTIONS" ditto:"required" desc:"Comma-separated stream:group pairs to read, e.g. $ce-customer:ditto-customer,$ce-order:ditto-order. Escape a literal ',' or ':' in a name with a backslash."`
-	Sink                        string        `envconfig:"SINK" default:"eventstore" desc:"Where events go: eventstore (append to the original stream on the destination) or stdout (one JSON line per event)."`
+	Sink                        string        `envconfig:"SINK" default:"eventstore" desc:"Where events go: the name of a sink (eventstore appends to the original stream on a destination cluster); each sink's own variables are listed under it."`
 	BufferSize                  int           `envconfig:"BUFFER_SIZE" default:"10000" desc:"Persistent-subscription buffer size: events in flight per consumer connection (1-100000). Batches can only be as large as the events of one stream among those in flight, so with many interleaved streams a larger buffer means fewer, larger appends; memory grows by about 700 bytes plus the event's data and metadata per event in flight, and an event waits about buffer size / write rate before it is written, so keep that well below the group's message timeout."`
 	ConsumersPerSubscription    int           `envconfig:"CONSUMERS_PER_SUBSCRIPTION" default:"1" desc:"Consumer connections per subscription group in this process (1-64)."`
-	SkipVersionCheck            bool          `envconfig:"SKIP_VERSION_CHECK" default:"false" desc:"Append with expected revision any instead of n-1. Needed when the destination does not start from the same event numbers; loses the ordering guarantee across processes."`
 	ReplicationThrottleInterval time.Duration `envconfig:"REPLICATION_THROTTLE_INTERVAL" default:"0s" desc:"Minimum pause between two writes of this process, to spare the destination (0 = no throttle)."`
-	TimeToLive                  time.Duration `envconfig:"TIME_TO_LIVE" default:"0s" desc:"If set, $maxAge (whole seconds) is set on every stream ditto creates on the destination."`
 	ReadOnly                    bool          `envconfig:"READ_ONLY" default:"false" desc:"Receive, log and ack events without writing anything (a dry run)."`
 	CreateSubscriptions         bool          `envconfig:"CREATE_SUBSCRIPTIONS" default:"false" desc:"Create a missing subscription group (resolve links on, Pinned, from the start) instead of failing."`
 	Writers                     int           `envconfig:"WRITERS" default:"32" desc:"Streams written concurrently (lanes in flight); events of one stream are always written in order (1-1024)."`
 	BatchMaxEvents              int           `envconfig:"BATCH_MAX_EVENTS" default:"500" desc:"Most events of one stream written in one append (1-10000)."`
 	BatchMaxBytes               int           `envconfig:"BATCH_MAX_BYTES" default:"1000000" desc:"Most bytes (data + metadata + type) in one append; keep it below the destination's maximum append size (1 MiB by default)."`
-	BatchAppend                 bool          `envconfig:"BATCH_APPEND" default:"true" desc:"Append through the destination's BatchAppend call (one message per write on a long-lived stream) when it offers it; false uses one Append call per write, as servers before 21.10 need anyway."`
 	WriteRetries                int           `envconfig:"WRITE_RETRIES" default:"8" desc:"Attempts at a write that fails transiently (or waits for an earlier event) before its events are handed back to the source for redelivery (1-1000)."`
 	RetryBackoffMax             time.Duration `envconfig:"RETRY_BACKOFF_MAX" default:"5s" desc:"Longest pause between two attempts at a write; pauses grow exponentially from 50ms with jitter."`
 	ShutdownTimeout             time.Duration `envconfig:"SHUTDOWN_TIMEOUT" default:"30s" desc:"On SIGTERM/SIGINT, how long in-flight writes may take to finish and be acked before the process exits anyway (unacked events are redelivered)."`
@@ -48,6 +46,11 @@ type Config struct {
 	MetricsAddress              string        `envconfig:"METRICS_ADDRESS" default:":5000" desc:"Listen address of /metrics, /health/live and /health/ready (empty = off)."`
 	LogLevel                    string        `envconfig:"LOG_LEVEL" default:"info" desc:"debug, info, warn or error. debug logs one line per written batch."`
 	LogFormat                   string        `envconfig:"LOG_FORMAT" default:"json" desc:"json or console."`
+
+	// SinkSettings are the settings of the sink DITTO_SINK names, loaded
+	// from its own variables (nil in read-only mode or for a sink without
+	// settings).
+	SinkSettings sinks.Settings `ignored:"true"`
 }
 
 // Subscription is one persistent subscription group to read.
@@ -65,27 +68,75 @@ func (e *Error) Error() string {
 	return "invalid configuration:\n  " + strings.Join(e.Problems, "\n  ")
 }
 
-// Load reads and validates the configuration from the environment. Every
-// missing or invalid value is reported at once, except that a value that does
-// not parse at all (envconfig stops at the first) is reported alone.
+// Load reads and validates the configuration from the environment, with the
+// settings of the sink DITTO_SINK names. Every missing or invalid value is
+// reported at once, except that a value that does not parse at all
+// (envconfig stops at the first) is reported alone.
 func Load() (*Config, error) {
 	var c Config
-	if err := envconfig.Process(Prefix, &c); err != nil {
-		var pe *envconfig.ParseError
-		if errors.As(err, &pe) {
-			name := pe.KeyName
-			shown := pe.Value
-			if f, ok := reflect.TypeOf(c).FieldByName(pe.FieldName); ok && f.Tag.Get("secret") == "true" {
-				shown = Redact(shown)
-			}
-			return nil, &Error{Problems: []string{fmt.Sprintf("%s=%q is not a valid %s: %v", name, shown, typeName(pe.TypeName), pe.Err)}}
-		}
-		return nil, &Error{Problems: []string{err.Error()}}
+	if err := process(&c); err != nil {
+		return nil, err
 	}
-	if problems := c.validate(); len(problems) > 0 {
+	problems := c.validate()
+	p, ok := sinks.Lookup(c.Sink)
+	if !ok {
+		problems = append(problems, fmt.Sprintf("%s_SINK=%q is not a known sink: expected %s", Prefix, c.Sink, sinkNames()))
+	}
+	// A read-only run opens no sink, so its variables are not read.
+	if ok && !c.ReadOnly {
+		if p.Settings != nil {
+			c.SinkSettings = p.Settings()
+			if err := process(c.SinkSettings); err != nil {
+				return nil, err
+			}
+			for _, v := range fields(c.SinkSettings, p.Name) {
+				if v.Required && os.Getenv(v.Name) == "" {
+					problems = append(problems, fmt.Sprintf("%s is required when %s_SINK=%s: %s", v.Name, Prefix, p.Name, v.Description))
+				}
+			}
+			problems = append(problems, c.SinkSettings.Validate()...)
+		}
+		if p.Writers > 0 && os.Getenv(Prefix+"_WRITERS") == "" {
+			c.Writers = p.Writers
+		}
+	}
+	if len(problems) > 0 {
 		return nil, &Error{Problems: problems}
 	}
 	return &c, nil
+}
+
+// process loads spec's fields from the environment. A value that does not
+// parse is reported with its variable (redacted if secret).
+func process(spec any) error {
+	err := envconfig.Process(Prefix, spec)
+	if err == nil {
+		return nil
+	}
+	var pe *envconfig.ParseError
+	if errors.As(err, &pe) {
+		shown, why := pe.Value, pe.Err.Error()
+		if f, ok := reflect.TypeOf(spec).Elem().FieldByName(pe.FieldName); ok && f.Tag.Get("secret") == "true" {
+			// The parser's error quotes the value too.
+			shown, why = Redact(shown), RedactErr(pe.Err, pe.Value)
+		}
+		return &Error{Problems: []string{fmt.Sprintf("%s=%q is not a valid %s: %s", pe.KeyName, shown, typeName(pe.TypeName), why)}}
+	}
+	return &Error{Problems: []string{err.Error()}}
+}
+
+func sinkNames() string {
+	var names []string
+	for _, p := range sinks.Plugins() {
+		names = append(names, p.Name)
+	}
+	switch len(names) {
+	case 0:
+		return "a registered sink"
+	case 1:
+		return names[0]
+	}
+	return strings.Join(names[:len(names)-1], ", ") + " or " + names[len(names)-1]
 }
 
 func typeName(goType string) string {
@@ -102,7 +153,7 @@ func typeName(goType string) string {
 
 func (c *Config) validate() []string {
 	var p []string
-	for _, v := range Variables() {
+	for _, v := range fields(c, "") {
 		if v.Required && os.Getenv(v.Name) == "" {
 			p = append(p, fmt.Sprintf("%s is required: %s", v.Name, v.Description))
 		}
@@ -115,22 +166,8 @@ func (c *Config) validate() []string {
 		p = append(p, Prefix+"_"+name+msg)
 	}
 	if c.SourceConnectionString != "" {
-		if err := checkConnectionString(c.SourceConnectionString); err != nil {
-			bad("SOURCE_CONNECTION_STRING", "is not a valid connection string (%s): %s", Redact(c.SourceConnectionString), redactErr(err, c.SourceConnectionString))
-		}
-	}
-	switch c.Sink {
-	case "eventstore":
-		if c.DestinationConnectionString == "" && !c.ReadOnly {
-			bad("DESTINATION_CONNECTION_STRING", "is required when DITTO_SINK=eventstore")
-		}
-	case "stdout":
-	default:
-		bad("SINK", "=%q is not a known sink: expected eventstore or stdout", c.Sink)
-	}
-	if c.DestinationConnectionString != "" {
-		if err := checkConnectionString(c.DestinationConnectionString); err != nil {
-			bad("DESTINATION_CONNECTION_STRING", "is not a valid connection string (%s): %s", Redact(c.DestinationConnectionString), redactErr(err, c.DestinationConnectionString))
+		if err := CheckConnectionString(c.SourceConnectionString); err != nil {
+			bad("SOURCE_CONNECTION_STRING", "is not a valid connection string (%s): %s", Redact(c.SourceConnectionString), RedactErr(err, c.SourceConnectionString))
 		}
 	}
 	if c.Subscriptions != "" {
@@ -155,10 +192,6 @@ func (c *Config) validate() []string {
 		}
 	}
 	nonNegative("REPLICATION_THROTTLE_INTERVAL", c.ReplicationThrottleInterval)
-	nonNegative("TIME_TO_LIVE", c.TimeToLive)
-	if c.TimeToLive > 0 && c.TimeToLive < time.Second {
-		bad("TIME_TO_LIVE", "=%s is below the 1s resolution of $maxAge", c.TimeToLive)
-	}
 	if c.RetryBackoffMax < 50*time.Millisecond {
 		bad("RETRY_BACKOFF_MAX", "=%s must be at least 50ms", c.RetryBackoffMax)
 	}
@@ -183,10 +216,10 @@ func (c *Config) validate() []string {
 	return p
 }
 
-// checkConnectionString parses cs and checks what the client would only
+// CheckConnectionString parses cs and checks what the client would only
 // reject when connecting, over and over: userCertFile without userKeyFile
 // (or the reverse), and a client certificate that does not load.
-func checkConnectionString(cs string) error {
+func CheckConnectionString(cs string) error {
 	conf, err := esdb.ParseConnectionString(cs)
 	if err != nil {
 		return err
@@ -267,56 +300,107 @@ func unescape(s string) string {
 	return b.String()
 }
 
-// PrintUsage writes every variable with its default and description.
+// PrintUsage writes every variable with its default and description: ditto's
+// own, then each sink's under its name.
 func PrintUsage(w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "VARIABLE\tDEFAULT\tDESCRIPTION")
-	for _, v := range Variables() {
-		def := v.Default
-		if v.Required {
-			def = "(required)"
+	for _, sec := range sections() {
+		if sec.sink != nil {
+			fmt.Fprintf(tw, "\nDITTO_SINK=%s: %s\n", sec.sink.Name, sec.sink.Summary)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\n", v.Name, def, v.Description)
+		for _, v := range sec.vars {
+			def := v.Default
+			if v.Required {
+				def = "(required)"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", v.Name, def, v.Description)
+		}
 	}
 	return tw.Flush()
+}
+
+// section is ditto's own variables (sink nil) or one sink's.
+type section struct {
+	sink *sinks.Plugin
+	vars []Variable
+}
+
+func sections() []section {
+	out := []section{{vars: fields(&Config{}, "")}}
+	for _, p := range sinks.Plugins() {
+		sec := section{sink: &p}
+		if p.Settings != nil {
+			sec.vars = fields(p.Settings(), p.Name)
+		}
+		out = append(out, sec)
+	}
+	return out
 }
 
 // Variable describes one environment variable.
 type Variable struct {
 	Name, Default, Description string
 	Required, Secret           bool
+	Sink                       string // the sink that reads it; "" for ditto's own
 }
 
-// Variables lists every environment variable ditto reads, in declaration order.
+// Variables lists every environment variable ditto reads: its own in
+// declaration order, then those of every registered sink, by sink name.
+// Required sink variables are required only when DITTO_SINK names the sink.
 func Variables() []Variable {
-	t := reflect.TypeOf(Config{})
+	var vars []Variable
+	for _, sec := range sections() {
+		vars = append(vars, sec.vars...)
+	}
+	return vars
+}
+
+// fields describes the variables of spec, a pointer to a settings struct.
+func fields(spec any, sink string) []Variable {
+	t := reflect.TypeOf(spec).Elem()
 	vars := make([]Variable, 0, t.NumField())
 	for i := 0; i < t.NumField(); i++ {
 		f := t.Field(i)
+		if f.Tag.Get("ignored") == "true" || f.Tag.Get("envconfig") == "" {
+			continue
+		}
 		vars = append(vars, Variable{
 			Name:        Prefix + "_" + f.Tag.Get("envconfig"),
 			Default:     f.Tag.Get("default"),
 			Description: f.Tag.Get("desc"),
 			Required:    f.Tag.Get("ditto") == "required",
 			Secret:      f.Tag.Get("secret") == "true",
+			Sink:        sink,
 		})
 	}
 	return vars
 }
 
-// PrintMarkdown writes the variables as README's configuration table.
+// PrintMarkdown writes the variables as README's configuration tables:
+// ditto's own, then one per sink.
 func PrintMarkdown(w io.Writer) error {
 	var b strings.Builder
-	b.WriteString("| Variable | Default | Description |\n|---|---|---|\n")
-	for _, v := range Variables() {
-		def := "`" + v.Default + "`"
-		switch {
-		case v.Required:
-			def = "required"
-		case v.Default == "":
-			def = ""
+	for _, sec := range sections() {
+		if sec.sink != nil {
+			fmt.Fprintf(&b, "\n`DITTO_SINK=%s` %s", sec.sink.Name, sec.sink.Summary)
+			if len(sec.vars) == 0 {
+				b.WriteString(" It has no settings of its own.\n")
+				continue
+			}
+			b.WriteString("\n\n")
 		}
-		fmt.Fprintf(&b, "| `%s` | %s | %s |\n", v.Name, def, strings.ReplaceAll(v.Description, "|", `\|`))
+		b.WriteString("| Variable | Default | Description |\n|---|---|---|\n")
+		for _, v := range sec.vars {
+			def := "`" + v.Default + "`"
+			switch {
+			case v.Required:
+				def = "required"
+			case v.Default == "":
+				def = ""
+			}
+			fmt.Fprintf(&b, "| `%s` | %s | %s |\n", v.Name, def, strings.ReplaceAll(v.Description, "|", `\|`))
+		}
 	}
 	_, err := io.WriteString(w, b.String())
 	return err

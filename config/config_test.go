@@ -1,10 +1,37 @@
 package config
 
 import (
+	"context"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/ditto-replicator/ditto/sinks"
 )
+
+// testSettings are the settings of testsink, a sink registered only in these
+// tests, through which Load's handling of every sink's settings is checked
+// (the real sinks test their own settings in their packages).
+type testSettings struct {
+	Endpoint string `envconfig:"TESTSINK_ENDPOINT" ditto:"required" secret:"true" desc:"Where testsink writes."`
+	Records  int    `envconfig:"TESTSINK_RECORDS" default:"500" desc:"Records per call (1-500)."`
+}
+
+func (s *testSettings) Validate() []string {
+	if s.Records < 1 || s.Records > 500 {
+		return []string{fmt.Sprintf("DITTO_TESTSINK_RECORDS=%d is out of range: expected 1 to 500", s.Records)}
+	}
+	return nil
+}
+
+func init() {
+	sinks.Register(sinks.Plugin{
+		Name: "testsink", Summary: "a sink for config's tests.", Writers: 256,
+		Settings: func() sinks.Settings { return &testSettings{} },
+		Open:     func(context.Context, sinks.Settings, sinks.Env) (sinks.Sink, error) { return nil, nil },
+	})
+}
 
 // setEnv clears every DITTO_ variable and sets vars for the test.
 func setEnv(t *testing.T, vars map[string]string) {
@@ -20,9 +47,10 @@ func setEnv(t *testing.T, vars map[string]string) {
 
 func valid() map[string]string {
 	return map[string]string{
-		"DITTO_SOURCE_CONNECTION_STRING":      "esdb://admin:changeit@127.0.0.1:2113?tls=false",
-		"DITTO_DESTINATION_CONNECTION_STRING": "esdb://127.0.0.1:4113?tls=false",
-		"DITTO_SUBSCRIPTIONS":                 "$ce-customer:ditto-customer",
+		"DITTO_SOURCE_CONNECTION_STRING": "esdb://admin:changeit@127.0.0.1:2113?tls=false",
+		"DITTO_SUBSCRIPTIONS":            "$ce-customer:ditto-customer",
+		"DITTO_SINK":                     "testsink",
+		"DITTO_TESTSINK_ENDPOINT":        "https://user:hunter2@127.0.0.1:1",
 	}
 }
 
@@ -32,9 +60,21 @@ func TestDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Sink != "eventstore" || c.BufferSize != 10000 || c.ConsumersPerSubscription != 1 || c.MetricsAddress != ":5000" ||
-		c.LogLevel != "info" || c.LogFormat != "json" || c.SkipVersionCheck || c.ReadOnly || c.TimeToLive != 0 {
+	if c.BufferSize != 10000 || c.ConsumersPerSubscription != 1 || c.MetricsAddress != ":5000" ||
+		c.LogLevel != "info" || c.LogFormat != "json" || c.ReadOnly {
 		t.Fatalf("unexpected defaults: %+v", c)
+	}
+	if s, ok := c.SinkSettings.(*testSettings); !ok || s.Records != 500 || s.Endpoint != "https://user:hunter2@127.0.0.1:1" {
+		t.Fatalf("sink settings = %#v", c.SinkSettings)
+	}
+	// The sink's default writers apply where DITTO_WRITERS is not set.
+	if c.Writers != 256 {
+		t.Fatalf("writers = %d, want testsink's 256", c.Writers)
+	}
+	for _, v := range Variables() {
+		if v.Name == "DITTO_SINK" && v.Default != "eventstore" {
+			t.Fatalf("DITTO_SINK defaults to %q", v.Default)
+		}
 	}
 	subs := c.SubscriptionList()
 	if len(subs) != 1 || subs[0] != (Subscription{Stream: "$ce-customer", Group: "ditto-customer"}) {
@@ -50,23 +90,22 @@ func TestInvalidValuesNameTheVariable(t *testing.T) {
 	}{
 		{"source missing", map[string]string{"DITTO_SOURCE_CONNECTION_STRING": ""}, "DITTO_SOURCE_CONNECTION_STRING is required"},
 		{"subscriptions missing", map[string]string{"DITTO_SUBSCRIPTIONS": ""}, "DITTO_SUBSCRIPTIONS is required"},
-		{"destination missing", map[string]string{"DITTO_DESTINATION_CONNECTION_STRING": ""}, "DITTO_DESTINATION_CONNECTION_STRING is required when DITTO_SINK=eventstore"},
+		{"sink setting missing", map[string]string{"DITTO_TESTSINK_ENDPOINT": ""}, "DITTO_TESTSINK_ENDPOINT is required when DITTO_SINK=testsink"},
+		{"sink setting not a number", map[string]string{"DITTO_TESTSINK_RECORDS": "many"}, `DITTO_TESTSINK_RECORDS="many" is not a valid integer`},
+		{"sink setting invalid", map[string]string{"DITTO_TESTSINK_RECORDS": "501"}, "DITTO_TESTSINK_RECORDS=501 is out of range"},
 		{"source malformed", map[string]string{"DITTO_SOURCE_CONNECTION_STRING": "http://nope"}, "DITTO_SOURCE_CONNECTION_STRING is not a valid connection string"},
-		{"destination malformed", map[string]string{"DITTO_DESTINATION_CONNECTION_STRING": "esdb://h:notaport"}, "DITTO_DESTINATION_CONNECTION_STRING is not a valid connection string"},
 		// Regression: the client only rejected these when connecting, again and again.
 		{"client certificate without key", map[string]string{"DITTO_SOURCE_CONNECTION_STRING": "esdb://h:2113?userCertFile=/tmp/u.crt"}, "both userCertFile and userKeyFile must be provided"},
-		{"client certificate unreadable", map[string]string{"DITTO_DESTINATION_CONNECTION_STRING": "esdb://h:2113?userCertFile=/nonexistent/u.crt&userKeyFile=/nonexistent/u.key"}, "DITTO_DESTINATION_CONNECTION_STRING is not a valid connection string"},
+		{"client certificate unreadable", map[string]string{"DITTO_SOURCE_CONNECTION_STRING": "esdb://h:2113?userCertFile=/nonexistent/u.crt&userKeyFile=/nonexistent/u.key"}, "DITTO_SOURCE_CONNECTION_STRING is not a valid connection string"},
 		{"subscription without group", map[string]string{"DITTO_SUBSCRIPTIONS": "$ce-customer"}, `DITTO_SUBSCRIPTIONS="$ce-customer": "$ce-customer" is not stream:group`},
 		{"subscription empty group", map[string]string{"DITTO_SUBSCRIPTIONS": "$ce-a:"}, "empty stream or group"},
 		{"subscription twice", map[string]string{"DITTO_SUBSCRIPTIONS": "a:b,a:b"}, "listed twice"},
-		{"unknown sink", map[string]string{"DITTO_SINK": "kafka2"}, `DITTO_SINK="kafka2" is not a known sink`},
+		{"unknown sink", map[string]string{"DITTO_SINK": "kafka2"}, `DITTO_SINK="kafka2" is not a known sink: expected testsink`},
 		{"buffer not a number", map[string]string{"DITTO_BUFFER_SIZE": "ten"}, `DITTO_BUFFER_SIZE="ten" is not a valid integer`},
 		{"buffer zero", map[string]string{"DITTO_BUFFER_SIZE": "0"}, "DITTO_BUFFER_SIZE=0 is out of range"},
 		{"consumers too many", map[string]string{"DITTO_CONSUMERS_PER_SUBSCRIPTION": "65"}, "DITTO_CONSUMERS_PER_SUBSCRIPTION=65 is out of range"},
-		{"skip version not bool", map[string]string{"DITTO_SKIP_VERSION_CHECK": "maybe"}, `DITTO_SKIP_VERSION_CHECK="maybe" is not a valid boolean`},
 		{"throttle not duration", map[string]string{"DITTO_REPLICATION_THROTTLE_INTERVAL": "5"}, `DITTO_REPLICATION_THROTTLE_INTERVAL="5" is not a valid duration`},
 		{"throttle negative", map[string]string{"DITTO_REPLICATION_THROTTLE_INTERVAL": "-1s"}, "DITTO_REPLICATION_THROTTLE_INTERVAL=-1s must not be negative"},
-		{"ttl below a second", map[string]string{"DITTO_TIME_TO_LIVE": "500ms"}, "DITTO_TIME_TO_LIVE=500ms is below the 1s resolution"},
 		{"read only not bool", map[string]string{"DITTO_READ_ONLY": "yes please"}, "DITTO_READ_ONLY"},
 		{"create not bool", map[string]string{"DITTO_CREATE_SUBSCRIPTIONS": "2"}, "DITTO_CREATE_SUBSCRIPTIONS"},
 		{"metrics address", map[string]string{"DITTO_METRICS_ADDRESS": "5000"}, `DITTO_METRICS_ADDRESS="5000" is not a host:port`},
@@ -100,11 +139,46 @@ func TestInvalidValuesNameTheVariable(t *testing.T) {
 }
 
 func TestAllProblemsReportedAtOnce(t *testing.T) {
-	setEnv(t, map[string]string{"DITTO_BUFFER_SIZE": "0", "DITTO_LOG_LEVEL": "loud"})
+	setEnv(t, map[string]string{"DITTO_BUFFER_SIZE": "0", "DITTO_LOG_LEVEL": "loud", "DITTO_SINK": "testsink", "DITTO_TESTSINK_RECORDS": "0"})
 	_, err := Load()
 	var ce *Error
-	if err == nil || !asError(err, &ce) || len(ce.Problems) != 5 {
-		t.Fatalf("want 5 problems (source, subscriptions, destination, buffer, log level), got %v", err)
+	if err == nil || !asError(err, &ce) || len(ce.Problems) != 6 {
+		t.Fatalf("want 6 problems (source, subscriptions, buffer, log level, the sink's endpoint and records), got %v", err)
+	}
+}
+
+func TestReadOnlyReadsNoSinkSettings(t *testing.T) {
+	vars := valid()
+	vars["DITTO_READ_ONLY"] = "true"
+	vars["DITTO_TESTSINK_ENDPOINT"] = ""
+	vars["DITTO_TESTSINK_RECORDS"] = "0"
+	setEnv(t, vars)
+	os.Unsetenv("DITTO_TESTSINK_ENDPOINT")
+	c, err := Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.SinkSettings != nil {
+		t.Fatalf("a read-only run loaded sink settings %#v", c.SinkSettings)
+	}
+	// The name is still checked.
+	t.Setenv("DITTO_SINK", "nosuchsink")
+	if _, err := Load(); err == nil || !strings.Contains(err.Error(), `DITTO_SINK="nosuchsink" is not a known sink`) {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestSinkVariablesListedUnderTheSink(t *testing.T) {
+	var usage, md strings.Builder
+	PrintUsage(&usage)
+	PrintMarkdown(&md)
+	for _, out := range []string{usage.String(), md.String()} {
+		i := strings.Index(out, "DITTO_SINK=testsink")
+		j := strings.Index(out, "DITTO_TESTSINK_ENDPOINT")
+		k := strings.Index(out, "DITTO_LOG_FORMAT")
+		if i < 0 || j < i || k > i {
+			t.Fatalf("testsink's variables are not listed under it, after ditto's own:\n%s", out)
+		}
 	}
 }
 
@@ -124,6 +198,18 @@ func TestPasswordNeverInErrors(t *testing.T) {
 	}
 	if strings.Contains(err.Error(), "s3cr3t-pw") {
 		t.Fatalf("error leaks the password: %v", err)
+	}
+}
+
+// A sink's secret setting that does not parse is redacted like ditto's own.
+func TestSecretSinkSettingRedacted(t *testing.T) {
+	type secretInt struct {
+		Port int `envconfig:"TESTSINK_PORT" secret:"true" desc:"x"`
+	}
+	t.Setenv("DITTO_TESTSINK_PORT", "esdb://u:s3cr3t-pw@h")
+	err := process(&secretInt{})
+	if err == nil || strings.Contains(err.Error(), "s3cr3t-pw") || !strings.Contains(err.Error(), "DITTO_TESTSINK_PORT") {
+		t.Fatalf("err = %v", err)
 	}
 }
 

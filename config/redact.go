@@ -32,9 +32,9 @@ func Redact(cs string) string {
 	return out
 }
 
-// redactErr returns err's text with the connection string's password removed,
+// RedactErr returns err's text with the connection string's password removed,
 // in case the parser quoted it.
-func redactErr(err error, cs string) string {
+func RedactErr(err error, cs string) string {
 	msg := err.Error()
 	if m := userInfo.FindStringSubmatch(cs); m != nil && m[3] != "" {
 		msg = strings.ReplaceAll(msg, m[3], "xxxxx")

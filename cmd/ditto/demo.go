@@ -102,7 +102,7 @@ func runDemo(ctx context.Context, srcAddr, dstAddr string, customers int, exit b
 	if err != nil {
 		return err
 	}
-	svc, err := newService(cfg, newLogger(cfg, stderr), stdout)
+	svc, err := newService(ctx, cfg, newLogger(cfg, stderr), stdout)
 	if err != nil {
 		return err
 	}

@@ -162,7 +162,7 @@ func startDitto(t *testing.T, e *env, settings map[string]string) *running {
 		t.Fatal(err)
 	}
 	logs := &syncBuffer{}
-	svc, err := newService(cfg, newLogger(cfg, logs), io.Discard)
+	svc, err := newService(context.Background(), cfg, newLogger(cfg, logs), io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -137,12 +137,11 @@ func newLogger(cfg *config.Config, w io.Writer) zerolog.Logger {
 // serve runs the service until a signal; exit code 1 on a fatal error.
 func serve(ctx context.Context, cfg *config.Config, stdout, stderr io.Writer) int {
 	log := newLogger(cfg, stderr)
-	log.Info().Str("source", config.Redact(cfg.SourceConnectionString)).
-		Str("destination", config.Redact(cfg.DestinationConnectionString)).Msg("starting")
+	log.Info().Str("source", config.Redact(cfg.SourceConnectionString)).Str("sink", cfg.Sink).Msg("starting")
 	if cfg.HugePages {
 		hugeHeap(log)
 	}
-	svc, err := newService(cfg, log, stdout)
+	svc, err := newService(ctx, cfg, log, stdout)
 	if err != nil {
 		log.Error().Err(err).Msg("cannot start")
 		return 1

@@ -13,7 +13,9 @@ import (
 
 	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
 
+	"github.com/ditto-replicator/ditto/config"
 	"github.com/ditto-replicator/ditto/internal/testutil"
+	"github.com/ditto-replicator/ditto/sinks"
 	"github.com/ditto-replicator/ditto/verify"
 )
 
@@ -67,6 +69,24 @@ func TestConfigCommandListsEveryVariable(t *testing.T) {
 	for _, name := range []string{"DITTO_SOURCE_CONNECTION_STRING", "DITTO_BUFFER_SIZE", "DITTO_TIME_TO_LIVE", "DITTO_LOG_FORMAT"} {
 		if !strings.Contains(out.String(), name) {
 			t.Errorf("ditto config does not list %s", name)
+		}
+	}
+	// Every sink is listed, with its variables after its heading.
+	for _, p := range sinks.Plugins() {
+		at := strings.Index(out.String(), "DITTO_SINK="+p.Name+":")
+		if at < 0 {
+			t.Errorf("ditto config does not list the %s sink", p.Name)
+			continue
+		}
+		for _, v := range config.Variables() {
+			if v.Sink == p.Name && !strings.Contains(out.String()[at:], v.Name) {
+				t.Errorf("ditto config does not list %s under the %s sink", v.Name, p.Name)
+			}
+		}
+	}
+	for _, want := range []string{"eventstore", "stdout"} {
+		if _, ok := sinks.Lookup(want); !ok {
+			t.Errorf("the %s sink is not registered", want)
 		}
 	}
 }

@@ -16,10 +16,10 @@ import (
 
 	"github.com/ditto-replicator/ditto/config"
 	"github.com/ditto-replicator/ditto/consumer"
+	"github.com/ditto-replicator/ditto/internal/esdbconn"
 	"github.com/ditto-replicator/ditto/internal/metrics"
 	"github.com/ditto-replicator/ditto/replicator"
-	"github.com/ditto-replicator/ditto/sinks/eventstore"
-	"github.com/ditto-replicator/ditto/sinks/stdout"
+	"github.com/ditto-replicator/ditto/sinks"
 )
 
 // service is one running ditto: consumer → replicator → sink, plus the HTTP
@@ -28,69 +28,42 @@ type service struct {
 	cfg     *config.Config
 	log     zerolog.Logger
 	metrics *metrics.Metrics
-	stdout  io.Writer
 
-	source, destination *esdb.Client
-	consumer            *consumer.Consumer
-	sink                replicator.Sink
-	sinkReady           atomic.Bool
-	readyProbe          func(context.Context) error
-
-	// Processed counts events written and acked; the demo shows progress
-	// with it.
+	source   *esdb.Client
+	consumer *consumer.Consumer
+	sink     sinks.Sink
+	readier  sinks.Readier // nil: the sink has no probe and counts as ready
+	sinkErr  atomic.Pointer[error]
 	listener net.Listener
 }
 
 // newClient connects a client; the connection string is checked by config.
-// The client's own log lines go to log at debug level.
 func newClient(cs string, log zerolog.Logger) (*esdb.Client, error) {
-	conf, err := esdb.ParseConnectionString(cs)
-	if err != nil {
-		return nil, fmt.Errorf("parsing connection string %s: %w", config.Redact(cs), err)
-	}
-	conf.Logger = func(level esdb.LogLevel, format string, args ...any) {
-		log.Debug().Str("component", "esdb-client").Str("clientLevel", level).Msgf(format, args...)
-	}
-	return esdb.NewClient(conf)
+	return esdbconn.NewClient(cs, log)
 }
 
-func newService(cfg *config.Config, log zerolog.Logger, out io.Writer) (*service, error) {
-	s := &service{cfg: cfg, log: log, metrics: metrics.New(), stdout: out}
+func newService(ctx context.Context, cfg *config.Config, log zerolog.Logger, out io.Writer) (*service, error) {
+	s := &service{cfg: cfg, log: log, metrics: metrics.New()}
 	var err error
 	if s.source, err = newClient(cfg.SourceConnectionString, log); err != nil {
 		return nil, fmt.Errorf("DITTO_SOURCE_CONNECTION_STRING: %w", err)
 	}
-	switch {
-	case cfg.ReadOnly:
-		s.sinkReady.Store(true)
-	case cfg.Sink == "stdout":
-		s.sink = stdout.New(out)
-		s.sinkReady.Store(true)
-	default:
-		if s.destination, err = newClient(cfg.DestinationConnectionString, log); err != nil {
-			s.source.Close()
-			return nil, fmt.Errorf("DITTO_DESTINATION_CONNECTION_STRING: %w", err)
-		}
+	if !cfg.ReadOnly {
+		plugin, _ := sinks.Lookup(cfg.Sink) // config checked the name
 		io := s.metrics.IODuration
-		var batchConf *esdb.Configuration
-		if cfg.BatchAppend {
-			// Parsed again: the client keeps its own copy.
-			if batchConf, err = esdb.ParseConnectionString(cfg.DestinationConnectionString); err != nil {
-				s.close()
-				return nil, fmt.Errorf("DITTO_DESTINATION_CONNECTION_STRING: %w", err)
-			}
-		}
-		es := eventstore.New(s.destination, eventstore.Options{
-			Config:           batchConf,
-			SkipVersionCheck: cfg.SkipVersionCheck,
-			TimeToLive:       cfg.TimeToLive,
+		s.sink, err = plugin.Open(ctx, cfg.SinkSettings, sinks.Env{
+			Log:     log.With().Str("sink", plugin.Name).Logger(),
+			Stdout:  out,
+			Metrics: s.metrics.Registry,
 			Observe: func(op string, d time.Duration) {
-				io.WithLabelValues(metrics.App, "eventstore", "destination", op).Observe(d.Seconds())
+				io.WithLabelValues(metrics.App, plugin.Name, "destination", op).Observe(d.Seconds())
 			},
-			Dial: func() (*esdb.Client, error) { return newClient(cfg.DestinationConnectionString, log) },
 		})
-		s.sink = es
-		s.readyProbe = es.Ready
+		if err != nil {
+			s.close()
+			return nil, err
+		}
+		s.readier, _ = s.sink.(sinks.Readier)
 	}
 	// Parsed again: the client keeps its own copy.
 	sourceConf, err := esdb.ParseConnectionString(cfg.SourceConnectionString)
@@ -111,6 +84,11 @@ func newService(cfg *config.Config, log zerolog.Logger, out io.Writer) (*service
 			return nil, fmt.Errorf("DITTO_METRICS_ADDRESS=%s: %w", cfg.MetricsAddress, err)
 		}
 	}
+	if s.readier != nil {
+		// Not ready until the first probe has answered.
+		notYet := errors.New("destination not probed yet")
+		s.sinkErr.Store(&notYet)
+	}
 	return s, nil
 }
 
@@ -120,8 +98,8 @@ func (s *service) ready() error {
 	if !s.consumer.Ready() {
 		errs = append(errs, errors.New("not every subscription is connected"))
 	}
-	if !s.sinkReady.Load() {
-		errs = append(errs, errors.New("destination not reachable"))
+	if err := s.sinkErr.Load(); err != nil {
+		errs = append(errs, fmt.Errorf("sink %s: %w", s.cfg.Sink, *err))
 	}
 	return errors.Join(errs...)
 }
@@ -153,7 +131,7 @@ func (s *service) run(ctx context.Context) error {
 		go srv.Serve(s.listener)
 		defer srv.Close()
 	}
-	if s.readyProbe != nil {
+	if s.readier != nil {
 		// The probe must end before close: the v4 client panics on calls
 		// racing its Close.
 		probed := make(chan struct{})
@@ -189,7 +167,7 @@ func (s *service) run(ctx context.Context) error {
 		consumed <- err
 	}()
 	s.log.Info().Str("subscriptions", s.cfg.Subscriptions).Str("sink", s.cfg.Sink).Int("bufferSize", s.cfg.BufferSize).
-		Bool("readOnly", s.cfg.ReadOnly).Bool("skipVersionCheck", s.cfg.SkipVersionCheck).Msg("ditto started")
+		Bool("readOnly", s.cfg.ReadOnly).Int("writers", s.cfg.Writers).Msg("ditto started")
 	rep.Run(stop, deliveries)
 	err := <-consumed
 	if err != nil {
@@ -200,26 +178,24 @@ func (s *service) run(ctx context.Context) error {
 	return nil
 }
 
-// probe refreshes the sink's readiness every few seconds.
-//
-// A destination that rejects the credentials stops the service: retrying
-// cannot fix it, and every event would otherwise be retried until the
-// source parks it.
+// probe refreshes the sink's readiness every few seconds. A fatal answer
+// (see sinks.FatalError) stops the service.
 func (s *service) probe(ctx context.Context, fatal context.CancelCauseFunc) {
 	t := time.NewTicker(5 * time.Second)
 	defer t.Stop()
 	for {
 		pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		err := s.readyProbe(pctx)
+		err := s.readier.Ready(pctx)
 		cancel()
 		if ctx.Err() != nil {
 			return
 		}
-		if hasCode(err, esdb.ErrorCodeUnauthenticated) {
-			fatal(fmt.Errorf("DITTO_DESTINATION_CONNECTION_STRING: the destination rejected the credentials: %w", err))
+		if sinks.IsFatal(err) {
+			fatal(err)
 			return
 		}
-		if s.sinkReady.Swap(err == nil) != (err == nil) && err != nil {
+		was := s.sinkErr.Swap(errPtr(err))
+		if err != nil && was == nil {
 			s.log.Warn().Err(err).Msg("destination not reachable")
 		}
 		select {
@@ -228,6 +204,13 @@ func (s *service) probe(ctx context.Context, fatal context.CancelCauseFunc) {
 		case <-t.C:
 		}
 	}
+}
+
+func errPtr(err error) *error {
+	if err == nil {
+		return nil
+	}
+	return &err
 }
 
 func (s *service) close() {
@@ -240,17 +223,9 @@ func (s *service) close() {
 	if s.listener != nil {
 		s.listener.Close()
 	}
-	// The consumer and the sink own their clients once made (they may have
-	// replaced them, see esdbconn); close only those never handed over.
-	if s.destination != nil && s.sink == nil {
-		s.destination.Close()
-	}
+	// The consumer owns the source client once made (it may replace it,
+	// see esdbconn); close it only if it was never handed over.
 	if s.source != nil && s.consumer == nil {
 		s.source.Close()
 	}
-}
-
-func hasCode(err error, code esdb.ErrorCode) bool {
-	var e *esdb.Error
-	return errors.As(err, &e) && e.Code() == code
 }

@@ -18,6 +18,9 @@ import (
 	"time"
 
 	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
+	"github.com/rs/zerolog"
+
+	"github.com/ditto-replicator/ditto/config"
 )
 
 // Client hands out the current *esdb.Client and replaces it once it has
@@ -153,4 +156,18 @@ func Call[T any](ctx context.Context, c *Client, fn func(client *esdb.Client, ab
 func IsClosed(err error) bool {
 	var e *esdb.Error
 	return errors.As(err, &e) && e.Code() == esdb.ErrorCodeConnectionClosed
+}
+
+// NewClient makes a client from a connection string that config has
+// checked; the client's own log lines go to log at debug level. Errors
+// never quote the password.
+func NewClient(cs string, log zerolog.Logger) (*esdb.Client, error) {
+	conf, err := esdb.ParseConnectionString(cs)
+	if err != nil {
+		return nil, fmt.Errorf("parsing connection string %s: %w", config.Redact(cs), err)
+	}
+	conf.Logger = func(level esdb.LogLevel, format string, args ...any) {
+		log.Debug().Str("component", "esdb-client").Str("clientLevel", level).Msgf(format, args...)
+	}
+	return esdb.NewClient(conf)
 }

@@ -68,7 +68,8 @@ func (s *Sink) Close() error {
 
 // Ready reports whether the destination answers: it reads a stream that does
 // not exist, which any reachable, authenticated server answers with
-// "not found".
+// "not found". Rejected credentials are fatal: every event would otherwise
+// be retried until the source parks it.
 func (s *Sink) Ready(ctx context.Context) error {
 	_, err := esdbconn.Call(ctx, s.client, func(client *esdb.Client, _ func() bool) (struct{}, error) {
 		rs, err := client.ReadStream(ctx, "ditto-readiness-probe", esdb.ReadStreamOptions{From: esdb.Start{}}, 1)
@@ -80,6 +81,9 @@ func (s *Sink) Ready(ctx context.Context) error {
 	})
 	if err == nil || errors.Is(err, io.EOF) || hasCode(err, esdb.ErrorCodeResourceNotFound) {
 		return nil
+	}
+	if hasCode(err, esdb.ErrorCodeUnauthenticated) {
+		return sinks.Fatal(fmt.Errorf("DITTO_DESTINATION_CONNECTION_STRING: the destination rejected the credentials: %w", err))
 	}
 	return fmt.Errorf("destination not reachable: %w", err)
 }

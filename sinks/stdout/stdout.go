@@ -75,3 +75,13 @@ func (s *Sink) Close() error {
 	defer s.mu.Unlock()
 	return s.w.Flush()
 }
+
+func init() {
+	sinks.Register(sinks.Plugin{
+		Name:    "stdout",
+		Summary: "writes one JSON line per event to standard output (binary data as base64), for pipes and dry runs.",
+		Open: func(_ context.Context, _ sinks.Settings, env sinks.Env) (sinks.Sink, error) {
+			return New(env.Stdout), nil
+		},
+	})
+}
