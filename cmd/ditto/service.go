@@ -105,6 +105,7 @@ func newService(cfg *config.Config, log zerolog.Logger, out io.Writer) (*service
 		Create:                   cfg.CreateSubscriptions,
 		Dial:                     func() (*esdb.Client, error) { return newClient(cfg.SourceConnectionString, log) },
 	}, log)
+	s.metrics.ObserveReady(func() bool { return s.ready() == nil })
 	if cfg.MetricsAddress != "" {
 		if s.listener, err = net.Listen("tcp", cfg.MetricsAddress); err != nil {
 			s.close()
