@@ -115,6 +115,22 @@ func (d *dockerfile) chain(t *testing.T, name string) []*stage {
 	}
 }
 
+// needs is every stage that building stage name runs: its chain and,
+// through COPY --from, the stages it copies from.
+func (d *dockerfile) needs(t *testing.T, name string) []*stage {
+	t.Helper()
+	var out []*stage
+	for _, s := range d.chain(t, name) {
+		out = append(out, s)
+		for _, c := range s.all("COPY") {
+			if from, ok := strings.CutPrefix(strings.Fields(c)[0], "--from="); ok {
+				out = append(out, d.needs(t, from)...)
+			}
+		}
+	}
+	return out
+}
+
 // execForm parses a JSON exec form such as ["/usr/local/bin/ditto", "health"].
 func execForm(t *testing.T, what, args string) []string {
 	t.Helper()
