@@ -13,7 +13,6 @@
 #   SUITE_RUN='TestStreams' .ci/official-suite.sh   # narrow the selection
 set -euo pipefail
 cd "$(dirname "$0")/.."
-repo=$(pwd)
 
 module=github.com/EventStore/EventStore-Client-Go/v4
 version=v4.2.0

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/debug"
 	"syscall"
 	"time"
@@ -16,6 +17,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/ditto-replicator/ditto/config"
+	"github.com/ditto-replicator/ditto/internal/buildinfo"
 	"github.com/ditto-replicator/ditto/internal/hugepages"
 	"github.com/ditto-replicator/ditto/internal/pbwire"
 )
@@ -30,6 +32,8 @@ Usage:
   ditto demo       start two embedded test servers and replicate sample events between them
   ditto verify     compare source and destination streams (see ditto verify --help)
   ditto config     list every environment variable with its default
+  ditto health     ask the ditto on DITTO_METRICS_ADDRESS whether it is ready (exit 0 or 1)
+  ditto version    print the version and Go release of this build
 
 Configuration (environment variables):
 `
@@ -73,6 +77,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return demo(ctx, args, stdout, stderr)
 	case "verify":
 		return verifyCmd(ctx, args, stdout, stderr)
+	case "health":
+		return health(ctx, os.LookupEnv, stdout, stderr)
+	case "version", "--version":
+		fmt.Fprintf(stdout, "ditto %s %s %s/%s\n", buildinfo.Version(), buildinfo.GoVersion(), runtime.GOOS, runtime.GOARCH)
+		return 0
 	case "config", "help", "-h", "--help":
 		if len(args) > 0 && args[0] == "--markdown" {
 			config.PrintMarkdown(stdout)

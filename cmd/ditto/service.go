@@ -78,6 +78,7 @@ func newService(ctx context.Context, cfg *config.Config, log zerolog.Logger, out
 		Create:                   cfg.CreateSubscriptions,
 		Dial:                     func() (*esdb.Client, error) { return newClient(cfg.SourceConnectionString, log) },
 	}, log)
+	s.metrics.ObserveReady(func() bool { return s.ready() == nil })
 	if cfg.MetricsAddress != "" {
 		if s.listener, err = net.Listen("tcp", cfg.MetricsAddress); err != nil {
 			s.close()

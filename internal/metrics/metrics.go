@@ -6,6 +6,8 @@ package metrics
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ditto-replicator/ditto/internal/buildinfo"
 )
 
 // App is the value of the app label.
@@ -69,7 +71,26 @@ func New() *Metrics {
 			Help: "Events received and not yet acked or nacked."}),
 	}
 	r.MustRegister(m.CurrentEvent, m.ReplicationDelay, m.Connected, m.IODuration, m.BatchSize, m.InFlight)
+	// Constant 1; the labels say which build runs, so a dashboard can show
+	// the versions of a fleet and an upgrade can be followed.
+	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "ditto_build_info",
+		Help: "Always 1; labels name the running build's version and Go release."}, []string{"version", "goversion"})
+	build.WithLabelValues(buildinfo.Version(), buildinfo.GoVersion()).Set(1)
+	r.MustRegister(build)
 	return m
+}
+
+// ObserveReady exports ready as ditto_ready (1 or 0), evaluated at every
+// scrape, so alerts see exactly what /health/ready answers. Call it once.
+func (m *Metrics) ObserveReady(ready func() bool) {
+	m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ditto_ready",
+		Help: "1 when /health/ready answers 200 (every subscription connected, the sink reachable), else 0."},
+		func() float64 {
+			if ready() {
+				return 1
+			}
+			return 0
+		}))
 }
 
 // Sub is the set of metrics of one subscription group, with labels bound

@@ -1,0 +1,126 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/ditto-replicator/ditto/config"
+)
+
+// Shared by the tests of the compose files and of deploy/: the DITTO_*
+// variables they set must be ones ditto reads, the required ones must be
+// there, and together they must make a configuration that loads.
+
+// pendingSinkVariables are DITTO_* variables of sinks that are not in this
+// repository yet, each with the DITTO_SINK value of its sink. The compose
+// files may set them already; config.Load is not run for a service of such
+// a sink, since it would reject the sink's name. Delete an entry once its
+// sink registers its variables with config.Variables.
+var pendingSinkVariables = map[string]string{
+	"DITTO_KINESIS_STREAM_NAME": "kinesis",
+}
+
+// checkDittoEnv checks the environment env that where (a compose service,
+// a Kubernetes container) gives ditto.
+func checkDittoEnv(t *testing.T, where string, env map[string]string) {
+	t.Helper()
+	known := map[string]bool{}
+	for _, v := range config.Variables() {
+		known[v.Name] = true
+	}
+	pendingSink := false
+	for name, sink := range pendingSinkVariables {
+		known[name] = true
+		pendingSink = pendingSink || env[config.Prefix+"_SINK"] == sink
+	}
+	for name := range env {
+		if strings.HasPrefix(name, config.Prefix+"_") && !known[name] {
+			t.Errorf("%s: %s is not a variable ditto reads (ditto config lists them)", where, name)
+		}
+	}
+	for _, v := range config.Variables() {
+		if v.Required && env[v.Name] == "" {
+			t.Errorf("%s: the required %s is missing", where, v.Name)
+		}
+	}
+	if pendingSink || t.Failed() {
+		return
+	}
+	t.Run(where, func(t *testing.T) {
+		for _, v := range config.Variables() {
+			t.Setenv(v.Name, env[v.Name])
+			if _, ok := env[v.Name]; !ok {
+				os.Unsetenv(v.Name) // t.Setenv restores it after the test
+			}
+		}
+		if _, err := config.Load(); err != nil {
+			t.Errorf("%s: ditto would not start: %v", where, err)
+		}
+	})
+}
+
+// dittoDuration is the value of a duration variable in env, or its default.
+func dittoDuration(t *testing.T, env map[string]string, name string) time.Duration {
+	t.Helper()
+	s, ok := env[name]
+	if !ok {
+		for _, v := range config.Variables() {
+			if v.Name == name {
+				s = v.Default
+			}
+		}
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		t.Fatalf("%s=%q: %v", name, s, err)
+	}
+	return d
+}
+
+// readYAML decodes the YAML file path (relative to the repository) into v.
+func readYAML(t *testing.T, path string, v any) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(repoRoot, path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.UnmarshalStrict(b, v); err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+}
+
+// readmeSection is the text of README.md from the heading "## "+title to
+// the next heading of that level.
+func readmeSection(t *testing.T, title string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(repoRoot, "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(b), "\n## "+title+"\n")
+	if !ok {
+		t.Fatalf("README.md has no section %q", "## "+title)
+	}
+	if i := strings.Index(rest, "\n## "); i >= 0 {
+		rest = rest[:i]
+	}
+	return rest
+}
+
+func TestPendingSinkVariablesAreStillPending(t *testing.T) {
+	for _, v := range config.Variables() {
+		if sink, ok := pendingSinkVariables[v.Name]; ok {
+			t.Errorf("%s is known to config now: delete it from pendingSinkVariables (sink %s)", v.Name, sink)
+		}
+	}
+	for name := range pendingSinkVariables {
+		if !strings.HasPrefix(name, config.Prefix+"_") {
+			t.Errorf("%s is no DITTO_* variable", name)
+		}
+	}
+}
