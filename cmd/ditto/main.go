@@ -39,7 +39,7 @@ Configuration (environment variables):
 // received message, and the collector marks all of them again on every
 // cycle: collecting half as often as Go's default (100) cuts ditto's CPU per
 // event by about a sixth, for about a third more peak memory, which the
-// buffer size bounds (see README, Performance).
+// buffer size bounds (see bench/README.md).
 const gcPercent = 200
 
 func main() {

@@ -6,7 +6,7 @@
 // fault; on virtual machines that shadow the guest's page tables one costs
 // about 10 µs (about 40 times a 2 MiB page's fault per 4 KiB it covers),
 // and the 16,000 that ditto's heap takes to grow to its working size were a
-// fifth of its CPU in the bench's scenario (a). See README, Performance.
+// fifth of its CPU in the bench's scenario (a). See bench/README.md.
 package hugepages
 
 import (
