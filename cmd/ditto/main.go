@@ -20,7 +20,7 @@ import (
 	"github.com/ditto-replicator/ditto/internal/pbwire"
 )
 
-// The hand-written codec for deliveries and appends; see package pbwire.
+// The codec for deliveries, appends and acks; see package pbwire.
 func init() { pbwire.Register() }
 
 const usage = `ditto replicates KurrentDB/EventStoreDB events to their original streams.
