@@ -18,11 +18,10 @@ import (
 
 	"github.com/ditto-replicator/ditto/config"
 	"github.com/ditto-replicator/ditto/internal/buildinfo"
-	"github.com/ditto-replicator/ditto/internal/hugepages"
 	"github.com/ditto-replicator/ditto/internal/pbwire"
 )
 
-// The hand-written codec for deliveries and appends; see package pbwire.
+// The codec for deliveries, appends and acks; see package pbwire.
 func init() { pbwire.Register() }
 
 const usage = `ditto replicates KurrentDB/EventStoreDB events to their original streams.
@@ -108,30 +107,6 @@ func load(stderr io.Writer) (*config.Config, int) {
 	return cfg, 0
 }
 
-// hugeHeapSize is how much of the heap hugeHeap marks: more than ditto's
-// heap grows to with the default settings (a peak RSS of about 100 MiB with
-// 10,000 events in flight), so that all of it is in huge pages.
-const hugeHeapSize = 256 << 20
-
-// hugeHeap marks the heap's first hugeHeapSize bytes for transparent huge
-// pages (see package hugepages) before it grows. Failing is harmless: the
-// heap keeps 4 KiB pages.
-func hugeHeap(log zerolog.Logger) {
-	ok, err := hugepages.Heap(hugeHeapSize)
-	if err != nil {
-		log.Warn().Err(err).Msg("heap left in 4 KiB pages (set DITTO_HUGE_PAGES=false to skip this)")
-		return
-	}
-	// The mode is read again only to be logged: not at all below debug.
-	if e := log.Debug(); e.Enabled() {
-		if ok {
-			e.Int("bytes", hugeHeapSize).Msg("heap marked for transparent huge pages")
-		} else {
-			e.Str("thpMode", hugepages.Mode()).Msg("heap not marked for huge pages: the kernel's mode decides")
-		}
-	}
-}
-
 func newLogger(cfg *config.Config, w io.Writer) zerolog.Logger {
 	level, err := zerolog.ParseLevel(cfg.LogLevel)
 	if err != nil {
@@ -147,9 +122,6 @@ func newLogger(cfg *config.Config, w io.Writer) zerolog.Logger {
 func serve(ctx context.Context, cfg *config.Config, stdout, stderr io.Writer) int {
 	log := newLogger(cfg, stderr)
 	log.Info().Str("source", config.Redact(cfg.SourceConnectionString)).Str("sink", cfg.Sink).Msg("starting")
-	if cfg.HugePages {
-		hugeHeap(log)
-	}
 	svc, err := newService(ctx, cfg, log, stdout)
 	if err != nil {
 		log.Error().Err(err).Msg("cannot start")

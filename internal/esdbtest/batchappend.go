@@ -2,6 +2,7 @@ package esdbtest
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"io"
 	"math"
@@ -19,13 +20,16 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/emptypb"
+
+	"github.com/ditto-replicator/ditto/internal/pbwire/gen/sharedpb"
+	"github.com/ditto-replicator/ditto/internal/pbwire/gen/streamspb"
 )
 
 // batchWrite is a BatchAppend write that has had its options but not yet
 // its final request.
 type batchWrite struct {
-	seq      uint64       // arrival order, for the answers sent at the end of the call
-	corr     *shared.UUID // the correlation id as the client sent it
+	seq      uint64         // arrival order, for the answers sent at the end of the call
+	corr     *sharedpb.UUID // the correlation id as the client sent it
 	stream   string
 	exp      Expected
 	deadline time.Time // zero: none
@@ -73,8 +77,11 @@ func (s *streamsService) BatchAppend(srv streams.Streams_BatchAppendServer) erro
 		return notLeader(func(md metadata.MD) { srv.SetTrailer(md) }, s.leader)
 	}
 	b := batchAppend{s: s, pending: map[uuid.UUID]*batchWrite{}}
+	// Requests and answers are the generated messages (package pbwire),
+	// decoded and encoded without the protobuf runtime's reflection.
 	for {
-		req, err := srv.Recv()
+		req := new(streamspb.BatchAppendReq)
+		err := srv.RecvMsg(req)
 		if errors.Is(err, io.EOF) {
 			break
 		}
@@ -82,7 +89,7 @@ func (s *streamsService) BatchAppend(srv streams.Streams_BatchAppendServer) erro
 			return err
 		}
 		if resp := b.handle(req, time.Now()); resp != nil {
-			if err := srv.Send(resp); err != nil {
+			if err := srv.SendMsg(resp); err != nil {
 				return err
 			}
 		}
@@ -95,7 +102,7 @@ func (s *streamsService) BatchAppend(srv streams.Streams_BatchAppendServer) erro
 	}
 	sort.Slice(left, func(i, j int) bool { return left[i].seq < left[j].seq })
 	for _, w := range left {
-		if err := srv.Send(batchResp(w.corr, w.stream, timeoutStatus())); err != nil {
+		if err := srv.SendMsg(batchResp(w.corr, w.stream, timeoutStatus())); err != nil {
 			return err
 		}
 	}
@@ -110,7 +117,7 @@ type batchAppend struct {
 }
 
 // handle takes one request and returns the answer it completes, if any.
-func (b *batchAppend) handle(req *streams.BatchAppendReq, now time.Time) *streams.BatchAppendResp {
+func (b *batchAppend) handle(req *streamspb.BatchAppendReq, now time.Time) *streamspb.BatchAppendResp {
 	corr := req.GetCorrelationId()
 	id, ok := strictUUID(corr)
 	if !ok {
@@ -149,15 +156,15 @@ func (b *batchAppend) handle(req *streams.BatchAppendReq, now time.Time) *stream
 
 // newBatchWrite checks the options of a write in the server's order: stream,
 // deadline, expected position.
-func newBatchWrite(o *streams.BatchAppendReq_Options, now time.Time) (*batchWrite, *rpcstatus.Status) {
+func newBatchWrite(o *streamspb.BatchAppendReq_Options, now time.Time) (*batchWrite, *rpcstatus.Status) {
 	if len(o.GetStreamIdentifier().GetStreamName()) == 0 {
 		return nil, badRequest("Required field StreamIdentifier not set.")
 	}
 	w := &batchWrite{stream: string(o.GetStreamIdentifier().GetStreamName())}
 	switch d := o.DeadlineOption.(type) {
-	case *streams.BatchAppendReq_Options_Deadline:
+	case *streamspb.BatchAppendReq_Options_Deadline:
 		w.deadline = now.Add(d.Deadline.AsDuration())
-	case *streams.BatchAppendReq_Options_Deadline_21_10_0:
+	case *streamspb.BatchAppendReq_Options_Deadline_21_10_0:
 		if d.Deadline_21_10_0 != nil {
 			w.deadline = d.Deadline_21_10_0.AsTime()
 		}
@@ -166,13 +173,13 @@ func newBatchWrite(o *streams.BatchAppendReq_Options, now time.Time) (*batchWrit
 		return nil, timeoutStatus()
 	}
 	switch p := o.ExpectedStreamPosition.(type) {
-	case *streams.BatchAppendReq_Options_Any:
+	case *streamspb.BatchAppendReq_Options_Any:
 		w.exp.Kind = ExpectAny
-	case *streams.BatchAppendReq_Options_NoStream:
+	case *streamspb.BatchAppendReq_Options_NoStream:
 		w.exp.Kind = ExpectNoStream
-	case *streams.BatchAppendReq_Options_StreamExists:
+	case *streamspb.BatchAppendReq_Options_StreamExists:
 		w.exp.Kind = ExpectStreamExists
-	case *streams.BatchAppendReq_Options_StreamPosition:
+	case *streamspb.BatchAppendReq_Options_StreamPosition:
 		w.exp = Expected{Kind: ExpectRevision, Revision: p.StreamPosition}
 		if p.StreamPosition == math.MaxUint64 {
 			w.exp = Expected{Kind: ExpectNoStream} // StreamRevision.End is -1
@@ -187,9 +194,11 @@ func newBatchWrite(o *streams.BatchAppendReq_Options, now time.Time) (*batchWrit
 // add appends proposed messages to w with the size checks of Append: each
 // event against the per-event limit as it comes, the whole write against
 // the append limit after each request.
-func (b *batchAppend) add(w *batchWrite, msgs []*streams.BatchAppendReq_ProposedMessage) *rpcstatus.Status {
+func (b *batchAppend) add(w *batchWrite, msgs []*streamspb.BatchAppendReq_ProposedMessage) *rpcstatus.Status {
 	for _, m := range msgs {
-		ev, size, missing := proposedEvent(m.Id, m.Metadata, m.Data, m.CustomMetadata)
+		// The decoded byte fields point into the received message, up to its
+		// end: the store keeps them clipped to their own bytes.
+		ev, size, missing := proposedEvent(uuidFromWire(m.Id), m.Metadata, clip(m.Data), clip(m.CustomMetadata))
 		if missing != "" {
 			return missingMetadata(missing)
 		}
@@ -221,33 +230,33 @@ func (b *batchAppend) commit(w *batchWrite) any {
 	case err != nil:
 		return rpcStatus(codes.Internal, err.Error(), &emptypb.Empty{})
 	}
-	ok := &streams.BatchAppendResp_Success{}
+	ok := &streamspb.BatchAppendResp_Success{}
 	if res.CurrentRevision < 0 {
-		ok.CurrentRevisionOption = &streams.BatchAppendResp_Success_NoStream{NoStream: &emptypb.Empty{}}
+		ok.CurrentRevisionOption = &streamspb.BatchAppendResp_Success_NoStream{NoStream: &emptypb.Empty{}}
 	} else {
-		ok.CurrentRevisionOption = &streams.BatchAppendResp_Success_CurrentRevision{CurrentRevision: uint64(res.CurrentRevision)}
+		ok.CurrentRevisionOption = &streamspb.BatchAppendResp_Success_CurrentRevision{CurrentRevision: uint64(res.CurrentRevision)}
 	}
 	if res.Position > 0 {
-		ok.PositionOption = &streams.BatchAppendResp_Success_Position{Position: &shared.AllStreamPosition{
+		ok.PositionOption = &streamspb.BatchAppendResp_Success_Position{Position: &sharedpb.AllStreamPosition{
 			CommitPosition: res.Position, PreparePosition: res.Position}}
 	} else {
-		ok.PositionOption = &streams.BatchAppendResp_Success_NoPosition{NoPosition: &emptypb.Empty{}}
+		ok.PositionOption = &streamspb.BatchAppendResp_Success_NoPosition{NoPosition: &emptypb.Empty{}}
 	}
 	return ok
 }
 
 // batchResp answers a write on stream with result, a *Status or a *Success.
-func batchResp(corr *shared.UUID, stream string, result any) *streams.BatchAppendResp {
-	return batchRespID(corr, &shared.StreamIdentifier{StreamName: []byte(stream)}, result)
+func batchResp(corr *sharedpb.UUID, stream string, result any) *streamspb.BatchAppendResp {
+	return batchRespID(corr, &sharedpb.StreamIdentifier{StreamName: []byte(stream)}, result)
 }
 
-func batchRespID(corr *shared.UUID, stream *shared.StreamIdentifier, result any) *streams.BatchAppendResp {
-	resp := &streams.BatchAppendResp{CorrelationId: corr, StreamIdentifier: stream}
+func batchRespID(corr *sharedpb.UUID, stream *sharedpb.StreamIdentifier, result any) *streamspb.BatchAppendResp {
+	resp := &streamspb.BatchAppendResp{CorrelationId: corr, StreamIdentifier: stream}
 	switch r := result.(type) {
 	case *rpcstatus.Status:
-		resp.Result = &streams.BatchAppendResp_Error{Error: r}
-	case *streams.BatchAppendResp_Success:
-		resp.Result = &streams.BatchAppendResp_Success_{Success: r}
+		resp.Result = &streamspb.BatchAppendResp_Error{Error: r}
+	case *streamspb.BatchAppendResp_Success:
+		resp.Result = &streamspb.BatchAppendResp_Success_{Success: r}
 	}
 	return resp
 }
@@ -320,13 +329,33 @@ func wrongExpectedVersionDetail(e *WrongExpectedVersionError) *shared.WrongExpec
 
 // strictUUID decodes a correlation id; unlike uuidFromProto it refuses a
 // missing or malformed one.
-func strictUUID(u *shared.UUID) (uuid.UUID, bool) {
+func strictUUID(u *sharedpb.UUID) (uuid.UUID, bool) {
 	switch u.GetValue().(type) {
-	case *shared.UUID_Structured_:
-		return uuidFromProto(u), true
-	case *shared.UUID_String_:
+	case *sharedpb.UUID_Structured_:
+		return uuidFromWire(u), true
+	case *sharedpb.UUID_String_:
 		id, err := uuid.Parse(u.GetString_())
 		return id, err == nil
 	}
 	return uuid.UUID{}, false
 }
+
+// uuidFromWire is uuidFromProto for an id received as the generated
+// message.
+func uuidFromWire(u *sharedpb.UUID) uuid.UUID {
+	switch v := u.GetValue().(type) {
+	case *sharedpb.UUID_Structured_:
+		var id uuid.UUID
+		binary.BigEndian.PutUint64(id[:8], uint64(v.Structured.GetMostSignificantBits()))
+		binary.BigEndian.PutUint64(id[8:], uint64(v.Structured.GetLeastSignificantBits()))
+		return id
+	case *sharedpb.UUID_String_:
+		if id, err := uuid.Parse(v.String_); err == nil {
+			return id
+		}
+	}
+	return uuid.New()
+}
+
+// clip returns b with no room to grow into the bytes after it.
+func clip(b []byte) []byte { return b[:len(b):len(b)] }

@@ -29,6 +29,8 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/ditto-replicator/ditto/internal/pbwire/gen/streamspb"
 )
 
 // dialGRPC connects a bare gRPC client (the standard proto codec) to srv:
@@ -542,6 +544,34 @@ func TestBatchAppendCloseAnswersUnfinishedWrites(t *testing.T) {
 	}
 }
 
+// handleWire hands req to b as the server receives it, the generated
+// message decoded from the client's bytes, and returns the answer as the
+// client reads it (nil for none).
+func handleWire(t *testing.T, b *batchAppend, req *streams.BatchAppendReq, now time.Time) *streams.BatchAppendResp {
+	t.Helper()
+	wire, err := proto.Marshal(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var in streamspb.BatchAppendReq
+	if err := in.UnmarshalVTUnsafe(wire); err != nil {
+		t.Fatal(err)
+	}
+	resp := b.handle(&in, now)
+	if resp == nil {
+		return nil
+	}
+	out, err := resp.MarshalVT()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got streams.BatchAppendResp
+	if err := proto.Unmarshal(out, &got); err != nil {
+		t.Fatal(err)
+	}
+	return &got
+}
+
 // TestBatchAppendDeadlinePassesMidWrite drives one call's state with a
 // chosen clock: a write whose deadline passes before its final request is
 // answered Timeout at its next request and forgotten.
@@ -552,18 +582,18 @@ func TestBatchAppendDeadlinePassesMidWrite(t *testing.T) {
 	corr := uuid.New()
 	o := optAny("late-1")
 	o.DeadlineOption = &streams.BatchAppendReq_Options_Deadline{Deadline: durationpb.New(time.Second)}
-	if resp := b.handle(breq(corr, o, false, uuid.New()), t0); resp != nil {
+	if resp := handleWire(t, &b, breq(corr, o, false, uuid.New()), t0); resp != nil {
 		t.Fatalf("first part answered %v", resp)
 	}
-	if resp := b.handle(breq(corr, nil, false, uuid.New()), t0.Add(999*time.Millisecond)); resp != nil {
+	if resp := handleWire(t, &b, breq(corr, nil, false, uuid.New()), t0.Add(999*time.Millisecond)); resp != nil {
 		t.Fatalf("second part, in time, answered %v", resp)
 	}
-	resp := b.handle(breq(corr, nil, true, uuid.New()), t0.Add(time.Second))
+	resp := handleWire(t, &b, breq(corr, nil, true, uuid.New()), t0.Add(time.Second))
 	wantError(t, resp, codes.DeadlineExceeded, "Timeout", &shared.Timeout{})
 	if len(b.pending) != 0 || s.store.LastEventNumber("late-1") != -1 {
 		t.Fatalf("a timed-out write must be forgotten and not committed")
 	}
-	if resp := b.handle(breq(corr, nil, true, uuid.New()), t0.Add(2*time.Second)); resp != nil {
+	if resp := handleWire(t, &b, breq(corr, nil, true, uuid.New()), t0.Add(2*time.Second)); resp != nil {
 		t.Fatalf("a request for a forgotten write answered %v", resp)
 	}
 }

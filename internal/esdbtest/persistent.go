@@ -14,11 +14,10 @@ import (
 	"github.com/EventStore/EventStore-Client-Go/v4/protos/shared"
 	"github.com/google/uuid"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
-	"github.com/ditto-replicator/ditto/internal/pbwire"
+	"github.com/ditto-replicator/ditto/internal/pbwire/gen/persistentpb"
 )
 
 // psConfigStream holds the persisted subscription configuration: its last
@@ -256,31 +255,21 @@ func (p *persistentService) Read(stream persistent.PersistentSubscriptions_ReadS
 
 	recvErr := make(chan error, 1)
 	go func() {
-		// Messages are received raw: acks, nearly all of them, are decoded
-		// straight into ids (pbwire.AckIDs); the rest by the codec, as
-		// Recv would, with its error.
-		var raw pbwire.Raw
+		// Acks and nacks are received as the generated messages (package
+		// pbwire), without the protobuf runtime's reflection.
 		for {
-			if err := stream.RecvMsg(&raw); err != nil {
+			req := new(persistentpb.ReadReq)
+			if err := stream.RecvMsg(req); err != nil {
 				recvErr <- err
 				return
 			}
-			if ids, ok := pbwire.AckIDs(raw); ok {
-				sub.post(func() { sub.ack(ids) })
-				continue
-			}
-			req := new(persistent.ReadReq)
-			if err := (pbwire.Codec{}).Unmarshal(mem.BufferSlice{mem.SliceBuffer(raw)}, req); err != nil {
-				recvErr <- psUnmarshalError(err)
-				return
-			}
 			switch x := req.GetContent().(type) {
-			case *persistent.ReadReq_Ack_:
-				ids := psUUIDsFromProto(x.Ack.GetIds())
+			case *persistentpb.ReadReq_Ack_:
+				ids := psUUIDsFromWire(x.Ack.GetIds())
 				sub.post(func() { sub.ack(ids) })
-			case *persistent.ReadReq_Nack_:
-				ids := psUUIDsFromProto(x.Nack.GetIds())
-				action, reason := nackAction(x.Nack.GetAction()), x.Nack.GetReason()
+			case *persistentpb.ReadReq_Nack_:
+				ids := psUUIDsFromWire(x.Nack.GetIds())
+				action, reason := nackAction(persistent.ReadReq_Nack_Action(x.Nack.GetAction())), x.Nack.GetReason()
 				sub.post(func() { sub.nack(ids, action, reason) })
 			}
 		}

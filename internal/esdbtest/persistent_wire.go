@@ -13,6 +13,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	"github.com/ditto-replicator/ditto/internal/pbwire/gen/sharedpb"
 )
 
 // psEventResp builds the ReadResp of one delivery. Unlike Streams.Read, both
@@ -90,10 +92,28 @@ func psUUIDsFromProto(us []*shared.UUID) []uuid.UUID {
 	return ids
 }
 
-// psUnmarshalError is the error grpc returns from RecvMsg when the codec
-// cannot decode a message, for messages received raw and decoded here.
-func psUnmarshalError(err error) error {
-	return status.Errorf(codes.Internal, "grpc: failed to unmarshal the received message: %v", err)
+// psUUIDsFromWire decodes the ids of an ack or nack received as the
+// generated message; garbage ids are dropped, as psUUIDsFromProto does.
+func psUUIDsFromWire(us []*sharedpb.UUID) []uuid.UUID {
+	ids := make([]uuid.UUID, 0, len(us))
+	for _, u := range us {
+		var id uuid.UUID
+		switch v := u.GetValue().(type) {
+		case *sharedpb.UUID_Structured_:
+			binary.BigEndian.PutUint64(id[:8], uint64(v.Structured.GetMostSignificantBits()))
+			binary.BigEndian.PutUint64(id[8:], uint64(v.Structured.GetLeastSignificantBits()))
+		case *sharedpb.UUID_String_:
+			parsed, err := uuid.Parse(v.String_)
+			if err != nil {
+				continue
+			}
+			id = parsed
+		default:
+			continue
+		}
+		ids = append(ids, id)
+	}
+	return ids
 }
 
 // Persistent-subscription error statuses (§6). The client reads trailers

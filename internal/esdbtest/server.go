@@ -146,7 +146,8 @@ func (s *Server) start() error {
 	auth := authenticator{insecure: s.opts.Insecure}
 	recvLimit := max(s.opts.MaxAppendSize+(64<<10), 4<<20)
 	s.grpc = grpc.NewServer(
-		// Deliveries and appends are encoded by hand (package pbwire).
+		// Deliveries are sent as encoded here, BatchAppend and acks go
+		// through generated code (package pbwire).
 		grpc.ForceServerCodecV2(serverCodec{}),
 		grpc.MaxRecvMsgSize(recvLimit),
 		grpc.MaxSendMsgSize(maxSendMsgSize),

@@ -105,7 +105,7 @@ func (s *streamsService) Append(srv streams.Streams_AppendServer) error {
 		if msg == nil {
 			return drain(srv, status.Error(codes.Unknown, "expected a proposed message"))
 		}
-		ev, size, missing := proposedEvent(msg.Id, msg.Metadata, msg.Data, msg.CustomMetadata)
+		ev, size, missing := proposedEvent(uuidFromProto(msg.Id), msg.Metadata, msg.Data, msg.CustomMetadata)
 		if missing != "" {
 			return drain(srv, rpcError(set, codes.InvalidArgument, "Required metadata properties are missing: type, content-type",
 				"exception", "missing-required-metadata-property", "required-metadata-properties", "type,content-type"))
@@ -157,7 +157,7 @@ func (s *streamsService) Append(srv streams.Streams_AppendServer) error {
 // as the server counts it against the limits (data + metadata + 2 × type
 // length). missing names the first required metadata key (type, then
 // content-type) that is absent.
-func proposedEvent(id *shared.UUID, md map[string]string, data, custom []byte) (ev ProposedEvent, size int, missing string) {
+func proposedEvent(id uuid.UUID, md map[string]string, data, custom []byte) (ev ProposedEvent, size int, missing string) {
 	typ, ok := md["type"]
 	if !ok {
 		return ev, 0, "type"
@@ -166,7 +166,7 @@ func proposedEvent(id *shared.UUID, md map[string]string, data, custom []byte) (
 	if !ok {
 		return ev, 0, "content-type"
 	}
-	ev = ProposedEvent{ID: uuidFromProto(id), Type: typ, IsJSON: ct == "application/json", Data: data, Metadata: custom}
+	ev = ProposedEvent{ID: id, Type: typ, IsJSON: ct == "application/json", Data: data, Metadata: custom}
 	return ev, len(data) + len(custom) + 2*utf16Len(typ), ""
 }
 

@@ -48,7 +48,7 @@ func randomWrite(r *rand.Rand) *BatchWrite {
 // generated is w as the generated message the client's types would give.
 func generated(w *BatchWrite) *streams.BatchAppendReq {
 	id := func(u uuid.UUID) *shared.UUID {
-		most, least := halves(u)
+		most, least := binary.BigEndian.Uint64(u[:8]), binary.BigEndian.Uint64(u[8:])
 		return &shared.UUID{Value: &shared.UUID_Structured_{Structured: &shared.UUID_Structured{
 			MostSignificantBits: int64(most), LeastSignificantBits: int64(least)}}}
 	}
@@ -113,13 +113,13 @@ func TestBatchWriteRefusesInvalidUTF8Type(t *testing.T) {
 }
 
 func structured(id uuid.UUID) *shared.UUID {
-	most, least := halves(id)
+	most, least := binary.BigEndian.Uint64(id[:8]), binary.BigEndian.Uint64(id[8:])
 	return &shared.UUID{Value: &shared.UUID_Structured_{Structured: &shared.UUID_Structured{
 		MostSignificantBits: int64(most), LeastSignificantBits: int64(least)}}}
 }
 
-// TestBatchAppendSuccess checks the answers the hand decoder takes, against
-// protobuf, and that it leaves every other answer to protobuf.
+// TestBatchAppendSuccess checks the answers BatchAppendSuccess takes, and
+// that it leaves every other answer to the caller's protobuf decoding.
 func TestBatchAppendSuccess(t *testing.T) {
 	id := uuid.MustParse("0a1b2c3d-4e5f-4061-8273-8495a6b7c8d9")
 	success := func(rev uint64) *streams.BatchAppendResp {
@@ -155,18 +155,16 @@ func TestBatchAppendSuccess(t *testing.T) {
 		"string id":     marshal(t, stringID),
 		"no id":         marshal(t, noID),
 		"no result":     marshal(t, noResult),
-		"unknown field": marshal(t, withUnknownField(success(3))),
-		"success twice": append(marshal(t, success(3)), marshal(t, success(4))...),
 		"truncated":     marshal(t, success(3))[:10],
 		"not a message": {0xff, 0xff},
 	} {
 		if _, _, ok := BatchAppendSuccess(b); ok {
-			t.Errorf("%s: taken by the hand decoder; protobuf should decode it", name)
+			t.Errorf("%s: taken as a success; the caller should decode it", name)
 		}
 	}
 }
 
-// FuzzBatchAppendSuccess checks that whatever the hand decoder takes,
+// FuzzBatchAppendSuccess checks that whatever BatchAppendSuccess takes,
 // protobuf decodes to the same success, and that no input makes it panic.
 func FuzzBatchAppendSuccess(f *testing.F) {
 	id := uuid.MustParse("0a1b2c3d-4e5f-4061-8273-8495a6b7c8d9")
@@ -180,13 +178,13 @@ func FuzzBatchAppendSuccess(f *testing.F) {
 		}
 		var m streams.BatchAppendResp
 		if err := proto.Unmarshal(b, &m); err != nil {
-			t.Fatalf("taken by the hand decoder, refused by protobuf: %v", err)
+			t.Fatalf("taken as a success, refused by protobuf: %v", err)
 		}
 		st := m.GetCorrelationId().GetStructured()
 		want := structuredUUID(uint64(st.GetMostSignificantBits()), uint64(st.GetLeastSignificantBits()))
 		cur, isRev := m.GetSuccess().GetCurrentRevisionOption().(*streams.BatchAppendResp_Success_CurrentRevision)
 		if st == nil || gotID != want || !isRev || cur.CurrentRevision != rev {
-			t.Fatalf("hand decoder: %v %d; protobuf: %v", gotID, rev, &m)
+			t.Fatalf("decoded %v %d; protobuf: %v", gotID, rev, &m)
 		}
 	})
 }

@@ -2,10 +2,12 @@ package pbwire
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
 	"unicode/utf8"
+	"unsafe"
 
 	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
 	"github.com/EventStore/EventStore-Client-Go/v4/protos/persistent"
@@ -13,6 +15,46 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 )
+
+// Field numbers, from the KurrentDB protos.
+const (
+	// persistent.ReadResp
+	fReadRespEvent        = 1
+	fReadRespConfirmation = 2
+	// persistent.ReadResp.SubscriptionConfirmation
+	fConfirmationID = 1
+	// persistent.ReadResp.ReadEvent
+	fReadEventEvent          = 1
+	fReadEventLink           = 2
+	fReadEventCommitPosition = 3
+	fReadEventNoPosition     = 4
+	fReadEventRetryCount     = 5
+	fReadEventNoRetryCount   = 6
+	// persistent.ReadResp.ReadEvent.RecordedEvent
+	fRecID              = 1
+	fRecStream          = 2
+	fRecStreamRevision  = 3
+	fRecPreparePosition = 4
+	fRecCommitPosition  = 5
+	fRecMetadata        = 6
+	fRecCustomMetadata  = 7
+	fRecData            = 8
+	// shared.UUID
+	fUUIDStructured = 1
+	fUUIDString     = 2
+	// shared.UUID.Structured
+	fStructMost  = 1
+	fStructLeast = 2
+	// shared.StreamIdentifier
+	fStreamName = 3
+	// map entries
+	fMapKey   = 1
+	fMapValue = 2
+)
+
+// errShape means a delivery is valid protobuf (or not) in a shape the hand
+// decoder leaves to the protobuf runtime.
+var errShape = errors.New("pbwire: shape not handled")
 
 // ReadMessage is one message of a persistent-subscription read, decoded for
 // a consumer: an event with its retry count, or the confirmation that opens
@@ -378,4 +420,124 @@ func entryBytes(b []byte) (k, v []byte, err error) {
 		return nil, nil, errShape
 	}
 	return k, v, nil
+}
+
+// The decoders read from a buffer the codec owns and never writes again, so
+// strings and byte slices point into it. Any field they do not know, a
+// repeated singular message (which protobuf merges), or invalid UTF-8 in a
+// string returns errShape and the protobuf runtime decodes the message.
+
+// field reads one tag and its value: v is the payload of a length-delimited
+// field, x the value of a varint.
+type field struct {
+	num protowire.Number
+	typ protowire.Type
+	v   []byte
+	x   uint64
+}
+
+// cursor walks the fields of a message, one at a time in f. Tags of one
+// byte (field numbers below 16, all the hot messages use) and values and
+// lengths of one byte are read inline; anything else goes through protowire
+// or, for longer tags, ends the walk as bad, leaving the message to
+// protobuf. Looping on it costs less than a call to next per field, which
+// returns the field by value.
+type cursor struct {
+	b   []byte
+	f   field
+	bad bool
+}
+
+// next moves to the next field; false at the end or when bad.
+func (c *cursor) next() bool {
+	if len(c.b) == 0 {
+		return false
+	}
+	if c.b[0] >= 0x80 || c.b[0] < 8 {
+		c.bad = true
+		return false
+	}
+	c.f.num, c.f.typ = protowire.Number(c.b[0]>>3), protowire.Type(c.b[0]&7)
+	b := c.b[1:]
+	x, n := uint64(0), 1
+	if len(b) > 0 && b[0] < 0x80 {
+		x = uint64(b[0])
+	} else if x, n = protowire.ConsumeVarint(b); n < 0 {
+		c.bad = true
+		return false
+	}
+	switch c.f.typ {
+	case protowire.VarintType:
+		c.f.x, c.b = x, b[n:]
+		return true
+	case protowire.BytesType:
+		if x > uint64(len(b)-n) {
+			break
+		}
+		end := n + int(x)
+		c.f.v, c.b = b[n:end:end], b[end:] // appends to a field must not reach the next
+		return true
+	}
+	c.bad = true
+	return false
+}
+
+// next consumes one field of b.
+func next(b []byte) (field, []byte, error) {
+	c := cursor{b: b}
+	if !c.next() {
+		return field{}, nil, errShape
+	}
+	return c.f, c.b, nil
+}
+
+// fields calls fn for each field of b in order, stopping at the first error.
+func fields(b []byte, fn func(field) error) error {
+	for len(b) > 0 {
+		f, rest, err := next(b)
+		if err != nil {
+			return err
+		}
+		if err := fn(f); err != nil {
+			return err
+		}
+		b = rest
+	}
+	return nil
+}
+
+// str returns b as a string sharing its memory.
+func str(b []byte) (string, error) {
+	if len(b) == 0 {
+		return "", nil
+	}
+	if !utf8.Valid(b) {
+		return "", errShape
+	}
+	return bytesString(b), nil
+}
+
+// bytesString returns b as a string sharing its memory, as it is (a bytes
+// field that the client turns into a string without checking it).
+func bytesString(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	return unsafe.String(&b[0], len(b))
+}
+
+// structuredContents decodes the contents of a shared.UUID.Structured.
+func structuredContents(b []byte) (uuid.UUID, bool) {
+	var half [2]uint64
+	s := cursor{b: b}
+	for s.next() {
+		if s.f.typ != protowire.VarintType || (s.f.num != fStructMost && s.f.num != fStructLeast) {
+			return uuid.Nil, false
+		}
+		half[s.f.num-fStructMost] = s.f.x
+	}
+	if s.bad {
+		return uuid.Nil, false
+	}
+	return structuredUUID(half[0], half[1]), true
 }

@@ -285,3 +285,10 @@ func walkEntry(b []byte) (k, v []byte, ok bool) {
 	}
 	return k, v, true
 }
+func withUnknownField[M proto.Message](m M) M {
+	m.ProtoReflect().SetUnknown(protowire.AppendVarint(protowire.AppendTag(nil, 99, protowire.VarintType), 7))
+	return m
+}
+func lenField(num protowire.Number, parts ...[]byte) []byte {
+	return protowire.AppendBytes(protowire.AppendTag(nil, num, protowire.BytesType), bytes.Join(parts, nil))
+}

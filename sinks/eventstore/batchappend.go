@@ -27,8 +27,8 @@ import (
 	"github.com/ditto-replicator/ditto/sinks"
 )
 
-// The BatchAppend call is made directly, with requests encoded straight from
-// the events (pbwire.BatchWrite) and answers decoded by hand.
+// The BatchAppend call is made directly, with requests encoded from the
+// events (pbwire.BatchWrite) and answers decoded by generated code.
 const batchAppendMethod = "/event_store.client.streams.Streams/BatchAppend"
 
 var batchAppendDesc = &grpc.StreamDesc{StreamName: "BatchAppend", ServerStreams: true, ClientStreams: true}
@@ -339,7 +339,8 @@ func correlationID(u *shared.UUID) (uuid.UUID, bool) {
 }
 
 // decodeAnswer decodes a BatchAppendResp into the write it answers and its
-// result; a success with a revision, nearly every answer, without protobuf.
+// result; a success with a revision, nearly every answer, without the
+// protobuf runtime.
 // An answer with no usable correlation id gives the nil id, which no write
 // waits on.
 func decodeAnswer(raw []byte) (uuid.UUID, result, error) {
