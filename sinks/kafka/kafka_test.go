@@ -271,13 +271,13 @@ func TestClassifyTooLargeBatch(t *testing.T) {
 		}
 	}
 	for err, want := range map[error]sinks.Kind{
-		kerr.TopicAuthorizationFailed:                    sinks.Permanent,
-		kerr.InvalidTopicException:                       sinks.Permanent,
+		kerr.TopicAuthorizationFailed:                     sinks.Permanent,
+		kerr.InvalidTopicException:                        sinks.Permanent,
 		fmt.Errorf("x: %w", kerr.UnknownTopicOrPartition): sinks.Transient,
-		kerr.NotLeaderForPartition:                       sinks.Transient,
-		kerr.RequestTimedOut:                             sinks.Transient,
-		context.Canceled:                                 sinks.Transient,
-		errors.New("connection reset"):                  sinks.Transient,
+		kerr.NotLeaderForPartition:                        sinks.Transient,
+		kerr.RequestTimedOut:                              sinks.Transient,
+		context.Canceled:                                  sinks.Transient,
+		errors.New("connection reset"):                    sinks.Transient,
 	} {
 		if got, _ := classify(err, "t", 10, 1000012, 1); got != want {
 			t.Errorf("%v: %s, want %s", err, got, want)
