@@ -204,7 +204,11 @@ func init() {
 		Settings: func() sinks.Settings { return &Settings{} },
 		Writers:  defaultWriters,
 		Open: func(ctx context.Context, settings sinks.Settings, env sinks.Env) (sinks.Sink, error) {
-			return Open(ctx, settings.(*Settings), env)
+			k, err := Open(ctx, settings.(*Settings), env)
+			if err != nil {
+				return nil, err // not a nil *Sink in an interface
+			}
+			return k, nil
 		},
 	})
 }
