@@ -441,3 +441,32 @@ func testKafkaTopicInvalid(t *testing.T) {
 	recs := k.read(t, "customer-ok").waitDistinct(t, 3)
 	verifyKafka(t, recs, k.sourceEvents(t, []string{"customer-ok"}), false)
 }
+
+// TestKafkaSinkStopsWhileClusterAway: a SIGTERM while the broker answers
+// nothing stops ditto after DITTO_SHUTDOWN_TIMEOUT (the writes in flight
+// give up; their events were not acked and come again), and a ditto started
+// once the broker is back delivers everything.
+func TestKafkaSinkStopsWhileClusterAway(t *testing.T) {
+	k := newKafkaEnv(t, true, kfake.SeedTopics(4, "events"))
+	k.createGroup(t, "$ce-customer", "ditto", esdb.ConsumerStrategyPinned)
+	streams := k.seed(t, "customer", 5, 3)
+	metrics := testutil.FreeAddr(t)
+	env := k.dittoEnv(map[string]string{"DITTO_SHUTDOWN_TIMEOUT": "1s", "DITTO_METRICS_ADDRESS": metrics})
+	p := startProcess(t, env)
+	r := k.read(t, "events")
+	r.waitDistinct(t, 15)
+	k.proxy.SetBlackhole(true)
+	for _, s := range streams {
+		k.append(t, s, 3, 3)
+	}
+	testutil.Eventually(t, 30*time.Second, "records waiting on the broker", func() bool {
+		_, body := get(t, "http://"+metrics+"/metrics")
+		return strings.Contains(body, "ditto_kafka_buffered_records ") && !strings.Contains(body, "ditto_kafka_buffered_records 0\n")
+	})
+	stopGracefully(t, p)
+	k.proxy.SetBlackhole(false)
+	p = startProcess(t, env)
+	recs := r.waitDistinct(t, 30)
+	verifyKafka(t, recs, k.sourceEvents(t, streams), false)
+	stopGracefully(t, p)
+}

@@ -63,6 +63,8 @@ type Sink struct {
 	log        zerolog.Logger
 	observe    func(string, time.Duration)
 	records    *prometheus.CounterVec
+	// ok, transient and permanent are records' children, looked up once.
+	ok, transient, permanent prometheus.Counter
 
 	mu         sync.Mutex
 	missing    map[string]bool // topics the cluster said it does not have
@@ -95,6 +97,7 @@ func Open(ctx context.Context, s *Settings, env sinks.Env) (*Sink, error) {
 			Help: "Records produced to Kafka, by result: ok, transient (retried) or permanent (parked).",
 		}, []string{"result"}),
 	}
+	k.ok, k.transient, k.permanent = k.records.WithLabelValues("ok"), k.records.WithLabelValues("transient"), k.records.WithLabelValues("permanent")
 	if k.observe == nil {
 		k.observe = func(string, time.Duration) {}
 	}
@@ -218,7 +221,7 @@ func (k *Sink) Write(ctx context.Context, stream string, events []sinks.Event) e
 	}
 	topic, err := k.topics.topic(stream)
 	if err != nil {
-		k.records.WithLabelValues("permanent").Add(float64(len(events)))
+		k.permanent.Add(float64(len(events)))
 		return &sinks.WriteError{Kind: sinks.Permanent, Reason: err.Error()}
 	}
 	start := time.Now()
@@ -240,7 +243,7 @@ func (k *Sink) Write(ctx context.Context, stream string, events []sinks.Event) e
 		written++
 	}
 	if written > 0 {
-		k.records.WithLabelValues("ok").Add(float64(written))
+		k.ok.Add(float64(written))
 	}
 	if written == len(recs) {
 		if k.hasMissing.Load() {
@@ -249,7 +252,7 @@ func (k *Sink) Write(ctx context.Context, stream string, events []sinks.Event) e
 		return nil
 	}
 	if !w.fin[written] {
-		k.records.WithLabelValues("transient").Add(float64(len(recs) - written))
+		k.transient.Add(float64(len(recs) - written))
 		return &sinks.WriteError{Kind: sinks.Transient, Written: written, Reason: "stopping before the cluster confirmed every record", Err: ctx.Err()}
 	}
 	ferr := w.errs[written]
@@ -257,7 +260,11 @@ func (k *Sink) Write(ctx context.Context, stream string, events []sinks.Event) e
 	if errors.Is(ferr, kerr.UnknownTopicOrPartition) {
 		k.lost(topic)
 	}
-	k.records.WithLabelValues(kind.String()).Add(float64(len(recs) - written))
+	if kind == sinks.Permanent {
+		k.permanent.Add(float64(len(recs) - written))
+	} else {
+		k.transient.Add(float64(len(recs) - written))
+	}
 	return &sinks.WriteError{Kind: kind, Written: written, Reason: reason, Err: ferr}
 }
 
