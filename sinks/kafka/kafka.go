@@ -6,6 +6,7 @@ package kafka
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"regexp"
@@ -16,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 	"github.com/twmb/franz-go/pkg/kerr"
@@ -277,7 +279,16 @@ func (k *Sink) build(topic, stream string, events []sinks.Event, now time.Time) 
 	key := []byte(stream)
 	// Header values (and envelopes) of all events, then sliced: offsets
 	// first, since the buffer moves while it grows.
-	var buf []byte
+	size := 0
+	for i := range events {
+		e := &events[i]
+		size += 36 + 20 + len(time.RFC3339Nano) + len(e.Type) + len(e.ContentType)
+		if k.envelope {
+			// Base64 at worst, and the fields around.
+			size += 200 + len(e.Stream) + len(e.Type) + (len(e.Data)+len(e.Metadata))*4/3
+		}
+	}
+	buf := make([]byte, 0, size)
 	type span struct{ from, to int }
 	spans := make([]span, 6*len(events)) // five header values and an envelope
 	si := 0
@@ -288,7 +299,7 @@ func (k *Sink) build(topic, stream string, events []sinks.Event, now time.Time) 
 	for i := range events {
 		e := &events[i]
 		from := len(buf)
-		buf = append(buf, e.ID.String()...)
+		buf = appendUUID(buf, e.ID)
 		mark(from)
 		from = len(buf)
 		buf = strconv.AppendUint(buf, e.Number, 10)
@@ -337,6 +348,20 @@ func (k *Sink) build(topic, stream string, events []sinks.Event, now time.Time) 
 		sizes[i] = size
 	}
 	return recs, sizes
+}
+
+// appendUUID appends id in its canonical form, as uuid.UUID.String does,
+// without a string per event.
+func appendUUID(dst []byte, id uuid.UUID) []byte {
+	dst = hex.AppendEncode(dst, id[0:4])
+	dst = append(dst, '-')
+	dst = hex.AppendEncode(dst, id[4:6])
+	dst = append(dst, '-')
+	dst = hex.AppendEncode(dst, id[6:8])
+	dst = append(dst, '-')
+	dst = hex.AppendEncode(dst, id[8:10])
+	dst = append(dst, '-')
+	return hex.AppendEncode(dst, id[10:16])
 }
 
 // nonNil keeps empty data an empty value: a null value is a deletion

@@ -50,7 +50,7 @@ func settings(c *kfake.Cluster, topic string) *Settings {
 		MaxMessageBytes: 1000012, ClientID: "ditto"}
 }
 
-func open(t *testing.T, s *Settings) *Sink {
+func open(t testing.TB, s *Settings) *Sink {
 	t.Helper()
 	k, err := Open(context.Background(), s, sinks.Env{Log: zerolog.Nop(), Metrics: prometheus.NewRegistry()})
 	if err != nil {
@@ -481,5 +481,14 @@ func TestSettings(t *testing.T) {
 				t.Fatalf("the password leaked: %v", err)
 			}
 		})
+	}
+}
+
+func TestAppendUUID(t *testing.T) {
+	for i := 0; i < 100; i++ {
+		id := uuid.New()
+		if got := string(appendUUID([]byte("x"), id)); got != "x"+id.String() {
+			t.Fatalf("%s, want x%s", got, id)
+		}
 	}
 }
