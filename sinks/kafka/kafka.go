@@ -139,19 +139,41 @@ func (k *Sink) Ready(ctx context.Context) error {
 	if err := k.check(ctx); err != nil {
 		return err
 	}
-	if k.hasMissing.Load() {
-		k.mu.Lock()
-		var names []string
-		for t := range k.missing {
-			names = append(names, t)
-		}
-		k.mu.Unlock()
-		sort.Strings(names)
-		if len(names) > 0 {
-			return fmt.Errorf("topic %s does not exist on the cluster: its events wait; create it or set DITTO_KAFKA_AUTO_CREATE_TOPICS=true", strings.Join(names, ", "))
+	if !k.hasMissing.Load() {
+		return nil
+	}
+	k.mu.Lock()
+	var names []string
+	for t := range k.missing {
+		names = append(names, t)
+	}
+	k.mu.Unlock()
+	// Asked again, so that a topic created since is found even if none of
+	// its events is written again (the source may have parked them).
+	req := kmsg.NewPtrMetadataRequest()
+	for _, name := range names {
+		t := kmsg.NewMetadataRequestTopic()
+		t.Topic = kmsg.StringPtr(name)
+		req.Topics = append(req.Topics, t)
+	}
+	if resp, err := req.RequestWith(ctx, k.client); err == nil {
+		for _, t := range resp.Topics {
+			if t.ErrorCode == 0 && t.Topic != nil {
+				k.found(*t.Topic)
+			}
 		}
 	}
-	return nil
+	k.mu.Lock()
+	names = names[:0]
+	for t := range k.missing {
+		names = append(names, t)
+	}
+	k.mu.Unlock()
+	if len(names) == 0 {
+		return nil
+	}
+	sort.Strings(names)
+	return fmt.Errorf("topic %s does not exist on the cluster: its events wait; create it or set DITTO_KAFKA_AUTO_CREATE_TOPICS=true", strings.Join(names, ", "))
 }
 
 // check sends one metadata request.

@@ -318,6 +318,17 @@ func TestMissingTemplatedTopic(t *testing.T) {
 	if err := k.Write(ctx, "customer-1", events("customer-1", 0, 2)); err != nil {
 		t.Fatal(err)
 	}
+	// Created: ready again without another write to it.
+	req := kmsg.NewPtrCreateTopicsRequest()
+	ct := kmsg.NewCreateTopicsRequestTopic()
+	ct.Topic, ct.NumPartitions, ct.ReplicationFactor = "t-order", 1, 1
+	req.Topics = append(req.Topics, ct)
+	if _, err := req.RequestWith(ctx, k.client); err != nil {
+		t.Fatal(err)
+	}
+	if err := k.Ready(ctx); err != nil {
+		t.Fatalf("ready once the topic exists: %v", err)
+	}
 }
 
 func TestReadyWhenUnreachable(t *testing.T) {
