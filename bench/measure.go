@@ -37,13 +37,18 @@ type progress struct {
 // events. It fails when check returns an error (ditto exited), when nothing
 // moves for stall, or after limit. poll, if not nil, sees every count.
 func waitDestination(ctx context.Context, store *esdbtest.Store, want int, limit, stall time.Duration, check func() error, poll func(time.Time, int64)) (progress, error) {
+	return waitCount(ctx, func() int64 { return store.LastEventNumber("$ce-"+category) + 1 }, want, limit, stall, check, poll)
+}
+
+// waitCount is waitDestination over any count of events written.
+func waitCount(ctx context.Context, count func() int64, want int, limit, stall time.Duration, check func() error, poll func(time.Time, int64)) (progress, error) {
 	var p progress
 	start := time.Now()
 	last, lastMove := int64(0), start
 	t := time.NewTicker(pollEvery)
 	defer t.Stop()
 	for i := 0; ; i++ {
-		n := store.LastEventNumber("$ce-"+category) + 1
+		n := count()
 		now := time.Now()
 		if poll != nil {
 			poll(now, n)

@@ -68,21 +68,26 @@ type target struct {
 
 // result is one scenario's figures.
 type result struct {
-	Scenario  string      `json:"scenario"`
-	Title     string      `json:"title"`
-	Events    int         `json:"events"`
-	Streams   int         `json:"streams"`
-	DelayMs   float64     `json:"delay_ms_each_way,omitempty"`
-	Ditto     *measured   `json:"ditto,omitempty"`
-	Baseline1 *measured   `json:"baseline1,omitempty"` // benfoster/ditto's algorithm
-	Baseline2 *measured   `json:"baseline2,omitempty"` // raw destination limit
-	Baseline3 *measured   `json:"baseline3,omitempty"` // the source's own limit
-	VsB1      float64     `json:"ratio_to_baseline1,omitempty"`
-	VsB2      float64     `json:"ratio_to_baseline2,omitempty"`
-	Lag       *lagFigures `json:"lag,omitempty"`
-	PeakRSSMB float64     `json:"ditto_peak_rss_mib,omitempty"`
-	Targets   []target    `json:"targets,omitempty"`
-	Error     string      `json:"error,omitempty"`
+	Scenario  string    `json:"scenario"`
+	Title     string    `json:"title"`
+	Events    int       `json:"events"`
+	Streams   int       `json:"streams"`
+	DelayMs   float64   `json:"delay_ms_each_way,omitempty"`
+	Ditto     *measured `json:"ditto,omitempty"`
+	Baseline1 *measured `json:"baseline1,omitempty"` // benfoster/ditto's algorithm
+	Baseline2 *measured `json:"baseline2,omitempty"` // raw destination limit
+	Baseline3 *measured `json:"baseline3,omitempty"` // the source's own limit
+	// EventStoreSink is, in scenario f, ditto with the EventStore sink on
+	// the same workload (Ditto is then ditto into Kafka, Baseline2
+	// franz-go's own rate).
+	EventStoreSink *measured   `json:"eventstore_sink,omitempty"`
+	VsEventStore   float64     `json:"ratio_to_eventstore_sink,omitempty"`
+	VsB1           float64     `json:"ratio_to_baseline1,omitempty"`
+	VsB2           float64     `json:"ratio_to_baseline2,omitempty"`
+	Lag            *lagFigures `json:"lag,omitempty"`
+	PeakRSSMB      float64     `json:"ditto_peak_rss_mib,omitempty"`
+	Targets        []target    `json:"targets,omitempty"`
+	Error          string      `json:"error,omitempty"`
 	// Runs holds the key figure of every run when the scenario ran more
 	// than once (--repeat); the other figures are the median run's.
 	Runs []float64 `json:"runs,omitempty"`
@@ -152,6 +157,9 @@ func (r *result) evaluate() {
 			Met: r.Ditto != nil && r.PeakRSSMB > 0 && r.PeakRSSMB < targetDRSS>>20})
 	case "e":
 		atLeast("ditto / baseline 1", r.VsB1, targetEB1, "x")
+	case "f":
+		r.VsEventStore = ratio(eps(r.Ditto), eps(r.EventStoreSink))
+		atLeast("ditto into Kafka / franz-go's own rate", r.VsB2, targetFB2, "")
 	}
 	if r.Error != "" {
 		for i := range r.Targets {
@@ -231,6 +239,9 @@ func (rep *report) print(w io.Writer) {
 		if r.Baseline2 != nil && r.Baseline2.Note != "" {
 			fmt.Fprintf(w, "      baseline 2: %s\n", r.Baseline2.Note)
 		}
+		if es := r.EventStoreSink; es != nil {
+			fmt.Fprintf(w, "      EventStore sink, same workload: %.0f events/s, %.1f events per append (ditto into Kafka: %.2f× that)\n", es.EventsPerSec, es.MeanBatch, r.VsEventStore)
+		}
 		if r.Baseline3 != nil && r.Baseline3.Note != "" {
 			fmt.Fprintf(w, "      baseline 3: %.0f events/s; %s\n", r.Baseline3.EventsPerSec, r.Baseline3.Note)
 		}
@@ -265,7 +276,7 @@ func (rep *report) print(w io.Writer) {
 		}
 	}
 	fmt.Fprintln(w, "  baseline 1 = benfoster/ditto's algorithm (buffer 10, one append per event with expected version n-1, sequential, ack after each write);")
-	fmt.Fprintln(w, "  baseline 2 = the raw destination limit (the same events appended directly, no subscription).")
+	fmt.Fprintln(w, "  baseline 2 = the raw destination limit (the same events appended directly, no subscription; in f, franz-go producing the same records into kfake).")
 	fmt.Fprintln(w, "  baseline 3 = the source limit (the same events read through a group of their own with ditto's consumer and acked, written nowhere).")
 	fmt.Fprintln(w, "  CPU µs/ev: CPU time per event of the ditto process + of this process (both test servers) while ditto ran.")
 }

@@ -93,6 +93,7 @@ var scenarios = map[string]scenario{
 	"e": {"scenario a through a 5 ms (each way) delay to each server", func(ctx context.Context, e *env) (*result, error) {
 		return throughput(ctx, e, e.scaled(100_000), 1000, linkDelay, true)
 	}},
+	"f": {"scenario a into Kafka (kfake), against franz-go producing the same records and the EventStore sink", kafkaScenario},
 }
 
 // throughput seeds events over streams on a source, then measures the raw

@@ -70,7 +70,24 @@ var badConfig = []struct {
 	{"DITTO_METRICS_ADDRESS without port", map[string]string{"DITTO_METRICS_ADDRESS": "5000"}, 2, []string{`DITTO_METRICS_ADDRESS="5000" is not a host:port`}},
 	{"DITTO_LOG_LEVEL unknown", map[string]string{"DITTO_LOG_LEVEL": "verbose"}, 2, []string{`DITTO_LOG_LEVEL="verbose": expected debug, info, warn or error`}},
 	{"DITTO_LOG_FORMAT unknown", map[string]string{"DITTO_LOG_FORMAT": "xml"}, 2, []string{`DITTO_LOG_FORMAT="xml": expected json or console`}},
+	{"DITTO_KAFKA_BROKERS missing", map[string]string{"DITTO_SINK": "kafka", "DITTO_KAFKA_TOPIC": "events"}, 2, []string{"DITTO_KAFKA_BROKERS is required when DITTO_SINK=kafka"}},
+	{"DITTO_KAFKA_TOPIC not a valid topic name", kafkaSet("DITTO_KAFKA_TOPIC", "my topic"), 2, []string{`DITTO_KAFKA_TOPIC="my topic": ' ' is not allowed in a Kafka topic name`}},
+	{"DITTO_KAFKA_TOPIC unknown placeholder", kafkaSet("DITTO_KAFKA_TOPIC", "events-{type}"), 2, []string{"unknown placeholder {type}: expected {category} or {stream}"}},
+	{"DITTO_KAFKA_FORMAT unknown", kafkaSet("DITTO_KAFKA_FORMAT", "avro"), 2, []string{`DITTO_KAFKA_FORMAT="avro": expected raw or envelope`}},
+	{"DITTO_KAFKA_COMPRESSION unknown", kafkaSet("DITTO_KAFKA_COMPRESSION", "brotli"), 2, []string{`DITTO_KAFKA_COMPRESSION="brotli": expected none, gzip, snappy, lz4 or zstd`}},
+	{"DITTO_KAFKA_SASL_MECHANISM unknown, password hidden", kafkaSet("DITTO_KAFKA_SASL_MECHANISM", "GSSAPI", "DITTO_KAFKA_SASL_USERNAME", "ditto", "DITTO_KAFKA_SASL_PASSWORD", "pw-4711-secret"), 2, []string{`DITTO_KAFKA_SASL_MECHANISM="GSSAPI": expected PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512`}},
+	{"DITTO_KAFKA_TLS_CERT_FILE without DITTO_KAFKA_TLS_KEY_FILE", kafkaSet("DITTO_KAFKA_TLS_CERT_FILE", "/tmp/client.pem"), 2, []string{"DITTO_KAFKA_TLS_CERT_FILE and DITTO_KAFKA_TLS_KEY_FILE must be set together"}},
 	{"several problems at once", map[string]string{"DITTO_BUFFER_SIZE": "0", "DITTO_LOG_LEVEL": "loud", "DITTO_SUBSCRIPTIONS": ""}, 2, []string{"DITTO_BUFFER_SIZE=0", "DITTO_LOG_LEVEL=\"loud\"", "DITTO_SUBSCRIPTIONS is required"}},
+}
+
+// kafkaSet is a valid Kafka sink configuration with the given variables
+// (name, value, name, value, …) on top.
+func kafkaSet(kv ...string) map[string]string {
+	m := map[string]string{"DITTO_SINK": "kafka", "DITTO_KAFKA_BROKERS": "127.0.0.1:1", "DITTO_KAFKA_TOPIC": "events"}
+	for i := 0; i+1 < len(kv); i += 2 {
+		m[kv[i]] = kv[i+1]
+	}
+	return m
 }
 
 func TestBadInputConfiguration(t *testing.T) {
@@ -142,6 +159,9 @@ var badRuntime = []struct {
 	{"unicode stream names", testUnicodeStreams},
 	{"group name with : and , in DITTO_SUBSCRIPTIONS", testEscapedGroup},
 	{"category with : in DITTO_SUBSCRIPTIONS", testEscapedStream},
+	{"DITTO_KAFKA_TOPIC unknown on the cluster", testKafkaTopicUnknown},
+	{"Kafka record larger than the topic accepts", testKafkaRecordTooLarge},
+	{"Kafka topic template gives an invalid topic name", testKafkaTopicInvalid},
 }
 
 func TestBadInputRuntime(t *testing.T) {
