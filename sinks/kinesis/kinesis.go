@@ -419,12 +419,6 @@ func (s *Sink) Ready(ctx context.Context) error {
 	return nil
 }
 
-// describe checks at start that the stream exists.
-func (s *Sink) describe(ctx context.Context) error {
-	_, err := s.client.DescribeStreamSummary(ctx, &kinesis.DescribeStreamSummaryInput{StreamName: s.name, StreamARN: s.arn})
-	return err
-}
-
 // heldAt returns the number a stream's writes wait for, if any.
 func (s *Sink) heldAt(stream string) (uint64, bool) {
 	s.heldMu.Lock()

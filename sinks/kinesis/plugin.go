@@ -61,6 +61,16 @@ func (id streamID) display() string {
 	return id.name
 }
 
+// describeInput names the stream in a DescribeStreamSummary call: by name,
+// and by ARN too when it has one (the API takes both).
+func (id streamID) describeInput() *kinesis.DescribeStreamSummaryInput {
+	in := &kinesis.DescribeStreamSummaryInput{StreamName: &id.name}
+	if id.arn != "" {
+		in.StreamARN = &id.arn
+	}
+	return in
+}
+
 var streamNameRE = regexp.MustCompile(`^[a-zA-Z0-9_.-]{1,128}$`)
 
 // parseStream reads a stream name or ARN.
@@ -110,10 +120,6 @@ func open(ctx context.Context, settings sinks.Settings, env sinks.Env) (sinks.Si
 		return nil, errors.New("no AWS region: set AWS_REGION (or a region in the AWS profile), or give DITTO_KINESIS_STREAM_NAME as the stream's ARN")
 	}
 	client := kinesis.NewFromConfig(cfg)
-	sink, err := New(client, Options{Stream: s.StreamName, Observe: env.Observe, Metrics: env.Metrics, Log: env.Log})
-	if err != nil {
-		return nil, err
-	}
 	log := env.Log.Info().Str("stream", id.display()).Str("region", cfg.Region)
 	if ep := client.Options().BaseEndpoint; ep != nil {
 		log = log.Str("endpoint", *ep)
@@ -122,16 +128,19 @@ func open(ctx context.Context, settings sinks.Settings, env sinks.Env) (sinks.Si
 
 	cctx, cancel := context.WithTimeout(ctx, startCheck)
 	defer cancel()
-	err = sink.describe(cctx)
+	_, err = client.DescribeStreamSummary(cctx, id.describeInput())
 	var notFound *types.ResourceNotFoundException
 	switch {
 	case errors.As(err, &notFound):
-		sink.Close()
 		return nil, fmt.Errorf("DITTO_KINESIS_STREAM_NAME: Kinesis stream %s does not exist in region %s: create it first (ditto does not create streams)", id.display(), cfg.Region)
 	case err != nil:
 		// Credentials or the network may come right later; writes wait
 		// and /health/ready says why meanwhile.
 		env.Log.Warn().Err(classify(err, id.display()).err).Msg("cannot check the Kinesis stream; starting anyway")
+	}
+	sink, err := New(client, Options{Stream: s.StreamName, Observe: env.Observe, Metrics: env.Metrics, Log: env.Log})
+	if err != nil {
+		return nil, err
 	}
 	return sink, nil
 }
