@@ -165,6 +165,9 @@ func Start(t testing.TB) *Server {
 // Addr is host:port.
 func (s *Server) Addr() string { return s.addr }
 
+// Pid is the node process's id.
+func (s *Server) Pid() int { return s.cmd.Process.Pid }
+
 // Endpoint is the URL clients use (AWS_ENDPOINT_URL_KINESIS).
 func (s *Server) Endpoint() string { return "http://" + s.addr }
 
