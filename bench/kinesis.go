@@ -31,7 +31,7 @@ import (
 // a replicator and a Kinesis endpoint across a network.
 const (
 	kinesisShards   = 4
-	kinesisRawCalls = 4 // PutRecords calls at once in baseline 2
+	kinesisRawCalls = 4   // PutRecords calls at once in baseline 2
 	kinesisRawBatch = 500 // records per call in baseline 2: the service limit
 	targetKB1       = 20.0
 )
