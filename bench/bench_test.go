@@ -421,3 +421,43 @@ func TestThreadsCPU(t *testing.T) {
 		t.Error("no error for a process that does not exist")
 	}
 }
+
+func TestPromSum(t *testing.T) {
+	text := "# TYPE ditto_events_processed_total counter\n" +
+		"ditto_events_processed_total{app=\"ditto\",group=\"g\",stream=\"$ce-a\"} 40\n" +
+		"ditto_events_processed_total{app=\"ditto\",group=\"g\",stream=\"$ce-b\"} 2\n" +
+		"ditto_io_duration_seconds_count{operation=\"put_records\",system=\"kinesis\"} 7\n" +
+		"ditto_io_duration_seconds_count{operation=\"describe_stream_summary\",system=\"kinesis\"} 3\n"
+	if got := promSum(text, "ditto_events_processed_total", ""); got != 42 {
+		t.Errorf("sum = %g, want 42", got)
+	}
+	if got := promSum(text, "ditto_io_duration_seconds_count", `operation="put_records"`); got != 7 {
+		t.Errorf("put_records calls = %g, want 7", got)
+	}
+	if got := promSum(text, "ditto_events", ""); got != 0 {
+		t.Errorf("a prefix of a name matched: %g", got)
+	}
+}
+
+func TestKinesisTargets(t *testing.T) {
+	for _, sc := range []string{"k", "l"} {
+		r := &result{Scenario: sc, Ditto: &measured{EventsPerSec: 21000}, Baseline1: &measured{EventsPerSec: 1000}}
+		r.evaluate()
+		if len(r.Targets) != 1 || !r.Targets[0].Met || r.Targets[0].Want != ">= 20x" {
+			t.Errorf("(%s) targets = %+v; want ×21 to meet >= 20x", sc, r.Targets)
+		}
+	}
+	if _, ok := scenarios["k"]; !ok || strings.Contains(mustDefault(t), "k") {
+		t.Error("scenario k must exist and not be in the default list")
+	}
+}
+
+// mustDefault is the default of --scenario.
+func mustDefault(t *testing.T) string {
+	t.Helper()
+	c, err := parseFlags(nil, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Join(c.scenarios, ",")
+}

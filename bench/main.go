@@ -14,6 +14,11 @@
 // (f), run only when asked for, scenario a into Kafka (kfake in this
 // process) against franz-go producing the same records directly and against
 // the EventStore sink (see kafka.go).
+// (k), not run by default, 100k events over 1,000 streams with
+// DITTO_SINK=kinesis into kinesalite, against one PutRecord per event
+// (benfoster/ditto's Kinesis image) and against kinesalite's own limit;
+// (l), not run by default, k with 5 ms added each way between every writer
+// and kinesalite.
 // --scale multiplies the event counts (0.1 for a quick run); baseline 1 runs
 // on a sample of at most 5,000 events or 15 s and is reported as a rate.
 //
@@ -67,7 +72,7 @@ type config struct {
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	scen := fs.String("scenario", "a,b,c,d,e", "comma-separated scenarios: a (100k events, 1,000 streams), b (20k events, one stream), c (2,000 events/s, lag), d (1M-event backlog, memory), e (a through a 5 ms each-way delay); f (a into Kafka, not run by default)")
+	scen := fs.String("scenario", "a,b,c,d,e", "comma-separated scenarios: a (100k events, 1,000 streams), b (20k events, one stream), c (2,000 events/s, lag), d (1M-event backlog, memory), e (a through a 5 ms each-way delay); not run by default: f (a into Kafka), k (a into Kinesis: kinesalite), l (k through a 5 ms each-way delay)")
 	scale := fs.Float64("scale", 1, "multiplies event counts and the duration of c (0.1 for a quick run); between 0.001 and 10")
 	asJSON := fs.Bool("json", false, "print the results as JSON instead of a table")
 	bin := fs.String("ditto-bin", "", "a ditto binary to run instead of building ./cmd/ditto")
@@ -90,7 +95,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	for _, s := range strings.Split(*scen, ",") {
 		s = strings.TrimSpace(s)
 		if _, ok := scenarios[s]; !ok {
-			return nil, fmt.Errorf("--scenario: unknown scenario %q: expected a, b, c, d, e or f", s)
+			return nil, fmt.Errorf("--scenario: unknown scenario %q: expected a, b, c, d, e, f, k or l", s)
 		}
 		if !contains(c.scenarios, s) {
 			c.scenarios = append(c.scenarios, s)

@@ -130,7 +130,7 @@ type ditto struct {
 var benchVars = []string{
 	"DITTO_SOURCE_CONNECTION_STRING", "DITTO_DESTINATION_CONNECTION_STRING", "DITTO_SUBSCRIPTIONS",
 	"DITTO_METRICS_ADDRESS", "DITTO_LOG_LEVEL", "DITTO_LOG_FORMAT", "DITTO_SHUTDOWN_TIMEOUT",
-	"DITTO_CREATE_SUBSCRIPTIONS", "DITTO_SINK", "DITTO_READ_ONLY", "DITTO_KAFKA_BROKERS", "DITTO_KAFKA_TOPIC",
+	"DITTO_CREATE_SUBSCRIPTIONS", "DITTO_SINK", "DITTO_READ_ONLY", "DITTO_KAFKA_BROKERS", "DITTO_KAFKA_TOPIC", "DITTO_KINESIS_STREAM_NAME",
 }
 
 // tuningVars lists the DITTO_* variables passed through from the
@@ -185,10 +185,10 @@ func freePort() (string, error) {
 	return l.Addr().String(), nil
 }
 
-// startDitto runs bin replicating $ce-bench from source to destination,
-// with extra variables ("NAME=value") on top.
-// The process gets its own process group and dies with the bench (SIGKILL
-// on parent death); stop ends it.
+// startDitto runs bin replicating $ce-bench from source to destination.
+// extra (KEY=VALUE) comes last, over the bench's own environment. The
+// process gets its own process group and dies with the bench (SIGKILL on
+// parent death); stop ends it.
 func startDitto(bin, logDir, source, destination, group string, extra ...string) (*ditto, error) {
 	addr, err := freePort()
 	if err != nil {

@@ -160,6 +160,8 @@ func (r *result) evaluate() {
 	case "f":
 		r.VsEventStore = ratio(eps(r.Ditto), eps(r.EventStoreSink))
 		atLeast("ditto into Kafka / franz-go's own rate", r.VsB2, targetFB2, "")
+	case "k", "l":
+		atLeast("ditto / baseline 1", r.VsB1, targetKB1, "x")
 	}
 	if r.Error != "" {
 		for i := range r.Targets {
@@ -279,6 +281,14 @@ func (rep *report) print(w io.Writer) {
 	fmt.Fprintln(w, "  baseline 2 = the raw destination limit (the same events appended directly, no subscription; in f, franz-go producing the same records into kfake).")
 	fmt.Fprintln(w, "  baseline 3 = the source limit (the same events read through a group of their own with ditto's consumer and acked, written nowhere).")
 	fmt.Fprintln(w, "  CPU µs/ev: CPU time per event of the ditto process + of this process (both test servers) while ditto ran.")
+	for _, r := range rep.Results {
+		if r.Scenario == "k" || r.Scenario == "l" {
+			fmt.Fprintln(w, "  (k, l) baseline 1 = benfoster/ditto's Kinesis image (buffer 10, one PutRecord per event, sequential, ack after each);")
+			fmt.Fprintln(w, "      baseline 2 = the records put straight to kinesalite in PutRecords calls of 500; ev/append = records per PutRecords call;")
+			fmt.Fprintln(w, "      CPU µs/ev: ditto + the source server and kinesalite.")
+			break
+		}
+	}
 }
 
 // printTimeline prints a ditto run's windows, four to a line.

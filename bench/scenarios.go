@@ -94,6 +94,13 @@ var scenarios = map[string]scenario{
 		return throughput(ctx, e, e.scaled(100_000), 1000, linkDelay, true)
 	}},
 	"f": {"scenario a into Kafka (kfake), against franz-go producing the same records and the EventStore sink", kafkaScenario},
+	// Not run by default: they need kinesalite (npm), see internal/kinesalite.
+	"k": {"100k events over 1,000 streams into Kinesis (kinesalite), DITTO_SINK=kinesis", func(ctx context.Context, e *env) (*result, error) {
+		return kinesisThroughput(ctx, e, 0)
+	}},
+	"l": {"scenario k through a 5 ms (each way) delay to kinesalite", func(ctx context.Context, e *env) (*result, error) {
+		return kinesisThroughput(ctx, e, linkDelay)
+	}},
 }
 
 // throughput seeds events over streams on a source, then measures the raw

@@ -50,6 +50,8 @@ var badConfig = []struct {
 	{"DITTO_SUBSCRIPTIONS empty group", map[string]string{"DITTO_SUBSCRIPTIONS": "$ce-customer:"}, 2, []string{"empty stream or group"}},
 	{"DITTO_SUBSCRIPTIONS listed twice", map[string]string{"DITTO_SUBSCRIPTIONS": "a:b, a:b"}, 2, []string{"a:b is listed twice"}},
 	{"DITTO_SUBSCRIPTIONS only commas", map[string]string{"DITTO_SUBSCRIPTIONS": ",,"}, 2, []string{"DITTO_SUBSCRIPTIONS"}},
+	{"DITTO_KINESIS_STREAM_NAME missing", map[string]string{"DITTO_SINK": "kinesis"}, 2, []string{"DITTO_KINESIS_STREAM_NAME is required when DITTO_SINK=kinesis"}},
+	{"DITTO_KINESIS_STREAM_NAME not a stream name or ARN", map[string]string{"DITTO_SINK": "kinesis", "DITTO_KINESIS_STREAM_NAME": "my stream"}, 2, []string{`DITTO_KINESIS_STREAM_NAME="my stream" is not a Kinesis stream name`}},
 	{"DITTO_SINK unknown", map[string]string{"DITTO_SINK": "kafka2"}, 2, []string{`DITTO_SINK="kafka2" is not a known sink`}},
 	{"DITTO_BUFFER_SIZE not a number", map[string]string{"DITTO_BUFFER_SIZE": "ten"}, 2, []string{`DITTO_BUFFER_SIZE="ten" is not a valid integer`}},
 	{"DITTO_BUFFER_SIZE out of range", map[string]string{"DITTO_BUFFER_SIZE": "0"}, 2, []string{"DITTO_BUFFER_SIZE=0 is out of range: expected 1 to 100000"}},
@@ -162,6 +164,11 @@ var badRuntime = []struct {
 	{"DITTO_KAFKA_TOPIC unknown on the cluster", testKafkaTopicUnknown},
 	{"Kafka record larger than the topic accepts", testKafkaRecordTooLarge},
 	{"Kafka topic template gives an invalid topic name", testKafkaTopicInvalid},
+	{"Kinesis stream missing at start", testKinesisStreamMissingAtStart},
+	{"no AWS region for Kinesis", testKinesisNoRegion},
+	{"Kinesis stream deleted mid-run", testKinesisStreamDeletedMidRun},
+	{"Kinesis rejects the credentials", testKinesisCredentialsRejected},
+	{"event larger than a Kinesis record", testKinesisRecordTooLarge},
 }
 
 func TestBadInputRuntime(t *testing.T) {

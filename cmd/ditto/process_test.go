@@ -84,7 +84,7 @@ func TestConfigCommandListsEveryVariable(t *testing.T) {
 			}
 		}
 	}
-	for _, want := range []string{"eventstore", "stdout"} {
+	for _, want := range []string{"eventstore", "kinesis", "stdout"} {
 		if _, ok := sinks.Lookup(want); !ok {
 			t.Errorf("the %s sink is not registered", want)
 		}

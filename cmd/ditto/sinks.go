@@ -4,5 +4,6 @@ package main
 import (
 	_ "github.com/ditto-replicator/ditto/sinks/eventstore"
 	_ "github.com/ditto-replicator/ditto/sinks/kafka"
+	_ "github.com/ditto-replicator/ditto/sinks/kinesis"
 	_ "github.com/ditto-replicator/ditto/sinks/stdout"
 )

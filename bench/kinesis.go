@@ -1,0 +1,324 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/kinesis"
+	"github.com/aws/aws-sdk-go-v2/service/kinesis/types"
+
+	"github.com/ditto-replicator/ditto/internal/faultproxy"
+	"github.com/ditto-replicator/ditto/internal/kinesalite"
+	"github.com/ditto-replicator/ditto/sinks"
+)
+
+// Scenarios k and l: ditto's Kinesis sink into kinesalite, against one
+// PutRecord per event, sequentially (benfoster/ditto's Kinesis image:
+// baseline 1), and against the same records put straight to kinesalite in
+// calls of 500 (kinesalite's own limit: baseline 2), all in the same run;
+// l puts a delay each way between every writer and kinesalite, as between
+// a replicator and a Kinesis endpoint across a network.
+const (
+	kinesisShards   = 4
+	kinesisRawCalls = 4   // PutRecords calls at once in baseline 2
+	kinesisRawBatch = 500 // records per call in baseline 2: the service limit
+	targetKB1       = 20.0
+)
+
+func kinesisThroughput(ctx context.Context, e *env, delay time.Duration) (*result, error) {
+	w := newWorkload(e.scaled(100_000), 1000)
+	res := &result{Events: w.events, Streams: w.streams, DelayMs: ms(delay)}
+	kin, err := kinesalite.StartServer()
+	if err != nil {
+		return res, fmt.Errorf("the Kinesis scenarios need kinesalite: %w", err)
+	}
+	defer kin.Close()
+	// direct reads the streams back; the writers go through the proxy.
+	direct := kinesalite.NewClient(kin.Endpoint())
+	endpoint := kin.Endpoint()
+	if delay > 0 {
+		p, err := faultproxy.Start(kin.Addr())
+		if err != nil {
+			return res, err
+		}
+		defer p.Close()
+		p.SetDelay(delay)
+		endpoint = "http://" + p.Addr()
+	}
+	client := kinesalite.NewClient(endpoint)
+	for _, s := range []string{"raw", "ditto", "baseline"} {
+		if err := kinesalite.CreateStream(ctx, direct, s, kinesisShards); err != nil {
+			return res, err
+		}
+	}
+	src, err := startServer(0)
+	if err != nil {
+		return res, err
+	}
+	defer src.Close()
+	t := time.Now()
+	if err := seed(ctx, src.Store(), w); err != nil {
+		return res, err
+	}
+	e.logf("seeded %d events over %d streams in %s; kinesalite with %d shards per stream", w.events, w.streams, time.Since(t).Round(time.Millisecond), kinesisShards)
+	admin, err := newClient(src.ConnectionString())
+	if err != nil {
+		return res, err
+	}
+	defer admin.Close()
+	for _, g := range []string{"ditto-bench", "baseline-1"} {
+		if err := createGroup(ctx, admin, g); err != nil {
+			return res, err
+		}
+	}
+	if err := e.kinesisRaw(ctx, res, kin, client, w); err != nil {
+		return res, err
+	}
+	if err := e.kinesisDitto(ctx, res, src, kin, endpoint, direct, w); err != nil {
+		return res, err
+	}
+	if err := e.kinesisReference(ctx, res, src, client, w); err != nil {
+		return res, err
+	}
+	return res, nil
+}
+
+// envelope is event i's record data, as ditto writes it.
+func (w workload) envelope(i int, now time.Time) []byte {
+	ev := sinks.Event{Stream: w.stream(i), Number: w.number(i), ID: w.id(i), Type: eventType, ContentType: "application/json",
+		Data: w.data(i), Metadata: w.metadata(i), Created: now}
+	return sinks.AppendEnvelope(nil, &ev, now)
+}
+
+// kinesisRaw measures baseline 2: every event's record put straight to the
+// stream "raw", kinesisRawBatch per PutRecords call (consecutive events
+// belong to different streams), kinesisRawCalls calls at once. No
+// subscription.
+func (e *env) kinesisRaw(ctx context.Context, res *result, kin *kinesalite.Server, client *kinesis.Client, w workload) error {
+	now := time.Now()
+	calls := make(chan []types.PutRecordsRequestEntry, w.events/kinesisRawBatch+1)
+	for from := 0; from < w.events; from += kinesisRawBatch {
+		batch := make([]types.PutRecordsRequestEntry, 0, kinesisRawBatch)
+		for i := from; i < min(from+kinesisRawBatch, w.events); i++ {
+			batch = append(batch, types.PutRecordsRequestEntry{Data: w.envelope(i, now), PartitionKey: aws.String(w.stream(i))})
+		}
+		calls <- batch
+	}
+	close(calls)
+	e.collect()
+	selfStart, kinStart := selfCPU(), procCPU(kin.Pid())
+	var wg sync.WaitGroup
+	var firstErr atomic.Pointer[error]
+	start := time.Now()
+	for range kinesisRawCalls {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for batch := range calls {
+				out, err := client.PutRecords(ctx, &kinesis.PutRecordsInput{StreamName: aws.String("raw"), Records: batch})
+				if err == nil && aws.ToInt32(out.FailedRecordCount) > 0 {
+					err = fmt.Errorf("%d records rejected", aws.ToInt32(out.FailedRecordCount))
+				}
+				if err != nil {
+					err = fmt.Errorf("baseline 2: PutRecords: %w", err)
+					firstErr.CompareAndSwap(nil, &err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	took := time.Since(start)
+	if err := firstErr.Load(); err != nil {
+		return *err
+	}
+	m := &measured{Events: w.events, Seconds: took.Seconds(), EventsPerSec: rate(w.events, took),
+		CPUMicrosPerEvent: perEvent(selfCPU()-selfStart+procCPU(kin.Pid())-kinStart, w.events)}
+	m.CoresBusy = coresBusy(m.CPUMicrosPerEvent, m.EventsPerSec)
+	m.Note = fmt.Sprintf("the records put straight to kinesalite, %d per PutRecords call, %d calls at once; CPU per event (client and kinesalite) %.1f µs, cores busy %.2f",
+		kinesisRawBatch, kinesisRawCalls, m.CPUMicrosPerEvent, m.CoresBusy)
+	res.Baseline2 = m
+	e.logf("baseline 2 (kinesalite's limit): %d records in %s: %.0f records/s", w.events, took.Round(time.Millisecond), m.EventsPerSec)
+	return nil
+}
+
+// kinesisDitto runs ditto with DITTO_SINK=kinesis from the source's start
+// until it has acked every event, then checks that the stream "ditto"
+// holds them all. The time runs from starting the process to the last ack
+// seen in /metrics.
+func (e *env) kinesisDitto(ctx context.Context, res *result, src *server, kin *kinesalite.Server, endpoint string, direct *kinesis.Client, w workload) error {
+	extra := []string{"DITTO_SINK=kinesis", "DITTO_KINESIS_STREAM_NAME=ditto"}
+	for k, v := range kinesalite.Env(endpoint) {
+		extra = append(extra, k+"="+v)
+	}
+	e.collect()
+	stopProfile := e.profile()
+	defer stopProfile()
+	selfStart, kinStart := selfCPU(), procCPU(kin.Pid())
+	start := time.Now()
+	d, err := startDitto(e.bin, e.dir, src.conn(), "", "ditto-bench", extra...)
+	if err != nil {
+		return err
+	}
+	defer d.stop()
+	limit := time.Minute + time.Duration(w.events/200)*time.Second
+	var text string
+	last, lastMove := 0.0, time.Now()
+	for {
+		if err := d.alive(); err != nil {
+			return fmt.Errorf("ditto: %w", err)
+		}
+		text = d.scrape(ctx)
+		n := promSum(text, "ditto_events_processed_total", "")
+		if n >= float64(w.events) {
+			break
+		}
+		now := time.Now()
+		if n != last {
+			last, lastMove = n, now
+		}
+		if now.Sub(lastMove) > time.Minute || now.Sub(start) > limit {
+			return fmt.Errorf("ditto: %v of %d events acked after %s; log:\n%s", n, w.events, now.Sub(start).Round(time.Second), tail(d.log, 20))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	took := time.Since(start)
+	servers := selfCPU() - selfStart
+	kinCPU := procCPU(kin.Pid()) - kinStart
+	stopProfile()
+	res.PeakRSSMB = float64(d.PeakRSS()) / (1 << 20)
+	u := d.usage()
+	calls := promSum(text, "ditto_io_duration_seconds_count", `operation="put_records"`)
+	d.stop()
+	m := &measured{Events: w.events, Seconds: took.Seconds(), EventsPerSec: rate(w.events, took),
+		CPUMicrosPerEvent: perEvent(u.cpu, w.events), ServersCPUMicrosPerEvent: perEvent(servers+kinCPU, w.events), PageFaults: u.faults}
+	if calls > 0 {
+		m.MeanBatch = float64(w.events) / calls
+	}
+	m.CoresBusy = coresBusy(m.CPUMicrosPerEvent+m.ServersCPUMicrosPerEvent, m.EventsPerSec)
+	t := time.Now()
+	recs, err := kinesalite.ReadAll(ctx, direct, "ditto")
+	if err != nil {
+		return err
+	}
+	if len(recs) < w.events {
+		return fmt.Errorf("ditto acked %d events but the stream holds %d records", w.events, len(recs))
+	}
+	m.Note = fmt.Sprintf("%.0f PutRecords calls, %.1f records per call; CPU per event: ditto %.1f µs, source server %.1f µs, kinesalite %.1f µs; cores busy %.2f; %d records read back",
+		calls, m.MeanBatch, m.CPUMicrosPerEvent, perEvent(servers, w.events), perEvent(kinCPU, w.events), m.CoresBusy, len(recs))
+	res.Ditto = m
+	e.logf("ditto: %d events in %s: %.0f events/s, %.1f records per PutRecords call, peak RSS %.1f MiB (read back %d records in %s)",
+		w.events, took.Round(time.Millisecond), m.EventsPerSec, m.MeanBatch, res.PeakRSSMB, len(recs), time.Since(t).Round(time.Millisecond))
+	return nil
+}
+
+// kinesisReference measures baseline 1, benfoster/ditto's Kinesis image:
+// one persistent subscription connection with buffer size 10; for each
+// event, in order, one PutRecord of its envelope to stream "baseline"
+// (partition key: its stream), then an ack; nothing concurrent. It runs
+// on a sample, as baseline 1 of the other scenarios.
+func (e *env) kinesisReference(ctx context.Context, res *result, src *server, client *kinesis.Client, w workload) error {
+	sample := min(w.events, b1MaxSample)
+	maxTime := time.Duration(float64(15*time.Second) * min(1, max(e.scale, 0.2)))
+	c, err := newClient(src.conn())
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(ctx, maxTime+30*time.Second)
+	defer cancel()
+	start := time.Now()
+	sub, err := c.SubscribeToPersistentSubscription(ctx, "$ce-"+category, "baseline-1", esdb.SubscribeToPersistentSubscriptionOptions{BufferSize: 10})
+	if err != nil {
+		return fmt.Errorf("baseline 1: subscribing: %w", err)
+	}
+	defer sub.Close()
+	n := 0
+	for n < sample && time.Since(start) < maxTime {
+		ev := sub.Recv()
+		if ev.SubscriptionDropped != nil {
+			return fmt.Errorf("baseline 1: subscription dropped after %d events: %w", n, ev.SubscriptionDropped.Error)
+		}
+		if ev.EventAppeared == nil || ev.EventAppeared.Event.Event == nil {
+			continue
+		}
+		rec := ev.EventAppeared.Event.Event
+		se := sinks.Event{Stream: rec.StreamID, Number: rec.EventNumber, ID: rec.EventID, Type: rec.EventType, ContentType: rec.ContentType,
+			Data: rec.Data, Metadata: rec.UserMetadata, Created: rec.CreatedDate}
+		if _, err := client.PutRecord(ctx, &kinesis.PutRecordInput{StreamName: aws.String("baseline"), PartitionKey: aws.String(rec.StreamID),
+			Data: sinks.AppendEnvelope(nil, &se, time.Now())}); err != nil {
+			return fmt.Errorf("baseline 1: PutRecord: %w", err)
+		}
+		if err := sub.Ack(ev.EventAppeared.Event); err != nil {
+			return fmt.Errorf("baseline 1: ack: %w", err)
+		}
+		n++
+	}
+	took := time.Since(start)
+	m := &measured{Events: n, Seconds: took.Seconds(), EventsPerSec: rate(n, took)}
+	if n < w.events {
+		m.Sampled = true
+		m.Note = fmt.Sprintf("sample of %d of %d events in %s, extrapolated as a rate", n, w.events, took.Round(time.Millisecond))
+	}
+	res.Baseline1 = m
+	e.logf("baseline 1 (one PutRecord per event): %d events in %s: %.0f events/s", n, took.Round(time.Millisecond), m.EventsPerSec)
+	return nil
+}
+
+// scrape returns ditto's /metrics text, or "".
+func (d *ditto) scrape(ctx context.Context) string {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+d.metrics+"/metrics", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return ""
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	return string(b)
+}
+
+// promSum adds up the samples of metric name in Prometheus text whose
+// labels contain labels.
+func promSum(text, name, labels string) float64 {
+	re := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + `(\{[^}]*\})? (\S+)$`)
+	sum := 0.0
+	for _, m := range re.FindAllStringSubmatch(text, -1) {
+		if !strings.Contains(m[1], labels) {
+			continue
+		}
+		if v, err := strconv.ParseFloat(m[2], 64); err == nil {
+			sum += v
+		}
+	}
+	return sum
+}
+
+// procCPU is a process's CPU time so far, 0 if unknown.
+func procCPU(pid int) time.Duration {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0
+	}
+	u, err := parseStat(b)
+	if err != nil {
+		return 0
+	}
+	return u.cpu
+}
