@@ -344,7 +344,9 @@ func TestKinesisFaultsLoseAndReorderNothing(t *testing.T) {
 	p := startProcess(t, k.dittoEnv(map[string]string{"DITTO_METRICS_ADDRESS": metrics, "DITTO_WRITE_RETRIES": "100"}))
 	src := k.sourceEvents(t, streams)
 	testutil.Eventually(t, 120*time.Second, "600 events processed", func() bool {
-		return metricSum(scrape(t, metrics), "ditto_events_processed_total") == 600
+		// ditto may not listen yet.
+		code, _ := readyStatus(metrics)
+		return code != 0 && metricSum(scrape(t, metrics), "ditto_events_processed_total") == 600
 	})
 	checkRecords(t, k.records(t), src, true)
 	refused := checkCallsOneRecordPerKey(t, k.proxy.Calls())

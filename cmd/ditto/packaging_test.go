@@ -16,14 +16,6 @@ import (
 // variables they set must be ones ditto reads, the required ones must be
 // there, and together they must make a configuration that loads.
 
-// pendingSinkVariables are DITTO_* variables of sinks that are not in this
-// repository yet, each with the DITTO_SINK value of its sink. The compose
-// files may set them already; config.Load is not run for a service of such
-// a sink, since it would reject the sink's name. Delete an entry once its
-// sink registers its variables with config.Variables.
-var pendingSinkVariables = map[string]string{
-	"DITTO_KINESIS_STREAM_NAME": "kinesis",
-}
 
 // checkDittoEnv checks the environment env that where (a compose service,
 // a Kubernetes container) gives ditto.
@@ -32,11 +24,6 @@ func checkDittoEnv(t *testing.T, where string, env map[string]string) {
 	known := map[string]bool{}
 	for _, v := range config.Variables() {
 		known[v.Name] = true
-	}
-	pendingSink := false
-	for name, sink := range pendingSinkVariables {
-		known[name] = true
-		pendingSink = pendingSink || env[config.Prefix+"_SINK"] == sink
 	}
 	for name := range env {
 		if strings.HasPrefix(name, config.Prefix+"_") && !known[name] {
@@ -53,7 +40,7 @@ func checkDittoEnv(t *testing.T, where string, env map[string]string) {
 			t.Errorf("%s: the required %s is missing", where, v.Name)
 		}
 	}
-	if pendingSink || t.Failed() {
+	if t.Failed() {
 		return
 	}
 	t.Run(where, func(t *testing.T) {
@@ -117,15 +104,3 @@ func readmeSection(t *testing.T, title string) string {
 	return rest
 }
 
-func TestPendingSinkVariablesAreStillPending(t *testing.T) {
-	for _, v := range config.Variables() {
-		if sink, ok := pendingSinkVariables[v.Name]; ok {
-			t.Errorf("%s is known to config now: delete it from pendingSinkVariables (sink %s)", v.Name, sink)
-		}
-	}
-	for name := range pendingSinkVariables {
-		if !strings.HasPrefix(name, config.Prefix+"_") {
-			t.Errorf("%s is no DITTO_* variable", name)
-		}
-	}
-}
