@@ -130,7 +130,7 @@ type ditto struct {
 var benchVars = []string{
 	"DITTO_SOURCE_CONNECTION_STRING", "DITTO_DESTINATION_CONNECTION_STRING", "DITTO_SUBSCRIPTIONS",
 	"DITTO_METRICS_ADDRESS", "DITTO_LOG_LEVEL", "DITTO_LOG_FORMAT", "DITTO_SHUTDOWN_TIMEOUT",
-	"DITTO_CREATE_SUBSCRIPTIONS", "DITTO_SINK", "DITTO_READ_ONLY",
+	"DITTO_CREATE_SUBSCRIPTIONS", "DITTO_SINK", "DITTO_READ_ONLY", "DITTO_DESTINATIONS",
 }
 
 // tuningVars lists the DITTO_* variables passed through from the
@@ -189,6 +189,13 @@ func freePort() (string, error) {
 // The process gets its own process group and dies with the bench (SIGKILL
 // on parent death); stop ends it.
 func startDitto(bin, logDir, source, destination, group string) (*ditto, error) {
+	return startDittoWith(bin, logDir, source, group, []string{"DITTO_DESTINATION_CONNECTION_STRING=" + destination}, nil)
+}
+
+// startDittoWith is startDitto with where the events go given as
+// variables (KEY=value), and pass, if set, rewriting each variable passed
+// through from the environment into zero or more.
+func startDittoWith(bin, logDir, source, group string, sinkVars []string, pass func(kv string) []string) (*ditto, error) {
 	addr, err := freePort()
 	if err != nil {
 		return nil, err
@@ -200,16 +207,20 @@ func startDitto(bin, logDir, source, destination, group string) (*ditto, error) 
 	defer logf.Close()
 	env := []string{
 		"DITTO_SOURCE_CONNECTION_STRING=" + source,
-		"DITTO_DESTINATION_CONNECTION_STRING=" + destination,
 		"DITTO_SUBSCRIPTIONS=$ce-" + category + ":" + group,
 		"DITTO_METRICS_ADDRESS=" + addr,
 		"DITTO_LOG_LEVEL=warn",
 		"DITTO_LOG_FORMAT=json",
 		"DITTO_SHUTDOWN_TIMEOUT=5s",
 	}
+	env = append(env, sinkVars...)
 	for _, kv := range os.Environ() {
 		k, _, _ := strings.Cut(kv, "=")
-		if !contains(benchVars, k) {
+		switch {
+		case contains(benchVars, k):
+		case pass != nil:
+			env = append(env, pass(kv)...)
+		default:
 			env = append(env, kv)
 		}
 	}

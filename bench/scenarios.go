@@ -93,6 +93,7 @@ var scenarios = map[string]scenario{
 	"e": {"scenario a through a 5 ms (each way) delay to each server", func(ctx context.Context, e *env) (*result, error) {
 		return throughput(ctx, e, e.scaled(100_000), 1000, linkDelay, true)
 	}},
+	"o": {"100k events over 1,000 streams to two destinations: fan-out against two processes", fanOut},
 }
 
 // throughput seeds events over streams on a source, then measures the raw

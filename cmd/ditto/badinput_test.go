@@ -70,7 +70,31 @@ var badConfig = []struct {
 	{"DITTO_METRICS_ADDRESS without port", map[string]string{"DITTO_METRICS_ADDRESS": "5000"}, 2, []string{`DITTO_METRICS_ADDRESS="5000" is not a host:port`}},
 	{"DITTO_LOG_LEVEL unknown", map[string]string{"DITTO_LOG_LEVEL": "verbose"}, 2, []string{`DITTO_LOG_LEVEL="verbose": expected debug, info, warn or error`}},
 	{"DITTO_LOG_FORMAT unknown", map[string]string{"DITTO_LOG_FORMAT": "xml"}, 2, []string{`DITTO_LOG_FORMAT="xml": expected json or console`}},
+	{"DITTO_DESTINATIONS with DITTO_SINK set", fanOutBad(map[string]string{"DITTO_SINK": "eventstore"}), 2, []string{"DITTO_DESTINATIONS and DITTO_SINK are both set"}},
+	{"DITTO_DESTINATIONS entry without a sink", fanOutBad(map[string]string{"DITTO_DESTINATIONS": "east"}), 2, []string{`DITTO_DESTINATIONS="east": "east" is not name=sink`}},
+	{"DITTO_DESTINATIONS name not lowercase letters and digits", fanOutBad(map[string]string{"DITTO_DESTINATIONS": "East=eventstore"}), 2, []string{`DITTO_DESTINATIONS="East=eventstore": destination name "East" must be lowercase letters and digits`}},
+	{"DITTO_DESTINATIONS name listed twice", fanOutBad(map[string]string{"DITTO_DESTINATIONS": "east=eventstore,east=stdout"}), 2, []string{"destination east is listed twice"}},
+	{"DITTO_DESTINATIONS unknown sink", fanOutBad(map[string]string{"DITTO_DESTINATIONS": "east=eventstore,feed=kafka2"}), 2, []string{`destination feed: "kafka2" is not a known sink`}},
+	{"DITTO_EAST_DESTINATION_CONNECTION_STRING missing", fanOutBad(map[string]string{"DITTO_EAST_DESTINATION_CONNECTION_STRING": ""}), 2, []string{"DITTO_EAST_DESTINATION_CONNECTION_STRING is required for destination east (east=eventstore)"}},
+	{"DITTO_EAST_DESTINATION_CONNECTION_STRING malformed, password hidden", fanOutBad(map[string]string{"DITTO_EAST_DESTINATION_CONNECTION_STRING": "esdb://admin:pw-4711-secret@127.0.0.1:notaport"}), 2, []string{"DITTO_EAST_DESTINATION_CONNECTION_STRING is not a valid connection string (esdb://admin:xxxxx@127.0.0.1:notaport)"}},
+	{"DITTO_EAST_TIME_TO_LIVE not a duration", fanOutBad(map[string]string{"DITTO_EAST_TIME_TO_LIVE": "forever"}), 2, []string{`DITTO_EAST_TIME_TO_LIVE="forever" is not a valid duration`}},
+	{"DITTO_DESTINATION_CONNECTION_STRING set with DITTO_DESTINATIONS", fanOutBad(map[string]string{"DITTO_DESTINATION_CONNECTION_STRING": "esdb://127.0.0.1:2?tls=false"}), 2, []string{"DITTO_DESTINATION_CONNECTION_STRING is set, but with DITTO_DESTINATIONS each destination reads its own (DITTO_EAST_DESTINATION_CONNECTION_STRING for destination east)"}},
 	{"several problems at once", map[string]string{"DITTO_BUFFER_SIZE": "0", "DITTO_LOG_LEVEL": "loud", "DITTO_SUBSCRIPTIONS": ""}, 2, []string{"DITTO_BUFFER_SIZE=0", "DITTO_LOG_LEVEL=\"loud\"", "DITTO_SUBSCRIPTIONS is required"}},
+}
+
+// fanOutBad is a valid fan-out to east and west (DITTO_DESTINATION_CONNECTION_STRING
+// unset) with set on top.
+func fanOutBad(set map[string]string) map[string]string {
+	out := map[string]string{
+		"DITTO_DESTINATION_CONNECTION_STRING":      "",
+		"DITTO_DESTINATIONS":                       "east=eventstore,west=eventstore",
+		"DITTO_EAST_DESTINATION_CONNECTION_STRING": "esdb://127.0.0.1:2?tls=false",
+		"DITTO_WEST_DESTINATION_CONNECTION_STRING": "esdb://127.0.0.1:3?tls=false",
+	}
+	for k, v := range set {
+		out[k] = v
+	}
+	return out
 }
 
 func TestBadInputConfiguration(t *testing.T) {
@@ -125,6 +149,8 @@ var badRuntime = []struct {
 	{"source host unknown", testSourceHostUnknown},
 	{"destination unreachable", testDestinationUnreachable},
 	{"destination down for seconds mid-run", testDestinationDownMidRun},
+	{"one destination of DITTO_DESTINATIONS down", testFanOutDestinationDown},
+	{"wrong password on one destination of DITTO_DESTINATIONS", testFanOutWrongPassword},
 	{"wrong source password", testWrongSourcePassword},
 	{"wrong destination password", testWrongDestinationPassword},
 	{"missing subscription group", testMissingGroup},

@@ -137,7 +137,7 @@ func newLogger(cfg *config.Config, w io.Writer) zerolog.Logger {
 // serve runs the service until a signal; exit code 1 on a fatal error.
 func serve(ctx context.Context, cfg *config.Config, stdout, stderr io.Writer) int {
 	log := newLogger(cfg, stderr)
-	log.Info().Str("source", config.Redact(cfg.SourceConnectionString)).Str("sink", cfg.Sink).Msg("starting")
+	log.Info().Str("source", config.Redact(cfg.SourceConnectionString)).Str("sink", sinkLabel(cfg)).Msg("starting")
 	if cfg.HugePages {
 		hugeHeap(log)
 	}
