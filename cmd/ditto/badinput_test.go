@@ -168,6 +168,10 @@ var badRuntime = []struct {
 	{"unicode stream names", testUnicodeStreams},
 	{"group name with : and , in DITTO_SUBSCRIPTIONS", testEscapedGroup},
 	{"category with : in DITTO_SUBSCRIPTIONS", testEscapedStream},
+	{"ditto groups without copy", testGroupsWithoutSubcommand},
+	{"ditto groups copy without DITTO_DESTINATION_CONNECTION_STRING", testGroupsCopyWithoutDestination},
+	{"ditto groups copy --groups malformed", testGroupsCopyBadGroups},
+	{"ditto groups copy of a group missing on the source", testGroupsCopyMissingGroup},
 }
 
 func TestBadInputRuntime(t *testing.T) {

@@ -29,6 +29,7 @@ Usage:
   ditto            run the replicator, configured by DITTO_* environment variables
   ditto demo       start two embedded test servers and replicate sample events between them
   ditto verify     compare source and destination streams (see ditto verify --help)
+  ditto groups     copy subscription groups to the destination (see ditto groups --help)
   ditto config     list every environment variable with its default
 
 Configuration (environment variables):
@@ -73,6 +74,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return demo(ctx, args, stdout, stderr)
 	case "verify":
 		return verifyCmd(ctx, args, stdout, stderr)
+	case "groups":
+		return groupsCmd(ctx, args, stdout, stderr)
 	case "config", "help", "-h", "--help":
 		if len(args) > 0 && args[0] == "--markdown" {
 			config.PrintMarkdown(stdout)
