@@ -123,7 +123,7 @@ func (s *Sink) Write(ctx context.Context, stream string, events []sinks.Event) e
 		res[inline] = s.write(ctx, inline, stream, events, have[inline])
 	}
 	wg.Wait()
-	s.remember(stream, events, res)
+	s.remember(stream, events, have, res)
 	return s.result(res, len(events))
 }
 
@@ -187,10 +187,11 @@ func (s *Sink) held(stream string, events []sinks.Event) []int {
 		for k < len(events) && position(&events[k]) <= m.number {
 			k++
 		}
-		// The mark must be the event the batch has at its number: if not,
-		// the stream's events are not the ones remembered, and the
-		// destination gets the whole batch (its sink tells what it holds).
-		if k > 0 && (position(&events[k-1]) != m.number || events[k-1].ID != m.id) {
+		// Where the batch has the event at the mark, it must be the one
+		// remembered: if not, the stream's events are not the ones the
+		// destination took, and it gets the whole batch (its sink tells
+		// what it holds).
+		if k > 0 && position(&events[k-1]) == m.number && events[k-1].ID != m.id {
 			k = 0
 		}
 		have[i] = k
@@ -203,18 +204,31 @@ func (s *Sink) held(stream string, events []sinks.Event) []int {
 func position(e *sinks.Event) uint64 { return e.Number }
 
 // remember records how far each destination got in the stream, or forgets
-// the stream once all agree.
-func (s *Sink) remember(stream string, events []sinks.Event, res []outcome) {
+// the stream once all got equally far.
+func (s *Sink) remember(stream string, events []sinks.Event, have []int, res []outcome) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	el, known := s.ahead[stream]
+	marks := make([]mark, len(s.dests))
+	for i, r := range res {
+		switch {
+		case have[i] == len(events) && known:
+			// Not written to: it may hold more than the batch.
+			marks[i] = el.Value.(*entry).marks[i]
+		case r.durable > 0:
+			last := &events[r.durable-1]
+			marks[i] = mark{ok: true, number: position(last), id: last.ID}
+		}
+		// Otherwise nothing of the batch: what it held before no longer
+		// matters.
+	}
 	agree := true
-	for _, r := range res[1:] {
-		if r.durable != res[0].durable {
+	for _, m := range marks[1:] {
+		if m.ok != marks[0].ok || m.number != marks[0].number {
 			agree = false
 			break
 		}
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	el, known := s.ahead[stream]
 	if agree {
 		if known {
 			s.lru.Remove(el)
@@ -222,26 +236,15 @@ func (s *Sink) remember(stream string, events []sinks.Event, res []outcome) {
 		}
 		return
 	}
-	var e *entry
 	if known {
-		e = el.Value.(*entry)
+		el.Value.(*entry).marks = marks
 		s.lru.MoveToBack(el)
-	} else {
-		if s.lru.Len() >= s.max {
-			s.evictLocked()
-		}
-		e = &entry{stream: stream, marks: make([]mark, len(s.dests))}
-		s.ahead[stream] = s.lru.PushBack(e)
+		return
 	}
-	for i, r := range res {
-		if r.durable == 0 {
-			// Whatever it held before the batch no longer matters.
-			e.marks[i] = mark{}
-			continue
-		}
-		last := &events[r.durable-1]
-		e.marks[i] = mark{ok: true, number: position(last), id: last.ID}
+	if s.lru.Len() >= s.max {
+		s.evictLocked()
 	}
+	s.ahead[stream] = s.lru.PushBack(&entry{stream: stream, marks: marks})
 }
 
 func (s *Sink) evictLocked() {

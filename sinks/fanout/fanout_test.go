@@ -310,3 +310,35 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// Regression: a retry smaller than what a destination holds (the
+// replicator writes one event at a time to isolate a refused one) must not
+// make the fan-out forget the rest: the stdout destination holding 0..4
+// was sent 1..4 again after a retry of 0 alone.
+func TestShortRetryKeepsWhatADestinationHolds(t *testing.T) {
+	var out syncBuffer
+	addr := testutil.FreeAddr(t)
+	dr := openDest(t, "dr", "esdb://"+addr+"?tls=false")
+	s := fanout.New([]fanout.Destination{{Name: "feed", Sink: stdout.New(&out)}, {Name: "dr", Sink: dr.sink}}, fanout.Options{})
+	evs := events("customer-1", 0, 5)
+	for _, batch := range [][]sinks.Event{evs, evs[:1], evs[1:]} {
+		writeErr(t, s.Write(ctxFor(t, 10*time.Second), "customer-1", batch))
+	}
+	esdbtest.Start(t, esdbtest.Options{Insecure: true, Addr: addr})
+	testutil.Eventually(t, 60*time.Second, "event 0 written to dr", func() bool {
+		return s.Write(ctxFor(t, 10*time.Second), "customer-1", evs[:1]) == nil
+	})
+	if s.Streams() != 1 {
+		t.Fatal("the stream was forgotten while feed holds more than dr")
+	}
+	if err := s.Write(ctxFor(t, 10*time.Second), "customer-1", evs[1:]); err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(out.String(), "\n"); n != 5 {
+		t.Fatalf("feed got %d lines, want each of the 5 events once", n)
+	}
+	sameIDs(t, dr.cs, "customer-1", evs)
+	if s.Streams() != 0 {
+		t.Fatal("the stream is still remembered once both hold all of it")
+	}
+}
