@@ -44,6 +44,7 @@ type Config struct {
 	RetryBackoffMax             time.Duration `envconfig:"RETRY_BACKOFF_MAX" default:"5s" desc:"Longest pause between two attempts at a write; pauses grow exponentially from 50ms with jitter."`
 	ShutdownTimeout             time.Duration `envconfig:"SHUTDOWN_TIMEOUT" default:"30s" desc:"On SIGTERM/SIGINT, how long in-flight writes may take to finish and be acked before the process exits anyway (unacked events are redelivered)."`
 	HugePages                   bool          `envconfig:"HUGE_PAGES" default:"true" desc:"On Linux with transparent huge pages in madvise mode (the kernel's default), mark the first 256 MiB of ditto's heap for huge pages at start: growing the heap then takes a page fault per 2 MiB instead of per 4 KiB, which on some virtual machines (about 10 µs per 4 KiB fault) is a fifth of ditto's CPU. Resident memory is rounded up to whole huge pages. false leaves the heap to the kernel's defaults."`
+	RecoveryPointInterval       time.Duration `envconfig:"RECOVERY_POINT_INTERVAL" default:"15s" desc:"How often ditto_recovery_point_events and _seconds are refreshed: for each group, the events after its source checkpoint are read (up to 10,000) and looked up on the destination (0 = never; at least 1s)."`
 	MetricsAddress              string        `envconfig:"METRICS_ADDRESS" default:":5000" desc:"Listen address of /metrics, /health/live and /health/ready (empty = off)."`
 	LogLevel                    string        `envconfig:"LOG_LEVEL" default:"info" desc:"debug, info, warn or error. debug logs one line per written batch."`
 	LogFormat                   string        `envconfig:"LOG_FORMAT" default:"json" desc:"json or console."`
@@ -212,6 +213,9 @@ func (c *Config) validate() []string {
 	nonNegative("REPLICATION_THROTTLE_INTERVAL", c.ReplicationThrottleInterval)
 	if c.RetryBackoffMax < 50*time.Millisecond {
 		bad("RETRY_BACKOFF_MAX", "=%s must be at least 50ms", c.RetryBackoffMax)
+	}
+	if c.RecoveryPointInterval != 0 && c.RecoveryPointInterval < time.Second {
+		bad("RECOVERY_POINT_INTERVAL", "=%s must be 0 (off) or at least 1s", c.RecoveryPointInterval)
 	}
 	if c.ShutdownTimeout <= 0 {
 		bad("SHUTDOWN_TIMEOUT", "=%s must be positive", c.ShutdownTimeout)

@@ -196,19 +196,7 @@ func place(ctx context.Context, src, dst *esdb.Client, info *esdb.PersistentSubs
 	if err != nil {
 		return fmt.Errorf("reading %s on the source: %w", r.Stream, err)
 	}
-	if st := info.Stats; st != nil && st.LastCheckpointedEventRevision != nil {
-		c := *st.LastCheckpointedEventRevision
-		r.Checkpoint, r.Next = &c, c+1
-	} else {
-		switch from := info.Settings.StartFrom.(type) {
-		case esdb.StreamRevision:
-			r.Next = from.Value
-		case esdb.End:
-			r.Next = uint64(srcLast + 1)
-		default: // esdb.Start
-			r.Next = 0
-		}
-	}
+	r.Next, r.Checkpoint = Next(info, srcLast)
 	// The first event after the checkpoint of each original stream.
 	first := map[string]uint64{}
 	var order []string
@@ -275,6 +263,33 @@ func place(ctx context.Context, src, dst *esdb.Client, info *esdb.PersistentSubs
 	// A wanted event whose link is not in the destination's stream (the
 	// stream was truncated there) is never delivered by the group anyway.
 	return nil
+}
+
+// Next returns the position in the group's stream of the first event after
+// its checkpoint, and the checkpoint. Without a checkpoint it is the group's
+// own start (for End, the stream's end now, sourceLast being its last event
+// number or -1), where the source itself would resume after a restart.
+func Next(info *esdb.PersistentSubscriptionInfo, sourceLast int64) (uint64, *uint64) {
+	if st := info.Stats; st != nil && st.LastCheckpointedEventRevision != nil {
+		c := *st.LastCheckpointedEventRevision
+		return c + 1, &c
+	}
+	var from any
+	if info.Settings != nil {
+		from = info.Settings.StartFrom
+	}
+	switch from := from.(type) {
+	case esdb.StreamRevision:
+		return from.Value, nil
+	case esdb.End:
+		return uint64(sourceLast + 1), nil
+	}
+	return 0, nil // esdb.Start
+}
+
+// LastNumber is the last event number of stream, or -1 if it has none.
+func LastNumber(ctx context.Context, c *esdb.Client, stream string) (int64, error) {
+	return lastNumber(ctx, c, stream)
 }
 
 // original returns the original stream and number an event of a

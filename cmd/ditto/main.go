@@ -30,6 +30,7 @@ Usage:
   ditto demo       start two embedded test servers and replicate sample events between them
   ditto verify     compare source and destination streams (see ditto verify --help)
   ditto groups     copy subscription groups to the destination (see ditto groups --help)
+  ditto status     the recovery point: events not yet on the destination, per group (--json)
   ditto config     list every environment variable with its default
 
 Configuration (environment variables):
@@ -76,6 +77,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return verifyCmd(ctx, args, stdout, stderr)
 	case "groups":
 		return groupsCmd(ctx, args, stdout, stderr)
+	case "status":
+		return statusCmd(ctx, args, stdout, stderr)
 	case "config", "help", "-h", "--help":
 		if len(args) > 0 && args[0] == "--markdown" {
 			config.PrintMarkdown(stdout)

@@ -148,6 +148,16 @@ func (s *service) run(ctx context.Context) error {
 		defer func() { <-probed }()
 		defer cancel(nil)
 	}
+	if s.cfg.RecoveryPointInterval > 0 {
+		// Ends before close too: it asks the sink what it holds.
+		measured := make(chan struct{})
+		go func() {
+			defer close(measured)
+			s.recoveryPoints(stop)
+		}()
+		defer func() { <-measured }()
+		defer cancel(nil)
+	}
 
 	rep := replicator.New(s.sink, s.metrics, replicator.Options{
 		Writers:        s.cfg.Writers,

@@ -20,6 +20,7 @@ import (
 	"container/list"
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 
 	"github.com/google/uuid"
@@ -291,6 +292,32 @@ func (s *Sink) Ready(ctx context.Context) error {
 		return sinks.Fatal(err)
 	}
 	return err
+}
+
+// Held is what every destination holds: per stream, the least of their
+// last event numbers. It fails if a destination cannot tell.
+func (s *Sink) Held(ctx context.Context, streams []string) (map[string]int64, error) {
+	out := make(map[string]int64, len(streams))
+	for i, d := range s.dests {
+		h, ok := d.Sink.(sinks.Holder)
+		if !ok {
+			return nil, fmt.Errorf("destination %s cannot tell what it holds", d.Name)
+		}
+		got, err := h.Held(ctx, streams)
+		if err != nil {
+			return nil, &named{msg: "destination " + d.Name + ": " + s.rename(i, err.Error()), err: err}
+		}
+		for _, stream := range streams {
+			n, ok := got[stream]
+			if !ok {
+				n = -1
+			}
+			if have, seen := out[stream]; i == 0 || !seen || n < have {
+				out[stream] = n
+			}
+		}
+	}
+	return out, nil
 }
 
 // named is a destination's error with its name in front (and its variable

@@ -311,6 +311,36 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
+// What every destination holds is the least of what each holds; a
+// destination that cannot tell makes the answer unknown, naming it.
+func TestHeldIsTheLeastOfTheDestinations(t *testing.T) {
+	a := openDest(t, "a", esdbtest.Start(t, esdbtest.Options{Insecure: true}).ConnectionString())
+	b := openDest(t, "b", esdbtest.Start(t, esdbtest.Options{Insecure: true}).ConnectionString())
+	ctx := ctxFor(t, 30*time.Second)
+	one, two := events("customer-1", 0, 5), events("customer-2", 0, 2)
+	for _, w := range []struct {
+		d      *dest
+		stream string
+		evs    []sinks.Event
+	}{{a, "customer-1", one}, {b, "customer-1", one[:3]}, {a, "customer-2", two}} {
+		if err := w.d.sink.Write(ctx, w.stream, w.evs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := newFanout(t, fanout.Options{}, a, b)
+	held, err := s.Held(ctx, []string{"customer-1", "customer-2", "customer-3"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if held["customer-1"] != 2 || held["customer-2"] != -1 || held["customer-3"] != -1 {
+		t.Fatalf("held %v; want customer-1 at 2, the others at -1", held)
+	}
+	mixed := fanout.New([]fanout.Destination{{Name: "a", Sink: a.sink}, {Name: "feed", Sink: stdout.New(io.Discard)}}, fanout.Options{})
+	if _, err := mixed.Held(ctx, []string{"customer-1"}); err == nil || !strings.Contains(err.Error(), "destination feed cannot tell what it holds") {
+		t.Fatalf("held with a stdout destination: %v", err)
+	}
+}
+
 // Regression: a retry smaller than what a destination holds (the
 // replicator writes one event at a time to isolate a refused one) must not
 // make the fan-out forget the rest: the stdout destination holding 0..4
