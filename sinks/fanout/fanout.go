@@ -210,6 +210,9 @@ func (s *Sink) remember(stream string, events []sinks.Event, have []int, res []o
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	el, known := s.ahead[stream]
+	if !known && equalDurable(res) {
+		return // the usual case: nothing to remember, nothing allocated
+	}
 	marks := make([]mark, len(s.dests))
 	for i, r := range res {
 		switch {
@@ -246,6 +249,15 @@ func (s *Sink) remember(stream string, events []sinks.Event, have []int, res []o
 		s.evictLocked()
 	}
 	s.ahead[stream] = s.lru.PushBack(&entry{stream: stream, marks: marks})
+}
+
+func equalDurable(res []outcome) bool {
+	for _, r := range res[1:] {
+		if r.durable != res[0].durable {
+			return false
+		}
+	}
+	return true
 }
 
 func (s *Sink) evictLocked() {
