@@ -461,3 +461,16 @@ func mustDefault(t *testing.T) string {
 	}
 	return strings.Join(c.scenarios, ",")
 }
+
+// A sink variable passed through to the fan-out run goes to each
+// destination under its name; ditto's own variables pass as they are.
+func TestPerDestination(t *testing.T) {
+	if got := perDestination("DITTO_BATCH_APPEND=false"); !slices.Equal(got, []string{"DITTO_ONE_BATCH_APPEND=false", "DITTO_TWO_BATCH_APPEND=false"}) {
+		t.Errorf("DITTO_BATCH_APPEND became %q", got)
+	}
+	for _, kv := range []string{"DITTO_BUFFER_SIZE=5", "GOGC=300"} {
+		if got := perDestination(kv); !slices.Equal(got, []string{kv}) {
+			t.Errorf("%s became %q", kv, got)
+		}
+	}
+}

@@ -130,7 +130,7 @@ type ditto struct {
 var benchVars = []string{
 	"DITTO_SOURCE_CONNECTION_STRING", "DITTO_DESTINATION_CONNECTION_STRING", "DITTO_SUBSCRIPTIONS",
 	"DITTO_METRICS_ADDRESS", "DITTO_LOG_LEVEL", "DITTO_LOG_FORMAT", "DITTO_SHUTDOWN_TIMEOUT",
-	"DITTO_CREATE_SUBSCRIPTIONS", "DITTO_SINK", "DITTO_READ_ONLY", "DITTO_KAFKA_BROKERS", "DITTO_KAFKA_TOPIC", "DITTO_KINESIS_STREAM_NAME",
+	"DITTO_CREATE_SUBSCRIPTIONS", "DITTO_SINK", "DITTO_READ_ONLY", "DITTO_KAFKA_BROKERS", "DITTO_KAFKA_TOPIC", "DITTO_KINESIS_STREAM_NAME", "DITTO_DESTINATIONS",
 }
 
 // tuningVars lists the DITTO_* variables passed through from the
@@ -190,6 +190,17 @@ func freePort() (string, error) {
 // process gets its own process group and dies with the bench (SIGKILL on
 // parent death); stop ends it.
 func startDitto(bin, logDir, source, destination, group string, extra ...string) (*ditto, error) {
+	var sinkVars []string
+	if destination != "" {
+		sinkVars = []string{"DITTO_DESTINATION_CONNECTION_STRING=" + destination}
+	}
+	return startDittoWith(bin, logDir, source, group, sinkVars, nil, extra...)
+}
+
+// startDittoWith is startDitto with where the events go given as
+// variables (KEY=value), and pass, if set, rewriting each variable passed
+// through from the environment into zero or more.
+func startDittoWith(bin, logDir, source, group string, sinkVars []string, pass func(kv string) []string, extra ...string) (*ditto, error) {
 	addr, err := freePort()
 	if err != nil {
 		return nil, err
@@ -201,16 +212,20 @@ func startDitto(bin, logDir, source, destination, group string, extra ...string)
 	defer logf.Close()
 	env := []string{
 		"DITTO_SOURCE_CONNECTION_STRING=" + source,
-		"DITTO_DESTINATION_CONNECTION_STRING=" + destination,
 		"DITTO_SUBSCRIPTIONS=$ce-" + category + ":" + group,
 		"DITTO_METRICS_ADDRESS=" + addr,
 		"DITTO_LOG_LEVEL=warn",
 		"DITTO_LOG_FORMAT=json",
 		"DITTO_SHUTDOWN_TIMEOUT=5s",
 	}
+	env = append(env, sinkVars...)
 	for _, kv := range os.Environ() {
 		k, _, _ := strings.Cut(kv, "=")
-		if !contains(benchVars, k) {
+		switch {
+		case contains(benchVars, k):
+		case pass != nil:
+			env = append(env, pass(kv)...)
+		default:
 			env = append(env, kv)
 		}
 	}

@@ -47,6 +47,10 @@ type measured struct {
 	// virtual machines.
 	PageFaults int64  `json:"page_faults,omitempty"`
 	Note       string `json:"note,omitempty"`
+
+	// PeakRSSMB is the peak RSS of the run's ditto processes, summed
+	// (scenario o).
+	PeakRSSMB float64 `json:"peak_rss_mib,omitempty"`
 }
 
 type lagFigures struct {
@@ -93,6 +97,14 @@ type result struct {
 	Runs []float64 `json:"runs,omitempty"`
 	// Timeline is the ditto run in windows (--timeline).
 	Timeline []tlWindow `json:"timeline,omitempty"`
+
+	// Scenario o: Ditto is the fan-out run (one process, two
+	// destinations), Eventual two processes with a destination each,
+	// Single one process with one destination.
+	Eventual   *measured `json:"eventual,omitempty"`
+	Single     *measured `json:"single,omitempty"`
+	VsEventual float64   `json:"ratio_to_eventual,omitempty"`
+	VsSingle   float64   `json:"ratio_to_single,omitempty"`
 }
 
 // vsB2Factors splits the ratio to the raw limit into the ratio of CPU per
@@ -136,6 +148,8 @@ func (r *result) twoLimits() (ratio, excess float64, ok bool) {
 func (r *result) evaluate() {
 	r.VsB1 = ratio(eps(r.Ditto), eps(r.Baseline1))
 	r.VsB2 = ratio(eps(r.Ditto), eps(r.Baseline2))
+	r.VsEventual = ratio(eps(r.Ditto), eps(r.Eventual))
+	r.VsSingle = ratio(eps(r.Ditto), eps(r.Single))
 	atLeast := func(name string, got, want float64, unit string) {
 		r.Targets = append(r.Targets, target{Name: name, Want: fmt.Sprintf(">= %g%s", want, unit), Got: got, Met: got >= want})
 	}
@@ -244,6 +258,15 @@ func (rep *report) print(w io.Writer) {
 		if es := r.EventStoreSink; es != nil {
 			fmt.Fprintf(w, "      EventStore sink, same workload: %.0f events/s, %.1f events per append (ditto into Kafka: %.2f× that)\n", es.EventsPerSec, es.MeanBatch, r.VsEventStore)
 		}
+		for _, m := range []*measured{r.Single, r.Eventual} {
+			if m != nil && m.Note != "" {
+				fmt.Fprintf(w, "      %s\n", m.Note)
+			}
+		}
+		if r.VsEventual > 0 {
+			fmt.Fprintf(w, "      fan-out / eventual = %.2f of the rate, %.2f of the CPU per event (ditto + servers); fan-out / one destination = %.2f of the rate\n",
+				r.VsEventual, ratio(r.Ditto.CPUMicrosPerEvent+r.Ditto.ServersCPUMicrosPerEvent, r.Eventual.CPUMicrosPerEvent+r.Eventual.ServersCPUMicrosPerEvent), r.VsSingle)
+		}
 		if r.Baseline3 != nil && r.Baseline3.Note != "" {
 			fmt.Fprintf(w, "      baseline 3: %.0f events/s; %s\n", r.Baseline3.EventsPerSec, r.Baseline3.Note)
 		}
@@ -266,6 +289,8 @@ func (rep *report) print(w io.Writer) {
 				what = "lag p99 ms"
 			case r.VsB2 > 0:
 				what, digits = "ditto / baseline 2", 2
+			case r.VsEventual > 0:
+				what, digits = "fan-out / eventual", 2
 			}
 			runs := make([]string, len(r.Runs))
 			for i, v := range r.Runs {

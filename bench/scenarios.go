@@ -101,6 +101,7 @@ var scenarios = map[string]scenario{
 	"l": {"scenario k through a 5 ms (each way) delay to kinesalite", func(ctx context.Context, e *env) (*result, error) {
 		return kinesisThroughput(ctx, e, linkDelay)
 	}},
+	"o": {"100k events over 1,000 streams to two destinations: fan-out against two processes", fanOut},
 }
 
 // throughput seeds events over streams on a source, then measures the raw

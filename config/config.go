@@ -31,6 +31,7 @@ type Config struct {
 	SourceConnectionString      string        `envconfig:"SOURCE_CONNECTION_STRING" ditto:"required" secret:"true" desc:"KurrentDB/EventStoreDB connection string of the source cluster (esdb://user:pass@host:2113?tls=true...)."`
 	Subscriptions               string        `envconfig:"SUBSCRIPTIONS" ditto:"required" desc:"Comma-separated stream:group pairs to read, e.g. $ce-customer:ditto-customer,$ce-order:ditto-order. Escape a literal ',' or ':' in a name with a backslash."`
 	Sink                        string        `envconfig:"SINK" default:"eventstore" desc:"Where events go: the name of a sink (eventstore appends to the original stream on a destination cluster); each sink's own variables are listed under it."`
+	Destinations                string        `envconfig:"DESTINATIONS" desc:"Fan-out instead of DITTO_SINK: comma-separated name=sink pairs, e.g. dr=eventstore,feed=kinesis; an event is acked on the source only once every destination has it. Names are lowercase letters and digits. Each destination reads its sink's variables with its name, uppercased, inserted after DITTO_: DITTO_DR_DESTINATION_CONNECTION_STRING, DITTO_FEED_KINESIS_STREAM_NAME. DITTO_SINK and the un-prefixed variables of those sinks must then be unset."`
 	BufferSize                  int           `envconfig:"BUFFER_SIZE" default:"10000" desc:"Persistent-subscription buffer size: events in flight per consumer connection (1-100000). Batches can only be as large as the events of one stream among those in flight, so with many interleaved streams a larger buffer means fewer, larger appends; memory grows by about 700 bytes plus the event's data and metadata per event in flight, and an event waits about buffer size / write rate before it is written, so keep that well below the group's message timeout."`
 	ConsumersPerSubscription    int           `envconfig:"CONSUMERS_PER_SUBSCRIPTION" default:"1" desc:"Consumer connections per subscription group in this process (1-64)."`
 	ReplicationThrottleInterval time.Duration `envconfig:"REPLICATION_THROTTLE_INTERVAL" default:"0s" desc:"Minimum pause between two writes of this process, to spare the destination (0 = no throttle)."`
@@ -42,6 +43,7 @@ type Config struct {
 	WriteRetries                int           `envconfig:"WRITE_RETRIES" default:"8" desc:"Attempts at a write that fails transiently (or waits for an earlier event) before its events are handed back to the source for redelivery (1-1000)."`
 	RetryBackoffMax             time.Duration `envconfig:"RETRY_BACKOFF_MAX" default:"5s" desc:"Longest pause between two attempts at a write; pauses grow exponentially from 50ms with jitter."`
 	ShutdownTimeout             time.Duration `envconfig:"SHUTDOWN_TIMEOUT" default:"30s" desc:"On SIGTERM/SIGINT, how long in-flight writes may take to finish and be acked before the process exits anyway (unacked events are redelivered)."`
+	RecoveryPointInterval       time.Duration `envconfig:"RECOVERY_POINT_INTERVAL" default:"15s" desc:"How often ditto_recovery_point_events and _seconds are refreshed: for each group, the events after its source checkpoint are read (up to 10,000) and looked up on the destination (0 = never; at least 1s)."`
 	MetricsAddress              string        `envconfig:"METRICS_ADDRESS" default:":5000" desc:"Listen address of /metrics, /health/live and /health/ready (empty = off)."`
 	LogLevel                    string        `envconfig:"LOG_LEVEL" default:"info" desc:"debug, info, warn or error. debug logs one line per written batch."`
 	LogFormat                   string        `envconfig:"LOG_FORMAT" default:"json" desc:"json or console."`
@@ -50,6 +52,9 @@ type Config struct {
 	// from its own variables (nil in read-only mode or for a sink without
 	// settings).
 	SinkSettings sinks.Settings `ignored:"true"`
+	// DestinationList is the parsed DITTO_DESTINATIONS with each
+	// destination's settings (nil without fan-out; Sink is then "").
+	DestinationList []Destination `ignored:"true"`
 }
 
 // Subscription is one persistent subscription group to read.
@@ -77,6 +82,16 @@ func Load() (*Config, error) {
 		return nil, err
 	}
 	problems := c.validate()
+	if c.Destinations != "" {
+		more, err := c.loadDestinations()
+		if err != nil {
+			return nil, err
+		}
+		if problems = append(problems, more...); len(problems) > 0 {
+			return nil, &Error{Problems: problems}
+		}
+		return &c, nil
+	}
 	p, ok := sinks.Lookup(c.Sink)
 	if !ok {
 		problems = append(problems, fmt.Sprintf("%s_SINK=%q is not a known sink: expected %s", Prefix, c.Sink, sinkNames()))
@@ -107,8 +122,12 @@ func Load() (*Config, error) {
 
 // process loads spec's fields from the environment. A value that does not
 // parse is reported with its variable (redacted if secret).
-func process(spec any) error {
-	err := envconfig.Process(Prefix, spec)
+func process(spec any) error { return processPrefix(Prefix, spec) }
+
+// processPrefix is process with the variables' prefix given: DITTO, or
+// DITTO_<NAME> for a destination of DITTO_DESTINATIONS.
+func processPrefix(prefix string, spec any) error {
+	err := envconfig.Process(prefix, spec)
 	if err == nil {
 		return nil
 	}
@@ -193,6 +212,9 @@ func (c *Config) validate() []string {
 	nonNegative("REPLICATION_THROTTLE_INTERVAL", c.ReplicationThrottleInterval)
 	if c.RetryBackoffMax < 50*time.Millisecond {
 		bad("RETRY_BACKOFF_MAX", "=%s must be at least 50ms", c.RetryBackoffMax)
+	}
+	if c.RecoveryPointInterval != 0 && c.RecoveryPointInterval < time.Second {
+		bad("RECOVERY_POINT_INTERVAL", "=%s must be 0 (off) or at least 1s", c.RecoveryPointInterval)
 	}
 	if c.ShutdownTimeout <= 0 {
 		bad("SHUTDOWN_TIMEOUT", "=%s must be positive", c.ShutdownTimeout)

@@ -28,6 +28,16 @@ type Readier interface {
 	Ready(ctx context.Context) error
 }
 
+// Holder is a sink that can tell how far its destination holds streams, so
+// that ditto can say what a failover to it would lose now (the recovery
+// point). Held returns, for each stream asked about, the last event number
+// the destination holds (-1: none); a sink that cannot know returns an
+// error, and the recovery point then counts every event after the source
+// checkpoint.
+type Holder interface {
+	Held(ctx context.Context, streams []string) (map[string]int64, error)
+}
+
 // Settings are one sink's settings: a pointer to a struct whose fields carry
 // the same tags as config.Config (envconfig, default, desc, ditto:"required",
 // secret), read from DITTO_* variables. Validate returns every problem, each

@@ -68,6 +68,7 @@ var badConfig = []struct {
 	{"DITTO_BATCH_MAX_BYTES out of range", map[string]string{"DITTO_BATCH_MAX_BYTES": "10"}, 2, []string{"DITTO_BATCH_MAX_BYTES=10 is out of range"}},
 	{"DITTO_WRITE_RETRIES out of range", map[string]string{"DITTO_WRITE_RETRIES": "0"}, 2, []string{"DITTO_WRITE_RETRIES=0 is out of range"}},
 	{"DITTO_RETRY_BACKOFF_MAX too small", map[string]string{"DITTO_RETRY_BACKOFF_MAX": "1ms"}, 2, []string{"DITTO_RETRY_BACKOFF_MAX=1ms must be at least 50ms"}},
+	{"DITTO_RECOVERY_POINT_INTERVAL below a second", map[string]string{"DITTO_RECOVERY_POINT_INTERVAL": "500ms"}, 2, []string{"DITTO_RECOVERY_POINT_INTERVAL=500ms must be 0 (off) or at least 1s"}},
 	{"DITTO_SHUTDOWN_TIMEOUT zero", map[string]string{"DITTO_SHUTDOWN_TIMEOUT": "0s"}, 2, []string{"DITTO_SHUTDOWN_TIMEOUT=0s must be positive"}},
 	{"DITTO_METRICS_ADDRESS without port", map[string]string{"DITTO_METRICS_ADDRESS": "5000"}, 2, []string{`DITTO_METRICS_ADDRESS="5000" is not a host:port`}},
 	{"DITTO_LOG_LEVEL unknown", map[string]string{"DITTO_LOG_LEVEL": "verbose"}, 2, []string{`DITTO_LOG_LEVEL="verbose": expected debug, info, warn or error`}},
@@ -79,6 +80,15 @@ var badConfig = []struct {
 	{"DITTO_KAFKA_COMPRESSION unknown", kafkaSet("DITTO_KAFKA_COMPRESSION", "brotli"), 2, []string{`DITTO_KAFKA_COMPRESSION="brotli": expected none, gzip, snappy, lz4 or zstd`}},
 	{"DITTO_KAFKA_SASL_MECHANISM unknown, password hidden", kafkaSet("DITTO_KAFKA_SASL_MECHANISM", "GSSAPI", "DITTO_KAFKA_SASL_USERNAME", "ditto", "DITTO_KAFKA_SASL_PASSWORD", "pw-4711-secret"), 2, []string{`DITTO_KAFKA_SASL_MECHANISM="GSSAPI": expected PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512`}},
 	{"DITTO_KAFKA_TLS_CERT_FILE without DITTO_KAFKA_TLS_KEY_FILE", kafkaSet("DITTO_KAFKA_TLS_CERT_FILE", "/tmp/client.pem"), 2, []string{"DITTO_KAFKA_TLS_CERT_FILE and DITTO_KAFKA_TLS_KEY_FILE must be set together"}},
+	{"DITTO_DESTINATIONS with DITTO_SINK set", fanOutBad(map[string]string{"DITTO_SINK": "eventstore"}), 2, []string{"DITTO_DESTINATIONS and DITTO_SINK are both set"}},
+	{"DITTO_DESTINATIONS entry without a sink", fanOutBad(map[string]string{"DITTO_DESTINATIONS": "east"}), 2, []string{`DITTO_DESTINATIONS="east": "east" is not name=sink`}},
+	{"DITTO_DESTINATIONS name not lowercase letters and digits", fanOutBad(map[string]string{"DITTO_DESTINATIONS": "East=eventstore"}), 2, []string{`DITTO_DESTINATIONS="East=eventstore": destination name "East" must be lowercase letters and digits`}},
+	{"DITTO_DESTINATIONS name listed twice", fanOutBad(map[string]string{"DITTO_DESTINATIONS": "east=eventstore,east=stdout"}), 2, []string{"destination east is listed twice"}},
+	{"DITTO_DESTINATIONS unknown sink", fanOutBad(map[string]string{"DITTO_DESTINATIONS": "east=eventstore,feed=kafka2"}), 2, []string{`destination feed: "kafka2" is not a known sink`}},
+	{"DITTO_EAST_DESTINATION_CONNECTION_STRING missing", fanOutBad(map[string]string{"DITTO_EAST_DESTINATION_CONNECTION_STRING": ""}), 2, []string{"DITTO_EAST_DESTINATION_CONNECTION_STRING is required for destination east (east=eventstore)"}},
+	{"DITTO_EAST_DESTINATION_CONNECTION_STRING malformed, password hidden", fanOutBad(map[string]string{"DITTO_EAST_DESTINATION_CONNECTION_STRING": "esdb://admin:pw-4711-secret@127.0.0.1:notaport"}), 2, []string{"DITTO_EAST_DESTINATION_CONNECTION_STRING is not a valid connection string (esdb://admin:xxxxx@127.0.0.1:notaport)"}},
+	{"DITTO_EAST_TIME_TO_LIVE not a duration", fanOutBad(map[string]string{"DITTO_EAST_TIME_TO_LIVE": "forever"}), 2, []string{`DITTO_EAST_TIME_TO_LIVE="forever" is not a valid duration`}},
+	{"DITTO_DESTINATION_CONNECTION_STRING set with DITTO_DESTINATIONS", fanOutBad(map[string]string{"DITTO_DESTINATION_CONNECTION_STRING": "esdb://127.0.0.1:2?tls=false"}), 2, []string{"DITTO_DESTINATION_CONNECTION_STRING is set, but with DITTO_DESTINATIONS each destination reads its own (DITTO_EAST_DESTINATION_CONNECTION_STRING for destination east)"}},
 	{"several problems at once", map[string]string{"DITTO_BUFFER_SIZE": "0", "DITTO_LOG_LEVEL": "loud", "DITTO_SUBSCRIPTIONS": ""}, 2, []string{"DITTO_BUFFER_SIZE=0", "DITTO_LOG_LEVEL=\"loud\"", "DITTO_SUBSCRIPTIONS is required"}},
 }
 
@@ -90,6 +100,21 @@ func kafkaSet(kv ...string) map[string]string {
 		m[kv[i]] = kv[i+1]
 	}
 	return m
+}
+
+// fanOutBad is a valid fan-out to east and west (DITTO_DESTINATION_CONNECTION_STRING
+// unset) with set on top.
+func fanOutBad(set map[string]string) map[string]string {
+	out := map[string]string{
+		"DITTO_DESTINATION_CONNECTION_STRING":      "",
+		"DITTO_DESTINATIONS":                       "east=eventstore,west=eventstore",
+		"DITTO_EAST_DESTINATION_CONNECTION_STRING": "esdb://127.0.0.1:2?tls=false",
+		"DITTO_WEST_DESTINATION_CONNECTION_STRING": "esdb://127.0.0.1:3?tls=false",
+	}
+	for k, v := range set {
+		out[k] = v
+	}
+	return out
 }
 
 func TestBadInputConfiguration(t *testing.T) {
@@ -144,6 +169,8 @@ var badRuntime = []struct {
 	{"source host unknown", testSourceHostUnknown},
 	{"destination unreachable", testDestinationUnreachable},
 	{"destination down for seconds mid-run", testDestinationDownMidRun},
+	{"one destination of DITTO_DESTINATIONS down", testFanOutDestinationDown},
+	{"wrong password on one destination of DITTO_DESTINATIONS", testFanOutWrongPassword},
 	{"wrong source password", testWrongSourcePassword},
 	{"wrong destination password", testWrongDestinationPassword},
 	{"missing subscription group", testMissingGroup},
@@ -169,6 +196,11 @@ var badRuntime = []struct {
 	{"Kinesis stream deleted mid-run", testKinesisStreamDeletedMidRun},
 	{"Kinesis rejects the credentials", testKinesisCredentialsRejected},
 	{"event larger than a Kinesis record", testKinesisRecordTooLarge},
+	{"ditto status with a group missing on the source", testStatusMissingGroup},
+	{"ditto groups without copy", testGroupsWithoutSubcommand},
+	{"ditto groups copy without DITTO_DESTINATION_CONNECTION_STRING", testGroupsCopyWithoutDestination},
+	{"ditto groups copy --groups malformed", testGroupsCopyBadGroups},
+	{"ditto groups copy of a group missing on the source", testGroupsCopyMissingGroup},
 }
 
 func TestBadInputRuntime(t *testing.T) {

@@ -30,6 +30,8 @@ Usage:
   ditto            run the replicator, configured by DITTO_* environment variables
   ditto demo       start two embedded test servers and replicate sample events between them
   ditto verify     compare source and destination streams (see ditto verify --help)
+  ditto groups     copy subscription groups to the destination (see ditto groups --help)
+  ditto status     the recovery point: events not yet on the destination, per group (--json)
   ditto config     list every environment variable with its default
   ditto health     ask the ditto on DITTO_METRICS_ADDRESS whether it is ready (exit 0 or 1)
   ditto version    print the version and Go release of this build
@@ -81,6 +83,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "version", "--version":
 		fmt.Fprintf(stdout, "ditto %s %s %s/%s\n", buildinfo.Version(), buildinfo.GoVersion(), runtime.GOOS, runtime.GOARCH)
 		return 0
+	case "groups":
+		return groupsCmd(ctx, args, stdout, stderr)
+	case "status":
+		return statusCmd(ctx, args, stdout, stderr)
 	case "config", "help", "-h", "--help":
 		if len(args) > 0 && args[0] == "--markdown" {
 			config.PrintMarkdown(stdout)
@@ -121,7 +127,7 @@ func newLogger(cfg *config.Config, w io.Writer) zerolog.Logger {
 // serve runs the service until a signal; exit code 1 on a fatal error.
 func serve(ctx context.Context, cfg *config.Config, stdout, stderr io.Writer) int {
 	log := newLogger(cfg, stderr)
-	log.Info().Str("source", config.Redact(cfg.SourceConnectionString)).Str("sink", cfg.Sink).Msg("starting")
+	log.Info().Str("source", config.Redact(cfg.SourceConnectionString)).Str("sink", sinkLabel(cfg)).Msg("starting")
 	svc, err := newService(ctx, cfg, log, stdout)
 	if err != nil {
 		log.Error().Err(err).Msg("cannot start")

@@ -16,7 +16,6 @@ import (
 // variables they set must be ones ditto reads, the required ones must be
 // there, and together they must make a configuration that loads.
 
-
 // checkDittoEnv checks the environment env that where (a compose service,
 // a Kubernetes container) gives ditto.
 func checkDittoEnv(t *testing.T, where string, env map[string]string) {
@@ -103,4 +102,3 @@ func readmeSection(t *testing.T, title string) string {
 	}
 	return rest
 }
-

@@ -48,7 +48,13 @@ func newService(ctx context.Context, cfg *config.Config, log zerolog.Logger, out
 	if s.source, err = newClient(cfg.SourceConnectionString, log); err != nil {
 		return nil, fmt.Errorf("DITTO_SOURCE_CONNECTION_STRING: %w", err)
 	}
-	if !cfg.ReadOnly {
+	if !cfg.ReadOnly && cfg.Destinations != "" {
+		if s.sink, err = openFanout(ctx, cfg, s.metrics, log, out); err != nil {
+			s.close()
+			return nil, err
+		}
+		s.readier, _ = s.sink.(sinks.Readier)
+	} else if !cfg.ReadOnly {
 		plugin, _ := sinks.Lookup(cfg.Sink) // config checked the name
 		io := s.metrics.IODuration
 		s.sink, err = plugin.Open(ctx, cfg.SinkSettings, sinks.Env{
@@ -100,7 +106,7 @@ func (s *service) ready() error {
 		errs = append(errs, errors.New("not every subscription is connected"))
 	}
 	if err := s.sinkErr.Load(); err != nil {
-		errs = append(errs, fmt.Errorf("sink %s: %w", s.cfg.Sink, *err))
+		errs = append(errs, fmt.Errorf("sink %s: %w", sinkLabel(s.cfg), *err))
 	}
 	return errors.Join(errs...)
 }
@@ -143,6 +149,16 @@ func (s *service) run(ctx context.Context) error {
 		defer func() { <-probed }()
 		defer cancel(nil)
 	}
+	if s.cfg.RecoveryPointInterval > 0 {
+		// Ends before close too: it asks the sink what it holds.
+		measured := make(chan struct{})
+		go func() {
+			defer close(measured)
+			s.recoveryPoints(stop)
+		}()
+		defer func() { <-measured }()
+		defer cancel(nil)
+	}
 
 	rep := replicator.New(s.sink, s.metrics, replicator.Options{
 		Writers:        s.cfg.Writers,
@@ -167,7 +183,7 @@ func (s *service) run(ctx context.Context) error {
 		}
 		consumed <- err
 	}()
-	s.log.Info().Str("subscriptions", s.cfg.Subscriptions).Str("sink", s.cfg.Sink).Int("bufferSize", s.cfg.BufferSize).
+	s.log.Info().Str("subscriptions", s.cfg.Subscriptions).Str("sink", sinkLabel(s.cfg)).Str("destinations", s.cfg.Destinations).Int("bufferSize", s.cfg.BufferSize).
 		Bool("readOnly", s.cfg.ReadOnly).Int("writers", s.cfg.Writers).Msg("ditto started")
 	rep.Run(stop, deliveries)
 	err := <-consumed

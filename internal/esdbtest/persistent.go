@@ -356,12 +356,8 @@ func (s *psSub) buildInfo() *persistent.SubscriptionInfo {
 	if s.hasCheckpoint {
 		info.LastCheckpointedEventPosition = s.formatPosition(s.lastCheckpoint)
 	}
-	if st.isAll() {
-		if h := s.store.HeadPosition(); h > 0 {
-			info.LastKnownEventPosition = s.formatPosition(int64(h))
-		}
-	} else if n := s.store.LastEventNumber(st.Stream); n >= 0 {
-		info.LastKnownEventPosition = s.formatPosition(n)
+	if s.lastKnown >= 0 {
+		info.LastKnownEventPosition = s.formatPosition(s.lastKnown)
 	}
 	for _, c := range s.consumers {
 		info.Connections = append(info.Connections, &persistent.SubscriptionInfo_ConnectionInfo{

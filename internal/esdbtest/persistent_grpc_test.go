@@ -658,3 +658,39 @@ func TestPSGRPCCloseRequeuesInFlight(t *testing.T) {
 		t.Fatalf("after close: event %d retry %d, want 10 retry 1", ev.Event.Event.EventNumber, ev.RetryCount)
 	}
 }
+
+// GetInfo's last known event is the last event the subscription has read,
+// as on the real server (PersistentSubscriptionStats), not the stream's
+// end: a group that is behind has read only as far as its buffers hold.
+func TestPSGRPCLastKnownIsTheLastEventRead(t *testing.T) {
+	_, c := psClient(t)
+	ctx := context.Background()
+	settings := psClientSettings(esdb.ConsumerStrategyRoundRobin)
+	settings.HistoryBufferSize, settings.LiveBufferSize, settings.ReadBatchSize = 50, 50, 10
+	if err := c.CreatePersistentSubscription(ctx, "known", "g", esdb.PersistentStreamSubscriptionOptions{StartFrom: esdb.Start{}, Settings: settings}); err != nil {
+		t.Fatal(err)
+	}
+	known := func() *uint64 {
+		info, err := c.GetPersistentSubscriptionInfo(ctx, "known", "g", esdb.GetPersistentSubscriptionOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.Stats.LastKnownEventRevision
+	}
+	if k := known(); k != nil {
+		t.Fatalf("last known %d before any event", *k)
+	}
+	psAppend(t, c, "known", 1000)
+	waitFor(t, 10*time.Second, "the buffers (100 events) read", func() bool {
+		k := known()
+		return k != nil && *k == 99
+	})
+	_, events := psSubscribe(t, c, "known", "g", 10)
+	psNext(t, events)
+	// Delivering frees buffer room, so the subscription reads on; it never
+	// reports more than it read.
+	waitFor(t, 10*time.Second, "reading on", func() bool {
+		k := known()
+		return k != nil && *k > 99 && *k < 999
+	})
+}

@@ -155,6 +155,13 @@ type psSub struct {
 	caughtUp    bool
 	changed     <-chan struct{} // store.Changed() taken before the read that caught up
 
+	// lastKnown is GetInfo's last_known_event_position: the last event
+	// read into the buffers since the subscription (re)started, -1 before
+	// the first read. Like the real server (PersistentSubscriptionStats
+	// SetLastKnownEventPosition, called for each batch read and each live
+	// event), it is not the stream's end while the group is behind.
+	lastKnown int64
+
 	hasCheckpoint   bool
 	lastCheckpoint  int64
 	sinceCheckpoint int
@@ -191,6 +198,7 @@ func newSubState(store *Store, settings *psSettings) *psSub {
 		done:        make(chan struct{}),
 		strategy:    newStrategy(settings.Strategy),
 		lastReadSeq: -1,
+		lastKnown:   -1,
 		now:         time.Now(),
 		tickEvery:   time.Second,
 	}
@@ -395,6 +403,7 @@ func (s *psSub) readBatch(n int) int {
 			if excludedFromAll(st, orig) {
 				continue
 			}
+			s.lastKnown = int64(orig.Position)
 			m := &msgs[i]
 			m.ev, m.id, m.seq = r, orig.ID, int64(orig.Position)
 			s.buffer = append(s.buffer, m)
@@ -419,6 +428,9 @@ func (s *psSub) readBatch(n int) int {
 			s.nextNumber = orig.Number + 1
 		}
 		s.lastReadSeq = orig.Number
+		if orig.Number != Tombstone {
+			s.lastKnown = orig.Number
+		}
 		m := &msgs[i]
 		m.ev, m.id, m.seq = r, orig.ID, orig.Number
 		s.buffer = append(s.buffer, m)

@@ -33,6 +33,11 @@ type Metrics struct {
 	IODuration       *prometheus.HistogramVec
 	BatchSize        prometheus.Histogram
 	InFlight         prometheus.Gauge
+
+	// The recovery point per subscription group (package recovery).
+	RecoveryPointEvents  *prometheus.GaugeVec
+	RecoveryPointSeconds *prometheus.GaugeVec
+	RecoveryPointExact   *prometheus.GaugeVec
 }
 
 // New creates the metrics on a fresh registry (with the Go and process
@@ -70,6 +75,17 @@ func New() *Metrics {
 		InFlight: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ditto_events_in_flight",
 			Help: "Events received and not yet acked or nacked."}),
 	}
+	gauge := func(name, help string) *prometheus.GaugeVec {
+		g := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name, Help: help}, subLabels)
+		r.MustRegister(g)
+		return g
+	}
+	m.RecoveryPointEvents = gauge("ditto_recovery_point_events",
+		"Events of the subscription's stream on the source after the group's checkpoint that are not on the destination yet: what a failover would lose now.")
+	m.RecoveryPointSeconds = gauge("ditto_recovery_point_seconds",
+		"Age of the oldest event counted in ditto_recovery_point_events (0 when there is none).")
+	m.RecoveryPointExact = gauge("ditto_recovery_point_exact",
+		"1 when the destination said what it holds; 0 when every event after the checkpoint was counted (an upper bound).")
 	r.MustRegister(m.CurrentEvent, m.ReplicationDelay, m.Connected, m.IODuration, m.BatchSize, m.InFlight)
 	// Constant 1; the labels say which build runs, so a dashboard can show
 	// the versions of a fleet and an upgrade can be followed.

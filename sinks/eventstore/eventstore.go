@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"time"
 
 	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
@@ -86,6 +87,68 @@ func (s *Sink) Ready(ctx context.Context) error {
 		return sinks.Fatal(fmt.Errorf("DITTO_DESTINATION_CONNECTION_STRING: the destination rejected the credentials: %w", err))
 	}
 	return fmt.Errorf("destination not reachable: %w", err)
+}
+
+// Held reads the last event number of each stream on the destination (-1
+// for a stream it does not have), a few streams at a time.
+func (s *Sink) Held(ctx context.Context, streams []string) (map[string]int64, error) {
+	out := make(map[string]int64, len(streams))
+	var (
+		mu    sync.Mutex
+		first error
+		wg    sync.WaitGroup
+	)
+	slots := make(chan struct{}, 8)
+	for _, stream := range streams {
+		slots <- struct{}{}
+		mu.Lock()
+		failed := first != nil
+		mu.Unlock()
+		if failed {
+			<-slots
+			break
+		}
+		wg.Add(1)
+		go func() {
+			defer func() { <-slots; wg.Done() }()
+			n, err := s.last(ctx, stream)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil && first == nil {
+				first = fmt.Errorf("reading the end of %s on the destination: %w", stream, err)
+			}
+			out[stream] = n
+		}()
+	}
+	wg.Wait()
+	if first != nil {
+		return nil, first
+	}
+	return out, nil
+}
+
+// last is the last event number of stream on the destination, -1 if none.
+func (s *Sink) last(ctx context.Context, stream string) (int64, error) {
+	start := time.Now()
+	defer s.observe("read_stream", start)
+	return esdbconn.Call(ctx, s.client, func(client *esdb.Client, _ func() bool) (int64, error) {
+		rs, err := client.ReadStream(ctx, stream, esdb.ReadStreamOptions{Direction: esdb.Backwards, From: esdb.End{}}, 1)
+		if err != nil {
+			if hasCode(err, esdb.ErrorCodeResourceNotFound) {
+				return -1, nil
+			}
+			return 0, err
+		}
+		defer rs.Close()
+		ev, err := rs.Recv()
+		switch {
+		case errors.Is(err, io.EOF), hasCode(err, esdb.ErrorCodeResourceNotFound):
+			return -1, nil
+		case err != nil:
+			return 0, err
+		}
+		return int64(ev.OriginalEvent().EventNumber), nil
+	})
 }
 
 // Write appends events, consecutive events of one source stream, to stream.
