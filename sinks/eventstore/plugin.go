@@ -42,7 +42,9 @@ func init() {
 		Name:     "eventstore",
 		Summary:  "appends each event to its original stream on a KurrentDB/EventStoreDB cluster, with its id and number.",
 		Settings: func() sinks.Settings { return &Settings{} },
-		Open:     open,
+		// DITTO_COPY_STREAM_METADATA sets the source stream's metadata.
+		StreamMetadata: true,
+		Open:           open,
 	})
 }
 
