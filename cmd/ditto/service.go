@@ -152,6 +152,7 @@ func (s *service) run(ctx context.Context) error {
 		WriteRetries:   s.cfg.WriteRetries,
 		BackoffMax:     s.cfg.RetryBackoffMax,
 		DrainTimeout:   s.cfg.ShutdownTimeout,
+		Policy:         s.cfg.Policy,
 	}, s.log)
 	// Buffered so that the reader and the replicator do not hand over
 	// every event in step (a goroutine switch each); the source's buffer
