@@ -48,7 +48,7 @@ type Env struct {
 	Observe func(operation string, d time.Duration)
 	// Source answers what the policy stage leaves to a sink: ordering
 	// where destination numbers are not source numbers, and source stream
-	// metadata. Nil in read-only runs.
+	// metadata. Nil where the policy needs neither.
 	Source Source
 }
 

@@ -71,5 +71,6 @@ func open(_ context.Context, settings sinks.Settings, env sinks.Env) (sinks.Sink
 		TimeToLive:       s.TimeToLive,
 		Observe:          env.Observe,
 		Dial:             dial,
+		Source:           env.Source,
 	}), nil
 }
