@@ -237,6 +237,20 @@ func (c *Config) validate() []string {
 	return append(p, c.compilePolicy()...)
 }
 
+// LoadPolicy reads and compiles only the selective-replication variables
+// (with DITTO_SUBSCRIPTIONS), for commands such as ditto verify that need
+// the policy ditto replicates under but not the rest of its settings.
+func LoadPolicy() (*policy.Policy, error) {
+	var c Config
+	if err := process(&c); err != nil {
+		return nil, err
+	}
+	if problems := c.compilePolicy(); len(problems) > 0 {
+		return nil, &Error{Problems: problems}
+	}
+	return c.Policy, nil
+}
+
 // compilePolicy compiles the selective-replication variables into c.Policy.
 func (c *Config) compilePolicy() []string {
 	spec := policy.Spec{

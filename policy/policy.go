@@ -9,6 +9,8 @@ package policy
 import (
 	"fmt"
 	"strings"
+
+	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
 )
 
 // Spec is the policy as configured: the raw values of its DITTO_* variables.
@@ -242,4 +244,26 @@ func (p *Policy) SeqStream(stream string) string {
 	}
 	cat, _ := split(stream)
 	return "$ce-" + cat
+}
+
+// Writes reports whether ditto writes rec, a source event (nil for an
+// unresolved link), to the destination stream dest: it passes the filters,
+// maps to dest, is no system event, and, where provenance is required, its
+// metadata can carry it (else it is parked).
+func (p *Policy) Writes(dest string, rec *esdb.RecordedEvent) bool {
+	if rec == nil || strings.HasPrefix(rec.StreamID, "$") {
+		return false
+	}
+	if _, keep := p.Keep(rec.StreamID, rec.EventType, rec.UserMetadata); !keep {
+		return false
+	}
+	if p.Destination(rec.StreamID) != dest {
+		return false
+	}
+	if p.Sequenced() {
+		if _, err := members(rec.UserMetadata); err != nil {
+			return false
+		}
+	}
+	return true
 }

@@ -3,7 +3,6 @@ package policy
 import (
 	"context"
 	"fmt"
-	"strings"
 
 	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
 
@@ -92,23 +91,7 @@ func (s *Source) Covered(ctx context.Context, dest string, ev *sinks.Event, from
 
 // dropped reports whether rec (nil for an unresolved link) would not be
 // written to dest.
-func (s *Source) dropped(dest string, rec *esdb.RecordedEvent) bool {
-	if rec == nil || strings.HasPrefix(rec.StreamID, "$") {
-		return true
-	}
-	if _, keep := s.p.Keep(rec.StreamID, rec.EventType, rec.UserMetadata); !keep {
-		return true
-	}
-	if s.p.Destination(rec.StreamID) != dest {
-		return true
-	}
-	if s.p.provenance {
-		if _, err := members(rec.UserMetadata); err != nil {
-			return true // parked: see NotObjectReason
-		}
-	}
-	return false
-}
+func (s *Source) dropped(dest string, rec *esdb.RecordedEvent) bool { return !s.p.Writes(dest, rec) }
 
 // CopiesStreamMetadata implements sinks.Source.
 func (s *Source) CopiesStreamMetadata() bool { return s.copyMeta }

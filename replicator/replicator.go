@@ -475,8 +475,10 @@ func (r *Replicator) work(ctx context.Context) {
 		r.ready = r.ready[1:]
 		batch := r.takeLocked(l)
 		from := batch[0].ev.Seq
-		if run, ok := r.runs[l.stream]; ok && r.seq && run.next == from {
-			from = run.from
+		if r.seq {
+			if run, ok := r.runs[l.stream]; ok && run.next == from {
+				from = run.from
+			}
 		}
 		r.mu.Unlock()
 
