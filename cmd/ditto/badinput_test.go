@@ -149,6 +149,7 @@ var badRuntime = []struct {
 	{"binary data and metadata", testBinaryData},
 	{"empty data and metadata", testEmptyData},
 	{"invalid JSON marked as JSON", testInvalidJSON},
+	{"metadata not a JSON object where provenance is required", testNonObjectMetadataParked},
 	{"event larger than the destination accepts", testEventTooLarge},
 	{"destination stream tombstoned", testDestinationTombstoned},
 	{"destination stream soft-deleted", testDestinationSoftDeleted},

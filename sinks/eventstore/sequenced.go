@@ -82,7 +82,7 @@ func (s *Sink) writeSequenced(ctx context.Context, stream string, events []sinks
 		return we
 	}
 	for range sequencedRounds {
-		pos, err := s.position(ctx, stream, &events[0])
+		pos, cached, err := s.position(ctx, stream, &events[0])
 		if err != nil {
 			s.pos.forget(stream)
 			return fail(asWriteError(err, stream))
@@ -99,6 +99,12 @@ func (s *Sink) writeSequenced(ctx context.Context, stream string, events []sinks
 			next = pos.k + 1
 		}
 		if from := batch[0].SeqFrom; from > next {
+			if cached {
+				// Another process may have written the events between:
+				// look at the stream itself before reading the source.
+				s.pos.forget(stream)
+				continue
+			}
 			covered, err := s.src.Covered(ctx, stream, &batch[0], next, from-1)
 			if err != nil {
 				return fail(&sinks.WriteError{Kind: sinks.Transient, Reason: "reading the source to tell whether earlier events are dropped", Err: err})
@@ -134,28 +140,28 @@ func (s *Sink) writeSequenced(ctx context.Context, stream string, events []sinks
 		Reason: fmt.Sprintf("destination stream %s changed under each of %d attempts (other ditto processes write it)", stream, sequencedRounds)})
 }
 
-// position returns what the sink knows of stream, reading its last event
-// when it is not cached.
-func (s *Sink) position(ctx context.Context, stream string, ev *sinks.Event) (position, error) {
+// position returns what the sink knows of stream, and whether it is cached,
+// reading its last event when it is not.
+func (s *Sink) position(ctx context.Context, stream string, ev *sinks.Event) (position, bool, error) {
 	if pos, ok := s.pos.get(stream); ok {
-		return pos, nil
+		return pos, true, nil
 	}
 	last, err := s.readLast(ctx, stream)
 	if err != nil {
-		return position{}, err
+		return position{}, false, err
 	}
 	if last == nil {
 		s.pos.put(stream, position{})
-		return position{}, nil
+		return position{}, false, nil
 	}
 	k, err := s.src.Recorded(last.UserMetadata, ev)
 	if err != nil {
-		return position{}, &sinks.WriteError{Kind: sinks.Conflict,
+		return position{}, false, &sinks.WriteError{Kind: sinks.Conflict,
 			Reason: fmt.Sprintf("destination stream %s diverged: %v", stream, err)}
 	}
 	pos := position{exists: true, rev: last.EventNumber, k: k}
 	s.pos.put(stream, pos)
-	return pos, nil
+	return pos, false, nil
 }
 
 // readLast returns the last event of stream, or nil if it has none.
