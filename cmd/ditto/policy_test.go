@@ -388,3 +388,40 @@ func killMidRun(t *testing.T, settings map[string]string, watch string, processe
 		}
 	}
 }
+
+// TestCopiesStreamMetadata: with DITTO_COPY_STREAM_METADATA, each
+// destination stream gets its source stream's metadata, without $tb and
+// $acl, with DITTO_TIME_TO_LIVE as $maxAge; here through a mapping.
+func TestCopiesStreamMetadata(t *testing.T) {
+	e := newEnv(t)
+	e.createGroup(t, "$ce-customer", "ditto", esdb.ConsumerStrategyPinned)
+	streams := e.seed(t, "customer", 3, 5)
+	var md esdb.StreamMetadata
+	md.SetMaxCount(100)
+	md.SetCacheControl(time.Minute)
+	md.SetTruncateBefore(0)
+	md.AddCustomProperty("owner", "team-a")
+	md.SetAcl(esdb.Acl{})
+	if _, err := e.srcC.SetStreamMetadata(context.Background(), streams[0], esdb.AppendToStreamOptions{}, md); err != nil {
+		t.Fatal(err)
+	}
+	startDitto(t, e, map[string]string{"DITTO_COPY_STREAM_METADATA": "true", "DITTO_TIME_TO_LIVE": "2h", "DITTO_STREAM_TEMPLATE": "dr-{stream}"})
+	e.waitIdentical(t, verify.Options{Policy: loadedPolicy(t)})
+	got := readAll(t, e.dstC, "$$dr-"+streams[0])
+	if len(got) != 1 {
+		t.Fatalf("%d metadata events", len(got))
+	}
+	var m map[string]any
+	if err := json.Unmarshal(got[0].Data, &m); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]any{"$maxCount": 100.0, "$cacheControl": 60.0, "owner": "team-a", "$maxAge": 7200.0}
+	if fmt.Sprint(m) != fmt.Sprint(want) {
+		t.Fatalf("destination metadata %v, want %v", m, want)
+	}
+	// A stream without metadata of its own gets DITTO_TIME_TO_LIVE.
+	other, err := e.dstC.GetStreamMetadata(context.Background(), "dr-"+streams[1], esdb.ReadStreamOptions{})
+	if err != nil || other.MaxAge() == nil || *other.MaxAge() != 2*time.Hour {
+		t.Fatalf("metadata of dr-%s: %+v, %v", streams[1], other, err)
+	}
+}

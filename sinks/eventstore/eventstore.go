@@ -54,13 +54,14 @@ type Sink struct {
 	seq    bool         // src.Sequenced()
 	pos    positions    // of destination streams, where seq
 
-	metaMu sync.Mutex
-	meta   map[string]metaState // by destination stream, with copyMeta
+	metaMu   sync.Mutex
+	meta     map[string]metaState // by destination stream, with copyMeta
+	metaPoll time.Duration        // metadataPoll, shorter in tests
 }
 
 // New returns a sink writing through client, which the sink owns from now on.
 func New(client *esdb.Client, opts Options) *Sink {
-	s := &Sink{client: esdbconn.New(client, opts.Dial), opts: opts, src: opts.Source}
+	s := &Sink{client: esdbconn.New(client, opts.Dial), opts: opts, src: opts.Source, metaPoll: metadataPoll}
 	s.seq = s.src != nil && s.src.Sequenced()
 	if opts.Config != nil {
 		s.batch = newBatchAppender(opts.Config)

@@ -222,7 +222,7 @@ func (s *Sink) syncMetadata(ctx context.Context, stream string, ev *sinks.Event)
 	st, seen := s.meta[stream]
 	s.metaMu.Unlock()
 	now := time.Now()
-	if seen && now.Sub(st.checked) < metadataPoll {
+	if seen && now.Sub(st.checked) < s.metaPoll {
 		return nil
 	}
 	md, err := s.src.StreamMetadata(ctx, ev.Stream)
