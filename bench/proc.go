@@ -188,7 +188,7 @@ func freePort() (string, error) {
 // startDitto runs bin replicating $ce-bench from source to destination.
 // The process gets its own process group and dies with the bench (SIGKILL
 // on parent death); stop ends it.
-func startDitto(bin, logDir, source, destination, group string) (*ditto, error) {
+func startDitto(bin, logDir, source, destination, group string, extra ...string) (*ditto, error) {
 	addr, err := freePort()
 	if err != nil {
 		return nil, err
@@ -214,7 +214,7 @@ func startDitto(bin, logDir, source, destination, group string) (*ditto, error) 
 		}
 	}
 	cmd := exec.Command(bin)
-	cmd.Env = env
+	cmd.Env = append(env, extra...) // the last of a repeated variable counts
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}

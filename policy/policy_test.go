@@ -2,6 +2,7 @@ package policy
 
 import (
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -298,4 +299,45 @@ func TestReasonLabels(t *testing.T) {
 	if strings.Join(got, ",") != "stream,system_event_type,event_type,metadata" {
 		t.Fatalf("reasons %q", got)
 	}
+}
+
+// members agrees with encoding/json on every object it accepts, and
+// rejects what is not an object.
+func FuzzMembers(f *testing.F) {
+	for _, s := range []string{
+		`{}`, ` { } `, `{"a":1}`, `{"a" : "x\"}y" , "b":[1,{"c":"]"}], "d":{"e":null}}`,
+		`{"k\u00e9y":true,"a":1,"a":2}`, `{"n":-1.5e+10,"s":"\\","t":"\u2028"}`, "{\n\t\"a\"\r:\n[ ]\n}",
+		`[1]`, `"s"`, `null`, `{"a":1} {}`, `{"a":`, "\xc3\x28", ``,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		ms, err := members(b)
+		var want map[string]json.RawMessage
+		werr := json.Unmarshal(b, &want)
+		if len(strings.Trim(string(b), " \t\n\r")) == 0 {
+			if err != nil || len(ms) != 0 {
+				t.Fatalf("empty metadata: %v, %v", ms, err)
+			}
+			return
+		}
+		if werr != nil || want == nil {
+			if err == nil {
+				t.Fatalf("members(%q) accepted what is not an object", b)
+			}
+			return
+		}
+		if err != nil {
+			t.Fatalf("members(%q): %v", b, err)
+		}
+		if len(ms) != len(want) {
+			t.Fatalf("members(%q) = %d members, want %d", b, len(ms), len(want))
+		}
+		for _, m := range ms {
+			var got, exp any
+			if json.Unmarshal(m.value, &got) != nil || json.Unmarshal(want[m.key], &exp) != nil || fmt.Sprint(got) != fmt.Sprint(exp) {
+				t.Fatalf("members(%q): %q = %s, want %s", b, m.key, m.value, want[m.key])
+			}
+		}
+	})
 }

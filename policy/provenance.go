@@ -7,11 +7,11 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"io"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // The metadata keys ditto writes. The $original* and $subscription* keys
@@ -51,45 +51,102 @@ type member struct {
 // errNotObject: metadata that is not a JSON object is never rewritten.
 var errNotObject = errors.New("metadata is not a JSON object")
 
-// members decodes a JSON object's top-level members in order; a repeated key
-// keeps its first place and its last value, as decoders read it. Empty
-// metadata is the empty object.
+// members splits a JSON object into its top-level members in order; a
+// repeated key keeps its first place and its last value, as decoders read
+// it. Empty metadata is the empty object. Values are slices of metadata,
+// as written. (A scanner of its own: once json.Valid has passed, finding the
+// members is a matter of skipping strings and brackets, and this runs for
+// every event written with provenance.)
 func members(metadata []byte) ([]member, error) {
-	b := bytes.TrimSpace(metadata)
+	b := bytes.Trim(metadata, jsonSpace)
 	if len(b) == 0 {
 		return nil, nil
 	}
 	if b[0] != '{' || !json.Valid(b) {
 		return nil, errNotObject
 	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	if _, err := dec.Token(); err != nil { // {
-		return nil, errNotObject
-	}
 	var out []member
-	for dec.More() {
-		tok, err := dec.Token()
+	i := skipSpace(b, 1)
+	for b[i] != '}' {
+		end := skipString(b, i)
+		key, err := keyString(b[i:end])
 		if err != nil {
 			return nil, errNotObject
 		}
-		key, _ := tok.(string)
-		var raw json.RawMessage
-		if err := dec.Decode(&raw); err != nil {
-			return nil, errNotObject
+		i = skipSpace(b, end)
+		i = skipSpace(b, i+1) // the colon
+		vend := skipValue(b, i)
+		value := json.RawMessage(b[i:vend])
+		if j := slices.IndexFunc(out, func(m member) bool { return m.key == key }); j >= 0 {
+			out[j].value = value
+		} else {
+			out = append(out, member{key: key, value: value})
 		}
-		if i := slices.IndexFunc(out, func(m member) bool { return m.key == key }); i >= 0 {
-			out[i].value = raw
-			continue
+		i = skipSpace(b, vend)
+		if b[i] == ',' {
+			i = skipSpace(b, i+1)
 		}
-		out = append(out, member{key: key, value: raw})
-	}
-	if _, err := dec.Token(); err != nil { // }
-		return nil, errNotObject
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return nil, errNotObject
 	}
 	return out, nil
+}
+
+// jsonSpace is JSON's whitespace.
+const jsonSpace = " \t\n\r"
+
+// The skip functions walk JSON that json.Valid has accepted.
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// skipString returns the index after the string starting at b[i].
+func skipString(b []byte, i int) int {
+	for i++; b[i] != '"'; i++ {
+		if b[i] == '\\' {
+			i++
+		}
+	}
+	return i + 1
+}
+
+// skipValue returns the index after the value starting at b[i].
+func skipValue(b []byte, i int) int {
+	switch b[i] {
+	case '"':
+		return skipString(b, i)
+	case '{', '[':
+		depth := 0
+		for ; ; i++ {
+			switch b[i] {
+			case '"':
+				i = skipString(b, i) - 1
+			case '{', '[':
+				depth++
+			case '}', ']':
+				if depth--; depth == 0 {
+					return i + 1
+				}
+			}
+		}
+	}
+	for i < len(b) && !strings.ContainsRune(",}] \t\n\r", rune(b[i])) {
+		i++
+	}
+	return i
+}
+
+// keyString decodes a JSON string, without the decoder where it holds no
+// escapes (and no invalid UTF-8, which the decoder replaces).
+func keyString(raw []byte) (string, error) {
+	if bytes.IndexByte(raw, '\\') < 0 && utf8.Valid(raw) {
+		return string(raw[1 : len(raw)-1]), nil
+	}
+	var s string
+	err := json.Unmarshal(raw, &s)
+	return s, err
 }
 
 // UserMetadata returns metadata without the keys ditto writes, in canonical
@@ -100,17 +157,28 @@ func UserMetadata(metadata []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	ms = slices.DeleteFunc(ms, func(m member) bool { return isDittoKey(m.key) })
-	slices.SortFunc(ms, func(a, b member) int { return strings.Compare(a.key, b.key) })
-	var buf bytes.Buffer
+	return canonical(nil, ms)
+}
+
+// canonical appends the members other than ditto's, keys sorted, values
+// compact, as an object.
+func canonical(dst []byte, ms []member) ([]byte, error) {
+	user := make([]member, 0, len(ms))
+	for _, m := range ms {
+		if !isDittoKey(m.key) {
+			user = append(user, m)
+		}
+	}
+	slices.SortFunc(user, func(a, b member) int { return strings.Compare(a.key, b.key) })
+	buf := bytes.NewBuffer(dst)
 	buf.WriteByte('{')
-	for i, m := range ms {
+	for i, m := range user {
 		if i > 0 {
 			buf.WriteByte(',')
 		}
-		buf.Write(appendString(nil, m.key))
+		buf.Write(appendString(buf.AvailableBuffer(), m.key))
 		buf.WriteByte(':')
-		if err := json.Compact(&buf, m.value); err != nil {
+		if err := json.Compact(buf, m.value); err != nil {
 			return nil, errNotObject
 		}
 	}
@@ -124,7 +192,16 @@ func UserMetadata(metadata []byte) ([]byte, error) {
 // the keys ditto writes are left out. It fails on metadata that is not a
 // JSON object.
 func Signature(eventType string, data, metadata []byte) (string, error) {
-	user, err := UserMetadata(metadata)
+	ms, err := members(metadata)
+	if err != nil {
+		return "", err
+	}
+	return signature(eventType, data, ms)
+}
+
+func signature(eventType string, data []byte, ms []member) (string, error) {
+	var scratch [512]byte
+	user, err := canonical(scratch[:0], ms)
 	if err != nil {
 		return "", err
 	}
@@ -135,7 +212,8 @@ func Signature(eventType string, data, metadata []byte) (string, error) {
 		h.Write(n[:])
 		h.Write(part)
 	}
-	return signaturePrefix + hex.EncodeToString(h.Sum(nil)), nil
+	var sum [sha256.Size]byte
+	return signaturePrefix + hex.EncodeToString(h.Sum(sum[:0])), nil
 }
 
 // validSignature reports whether s has the form Signature returns.
@@ -171,7 +249,7 @@ func (p *Policy) Annotate(eventType string, data, metadata []byte, at Coordinate
 		return nil, err
 	}
 	var origin []string
-	signature := ""
+	sig := ""
 	for _, m := range ms {
 		switch m.key {
 		case KeyOrigin:
@@ -186,12 +264,12 @@ func (p *Policy) Annotate(eventType string, data, metadata []byte, at Coordinate
 		case KeySignature:
 			var s string
 			if json.Unmarshal(m.value, &s) == nil && validSignature(s) {
-				signature = s
+				sig = s
 			}
 		}
 	}
-	if signature == "" {
-		if signature, err = Signature(eventType, data, metadata); err != nil {
+	if sig == "" {
+		if sig, err = signature(eventType, data, ms); err != nil {
 			return nil, err
 		}
 	}
@@ -244,7 +322,7 @@ func (p *Policy) Annotate(eventType string, data, metadata []byte, at Coordinate
 		out = append(out, ']', ',')
 	}
 	field(KeySignature)
-	out = appendString(out, signature)
+	out = appendString(out, sig)
 	return append(out, '}'), nil
 }
 
