@@ -306,7 +306,7 @@ func (r *Replicator) dispatchPolicy(d *consumer.Delivery) {
 		r.log.Info().Str("subscription", d.Sub.String()).Uint64("linkNumber", link.EventNumber).Str("link", string(link.Data)).
 			Msg("skipping unresolved link: the source event is deleted or truncated")
 		reason := "ditto: unresolved link " + string(link.Data)
-		if stream, n, ok := parseLink(link.Data); ok && r.seq && r.pol.KeepsStream(stream) {
+		if stream, n, ok := parseLink(link.Data); ok && r.seq && (consolidated || r.pol.KeepsStream(stream)) {
 			if consolidated {
 				n = d.OriginalNumber()
 			}
@@ -322,7 +322,7 @@ func (r *Replicator) dispatchPolicy(d *consumer.Delivery) {
 		d.Sub.Metrics.Skipped.Inc()
 		// In a consolidated stream, the subscription's numbers order the
 		// lane: a deletion's $metadata (in $$stream) is one of them.
-		if stream, ok := strings.CutPrefix(rec.StreamID, "$$"); ok && consolidated && stream != "" && !strings.HasPrefix(stream, "$") && r.pol.KeepsStream(stream) {
+		if stream, ok := strings.CutPrefix(rec.StreamID, "$$"); ok && consolidated && stream != "" && !strings.HasPrefix(stream, "$") {
 			r.skipItem(d, stream, d.OriginalNumber(), ackSkip)
 			return
 		}
@@ -335,7 +335,9 @@ func (r *Replicator) dispatchPolicy(d *consumer.Delivery) {
 	}
 	if reason, keep := r.pol.Keep(rec.StreamID, rec.EventType, rec.UserMetadata); !keep {
 		d.Sub.Metrics.Filtered[reason.String()].Inc()
-		if r.seq && reason != policy.ByStream {
+		// Where the subscription's numbers order the lane, every delivery
+		// is one of them; elsewhere a dropped stream has no lane to keep.
+		if r.seq && (reason != policy.ByStream || consolidated) {
 			r.skipItem(d, rec.StreamID, seq, ackSkip)
 			return
 		}

@@ -163,8 +163,9 @@ func TestMappedStreamsKeepTheirNumbers(t *testing.T) {
 	}
 }
 
-// TestConsolidatesIntoOneStream: all streams into one, in the order the
-// subscription delivered them, with the subscription's coordinates.
+// TestConsolidatesIntoOneStream: all streams into one (but an excluded
+// one), in the order the subscription delivered them, with the
+// subscription's coordinates.
 func TestConsolidatesIntoOneStream(t *testing.T) {
 	e := newEnv(t)
 	e.createGroup(t, "$ce-customer", "ditto", esdb.ConsumerStrategyPinned)
@@ -173,8 +174,13 @@ func TestConsolidatesIntoOneStream(t *testing.T) {
 		s := fmt.Sprintf("customer-%d%s", i, uuid.NewString()[:6])
 		e.appendPolicyEvents(t, s, 0, 20, 0)
 		streams = append(streams, s)
+		if i == 4 {
+			// Among the subscription's numbers, which order the
+			// consolidated stream: dropped as skip items, not gaps.
+			e.appendPolicyEvents(t, "customer-test"+uuid.NewString()[:6], 0, 7, 0)
+		}
 	}
-	r := startDitto(t, e, map[string]string{"DITTO_STREAM_TEMPLATE": "all-customers"})
+	r := startDitto(t, e, map[string]string{"DITTO_STREAM_TEMPLATE": "all-customers", "DITTO_EXCLUDE_STREAMS": "customer-test"})
 	pol := loadedPolicy(t)
 	e.waitIdentical(t, verify.Options{Policy: pol})
 	if n := lastNumber(e.dstC, "all-customers"); n != 199 {
@@ -184,6 +190,9 @@ func TestConsolidatesIntoOneStream(t *testing.T) {
 	prov, _ := policy.ParseProvenance(got[42].UserMetadata)
 	if prov.SubscriptionStreamID != "$ce-customer" || prov.SubscriptionEventNumber != 42 || prov.OriginalStreamID == "" {
 		t.Fatalf("provenance of event 42: %+v", prov)
+	}
+	if prov, _ := policy.ParseProvenance(got[100].UserMetadata); prov.SubscriptionEventNumber != 107 {
+		t.Fatalf("event 100, after the excluded stream's 7: %+v", prov)
 	}
 	// Events appended while ditto runs go to the end, in order.
 	e.appendPolicyEvents(t, streams[2], 20, 5, 0)
