@@ -474,3 +474,35 @@ func TestPerDestination(t *testing.T) {
 		}
 	}
 }
+
+// Scenario p's workload alternates two types inside each stream, so that its
+// filter drops events inside streams, and keeps half of them.
+func TestTwoTypeWorkload(t *testing.T) {
+	w := newWorkload(1000, 10)
+	w.twoTypes = true
+	if got := w.ofEventType(); got != 500 {
+		t.Fatalf("%d events of %s, want 500", got, eventType)
+	}
+	for i := 0; i < 30; i++ {
+		want := eventType
+		if w.number(i)%2 == 1 {
+			want = otherType
+		}
+		if w.eventType(i) != want || w.proposed(i).Type != want || w.eventData(i).EventType != want {
+			t.Fatalf("event %d (%s #%d) is of type %s, want %s", i, w.stream(i), w.number(i), w.eventType(i), want)
+		}
+	}
+	if one := newWorkload(100, 10); one.ofEventType() != 100 {
+		t.Fatal("a one-type workload has another type")
+	}
+	// Its runs are compared by the filtered copy's rate over the whole one's.
+	runs := []*result{{Ditto: &measured{EventsPerSec: 90}, Unfiltered: &measured{EventsPerSec: 100}},
+		{Ditto: &measured{EventsPerSec: 50}, Unfiltered: &measured{EventsPerSec: 100}},
+		{Ditto: &measured{EventsPerSec: 120}, Unfiltered: &measured{EventsPerSec: 100}}}
+	for _, r := range runs {
+		r.evaluate()
+	}
+	if m := median(runs); m.VsUnfiltered != 0.9 {
+		t.Fatalf("median run %+v", m)
+	}
+}

@@ -232,7 +232,7 @@ func startDittoWith(bin, logDir, source, group string, sinkVars []string, pass f
 	// Last, so that they win over any value passed through.
 	env = append(env, extra...)
 	cmd := exec.Command(bin)
-	cmd.Env = env
+	cmd.Env = append(env, extra...) // the last of a repeated variable counts
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}

@@ -84,14 +84,19 @@ type result struct {
 	// EventStoreSink is, in scenario f, ditto with the EventStore sink on
 	// the same workload (Ditto is then ditto into Kafka, Baseline2
 	// franz-go's own rate).
-	EventStoreSink *measured   `json:"eventstore_sink,omitempty"`
-	VsEventStore   float64     `json:"ratio_to_eventstore_sink,omitempty"`
-	VsB1           float64     `json:"ratio_to_baseline1,omitempty"`
-	VsB2           float64     `json:"ratio_to_baseline2,omitempty"`
-	Lag            *lagFigures `json:"lag,omitempty"`
-	PeakRSSMB      float64     `json:"ditto_peak_rss_mib,omitempty"`
-	Targets        []target    `json:"targets,omitempty"`
-	Error          string      `json:"error,omitempty"`
+	EventStoreSink *measured `json:"eventstore_sink,omitempty"`
+	VsEventStore   float64   `json:"ratio_to_eventstore_sink,omitempty"`
+	// Unfiltered is, in scenario p, ditto copying every event; Ditto is
+	// then the filtered copy, per source event.
+	Unfiltered *measured `json:"unfiltered,omitempty"`
+	// VsUnfiltered is Ditto's rate over Unfiltered's.
+	VsUnfiltered float64     `json:"ratio_to_unfiltered,omitempty"`
+	VsB1         float64     `json:"ratio_to_baseline1,omitempty"`
+	VsB2         float64     `json:"ratio_to_baseline2,omitempty"`
+	Lag          *lagFigures `json:"lag,omitempty"`
+	PeakRSSMB    float64     `json:"ditto_peak_rss_mib,omitempty"`
+	Targets      []target    `json:"targets,omitempty"`
+	Error        string      `json:"error,omitempty"`
 	// Runs holds the key figure of every run when the scenario ran more
 	// than once (--repeat); the other figures are the median run's.
 	Runs []float64 `json:"runs,omitempty"`
@@ -150,6 +155,7 @@ func (r *result) evaluate() {
 	r.VsB2 = ratio(eps(r.Ditto), eps(r.Baseline2))
 	r.VsEventual = ratio(eps(r.Ditto), eps(r.Eventual))
 	r.VsSingle = ratio(eps(r.Ditto), eps(r.Single))
+	r.VsUnfiltered = ratio(eps(r.Ditto), eps(r.Unfiltered))
 	atLeast := func(name string, got, want float64, unit string) {
 		r.Targets = append(r.Targets, target{Name: name, Want: fmt.Sprintf(">= %g%s", want, unit), Got: got, Met: got >= want})
 	}
@@ -278,6 +284,11 @@ func (rep *report) print(w io.Writer) {
 		if cpu, busy, ok := r.vsB2Factors(); ok {
 			fmt.Fprintf(w, "      ditto / baseline 2 = %.2f (the raw limit's CPU per event over ditto's and the servers') × %.2f (ditto's run's busy cores over the raw limit's)\n", cpu, busy)
 		}
+		if u, d := r.Unfiltered, r.Ditto; u != nil && d != nil {
+			fmt.Fprintf(w, "      without the filter: %.0f events/s, CPU per event ditto %.1f µs, servers %.1f µs; with it: %.0f source events/s (%.2f of that), ditto %.1f µs (%+.1f µs), servers %.1f µs (%+.1f µs), %.1f events per append\n",
+				u.EventsPerSec, u.CPUMicrosPerEvent, u.ServersCPUMicrosPerEvent, d.EventsPerSec, r.VsUnfiltered,
+				d.CPUMicrosPerEvent, d.CPUMicrosPerEvent-u.CPUMicrosPerEvent, d.ServersCPUMicrosPerEvent, d.ServersCPUMicrosPerEvent-u.ServersCPUMicrosPerEvent, d.MeanBatch)
+		}
 		if r.Lag != nil {
 			fmt.Fprintf(w, "      lag: %d events offered at %.0f/s, the %d sent after a %.0f ms warm-up measured; max %.1f ms (from just before the source append to arrival on a catch-up subscription to the destination's $ce-bench)\n",
 				r.Lag.Sent, r.Lag.OfferedPerSec, r.Lag.Samples, r.Lag.WarmupMs, r.Lag.MaxMs)
@@ -291,6 +302,8 @@ func (rep *report) print(w io.Writer) {
 				what, digits = "ditto / baseline 2", 2
 			case r.VsEventual > 0:
 				what, digits = "fan-out / eventual", 2
+			case r.VsUnfiltered > 0:
+				what, digits = "filtered / unfiltered events/s", 2
 			}
 			runs := make([]string, len(r.Runs))
 			for i, v := range r.Runs {

@@ -102,6 +102,52 @@ var scenarios = map[string]scenario{
 		return kinesisThroughput(ctx, e, linkDelay)
 	}},
 	"o": {"100k events over 1,000 streams to two destinations: fan-out against two processes", fanOut},
+	"p": {"scenario a with a filter that keeps half the event types, against a without it: the cost of the policy stage", filtered},
+}
+
+// filterVar is scenario p's filter: it drops the odd-numbered events of each
+// stream, so that destination numbers are the destination's own and ditto
+// writes provenance and orders by it.
+const filterVar = "DITTO_EXCLUDE_EVENT_TYPES=" + otherType
+
+// filtered is scenario p: scenario a's events, of two types in turn in each
+// stream, copied by ditto whole and then, into another destination, with a
+// filter that keeps one type. Rates and CPU are per source event.
+func filtered(ctx context.Context, e *env) (*result, error) {
+	w := newWorkload(e.scaled(100_000), 1000)
+	w.twoTypes = true
+	res := &result{Events: w.events, Streams: w.streams}
+	src, err := startServer(0)
+	if err != nil {
+		return res, err
+	}
+	defer src.Close()
+	if err := seed(ctx, src.Store(), w); err != nil {
+		return res, err
+	}
+	admin, err := newClient(src.ConnectionString())
+	if err != nil {
+		return res, err
+	}
+	defer admin.Close()
+	for _, g := range []string{"ditto-bench", "ditto-filtered"} {
+		if err := createGroup(ctx, admin, g); err != nil {
+			return res, err
+		}
+	}
+	whole, err := e.dittoRun(ctx, src, w, 0, "ditto-bench", w.events)
+	if err != nil {
+		return res, err
+	}
+	res.Unfiltered = whole.m
+	e.logf("ditto without the filter: %.0f events/s, CPU/event %.1f µs, peak RSS %.1f MiB", whole.m.EventsPerSec, whole.m.CPUMicrosPerEvent, whole.rss)
+	half, err := e.dittoRun(ctx, src, w, 0, "ditto-filtered", w.ofEventType(), filterVar)
+	if err != nil {
+		return res, err
+	}
+	res.Ditto, res.PeakRSSMB, res.Timeline = half.m, half.rss, half.timeline
+	e.logf("ditto with %s: %.0f source events/s, CPU/event %.1f µs, peak RSS %.1f MiB", filterVar, half.m.EventsPerSec, half.m.CPUMicrosPerEvent, half.rss)
+	return res, nil
 }
 
 // throughput seeds events over streams on a source, then measures the raw
@@ -237,9 +283,30 @@ func (e *env) source(ctx context.Context, res *result, src *server, w workload) 
 // The time runs from starting the process (connecting included) to the
 // last event visible on the destination.
 func (e *env) ditto(ctx context.Context, res *result, src *server, w workload, delay time.Duration) error {
-	dst, err := startServer(delay)
+	run, err := e.dittoRun(ctx, src, w, delay, "ditto-bench", w.events)
 	if err != nil {
 		return err
+	}
+	m, rss := run.m, run.rss
+	res.Ditto, res.PeakRSSMB, res.Timeline = m, rss, run.timeline
+	e.logf("ditto: %d events in %s: %.0f events/s, %.1f events per append, peak RSS %.1f MiB, CPU/event ditto %.1f µs, servers %.1f µs, page faults %d",
+		w.events, time.Duration(m.Seconds*float64(time.Second)).Round(time.Millisecond), m.EventsPerSec, m.MeanBatch, rss, m.CPUMicrosPerEvent, m.ServersCPUMicrosPerEvent, m.PageFaults)
+	return nil
+}
+
+// dittoFigures are one ditto run's figures.
+type dittoFigures struct {
+	m        *measured // per source event
+	rss      float64   // peak RSS, MiB
+	timeline []tlWindow
+}
+
+// dittoRun runs ditto on group, with the extra DITTO_* settings, into a fresh
+// destination until it holds want events.
+func (e *env) dittoRun(ctx context.Context, src *server, w workload, delay time.Duration, group string, want int, extra ...string) (*dittoFigures, error) {
+	dst, err := startServer(delay)
+	if err != nil {
+		return nil, err
 	}
 	defer dst.Close()
 	e.collect()
@@ -247,9 +314,9 @@ func (e *env) ditto(ctx context.Context, res *result, src *server, w workload, d
 	defer stopProfile()
 	selfStart := selfCPU()
 	start := time.Now()
-	d, err := startDitto(e.bin, e.dir, src.conn(), dst.conn(), "ditto-bench")
+	d, err := startDitto(e.bin, e.dir, src.conn(), dst.conn(), group, extra...)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer d.stop()
 	limit := time.Minute + time.Duration(w.events/200)*time.Second
@@ -259,19 +326,19 @@ func (e *env) ditto(ctx context.Context, res *result, src *server, w workload, d
 		tl = newTimeline(d.cmd.Process.Pid, start)
 		poll = tl.record
 	}
-	p, err := waitDestination(ctx, dst.Store(), w.events, limit, time.Minute, func() error {
+	p, err := waitDestination(ctx, dst.Store(), want, limit, time.Minute, func() error {
 		d.sampleRSS()
 		return d.alive()
 	}, poll)
 	if err != nil {
-		return fmt.Errorf("ditto: %w", err)
+		return nil, fmt.Errorf("ditto: %w", err)
 	}
 	took := p.done.Sub(start)
 	servers := selfCPU() - selfStart
 	stopProfile()
-	res.PeakRSSMB = float64(d.PeakRSS()) / (1 << 20)
+	run := &dittoFigures{rss: float64(d.PeakRSS()) / (1 << 20)}
 	if tl != nil {
-		res.Timeline = tl.windows(timelineWindow)
+		run.timeline = tl.windows(timelineWindow)
 	}
 	u := d.usage()
 	batch := d.meanBatch(ctx)
@@ -281,10 +348,8 @@ func (e *env) ditto(ctx context.Context, res *result, src *server, w workload, d
 	m.CoresBusy = coresBusy(m.CPUMicrosPerEvent+m.ServersCPUMicrosPerEvent, m.EventsPerSec)
 	m.Note = fmt.Sprintf("first event on the destination after %s; %.1f events per append; CPU per event: ditto %.1f µs, test servers %.1f µs; cores busy %.2f; ditto's page faults %d",
 		p.first.Sub(start).Round(time.Millisecond), batch, m.CPUMicrosPerEvent, m.ServersCPUMicrosPerEvent, m.CoresBusy, u.faults)
-	res.Ditto = m
-	e.logf("ditto: %d events in %s: %.0f events/s, %.1f events per append, peak RSS %.1f MiB, CPU/event ditto %.1f µs, servers %.1f µs, page faults %d",
-		w.events, took.Round(time.Millisecond), res.Ditto.EventsPerSec, batch, res.PeakRSSMB, res.Ditto.CPUMicrosPerEvent, res.Ditto.ServersCPUMicrosPerEvent, u.faults)
-	return nil
+	run.m = m
+	return run, nil
 }
 
 // reference measures baseline 1 on a sample of the events.

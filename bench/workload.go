@@ -26,6 +26,9 @@ type workload struct {
 	events  int
 	streams int
 	base    uuid.UUID // random per workload; event ids derive from it
+	// twoTypes gives every other event of each stream (odd numbers)
+	// otherType, for scenario f's filter.
+	twoTypes bool
 }
 
 func newWorkload(events, streams int) workload {
@@ -71,8 +74,30 @@ func (w workload) indexFromID(id uuid.UUID) int {
 	return int(i)
 }
 
-// eventType is the type of every benchmark event.
-const eventType = "BenchEventHappened"
+// eventType is the type of every benchmark event; with twoTypes, of the
+// even-numbered ones, and otherType of the odd-numbered.
+const (
+	eventType = "BenchEventHappened"
+	otherType = "BenchEventNoted"
+)
+
+func (w workload) eventType(i int) string {
+	if w.twoTypes && w.number(i)%2 == 1 {
+		return otherType
+	}
+	return eventType
+}
+
+// ofEventType counts the events of type eventType.
+func (w workload) ofEventType() int {
+	n := 0
+	for i := 0; i < w.events; i++ {
+		if w.eventType(i) == eventType {
+			n++
+		}
+	}
+	return n
+}
 
 // data and metadata are about 200 and 60 bytes of JSON, the size of a
 // typical domain event.
@@ -86,11 +111,11 @@ func (w workload) metadata(i int) []byte {
 }
 
 func (w workload) proposed(i int) esdbtest.ProposedEvent {
-	return esdbtest.ProposedEvent{ID: w.id(i), Type: eventType, IsJSON: true, Data: w.data(i), Metadata: w.metadata(i)}
+	return esdbtest.ProposedEvent{ID: w.id(i), Type: w.eventType(i), IsJSON: true, Data: w.data(i), Metadata: w.metadata(i)}
 }
 
 func (w workload) eventData(i int) esdb.EventData {
-	return esdb.EventData{EventID: w.id(i), EventType: eventType, ContentType: esdb.ContentTypeJson, Data: w.data(i), Metadata: w.metadata(i)}
+	return esdb.EventData{EventID: w.id(i), EventType: w.eventType(i), ContentType: esdb.ContentTypeJson, Data: w.data(i), Metadata: w.metadata(i)}
 }
 
 // seed appends events [0, w.events) to the store directly (not through

@@ -18,6 +18,7 @@ import (
 	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
 	"github.com/kelseyhightower/envconfig"
 
+	"github.com/ditto-replicator/ditto/policy"
 	"github.com/ditto-replicator/ditto/sinks"
 )
 
@@ -47,6 +48,23 @@ type Config struct {
 	MetricsAddress              string        `envconfig:"METRICS_ADDRESS" default:":5000" desc:"Listen address of /metrics, /health/live and /health/ready (empty = off)."`
 	LogLevel                    string        `envconfig:"LOG_LEVEL" default:"info" desc:"debug, info, warn or error. debug logs one line per written batch."`
 	LogFormat                   string        `envconfig:"LOG_FORMAT" default:"json" desc:"json or console."`
+
+	// Selective replication (package policy): they apply to every sink.
+	IncludeStreams          string `envconfig:"INCLUDE_STREAMS" desc:"Replicate only original streams matching one of these comma-separated items: a prefix (customer-) or a RE2 regular expression between slashes (/^customer-\\d+$/); a backslash before a comma keeps it in the item. Whole streams are kept or dropped, so this keeps the plain copy's numbering."`
+	ExcludeStreams          string `envconfig:"EXCLUDE_STREAMS" desc:"Do not replicate original streams matching one of these items (as DITTO_INCLUDE_STREAMS)."`
+	IncludeEventTypes       string `envconfig:"INCLUDE_EVENT_TYPES" desc:"Replicate only events whose type matches one of these items (prefixes or /regexps/). Drops events inside streams: destination numbers become the destination's own, and provenance is written."`
+	ExcludeEventTypes       string `envconfig:"EXCLUDE_EVENT_TYPES" desc:"Do not replicate events whose type matches one of these items (as DITTO_INCLUDE_EVENT_TYPES)."`
+	IncludeMetadata         string `envconfig:"INCLUDE_METADATA" desc:"Replicate only events whose metadata is a JSON object with one of these comma-separated key=value pairs at its top level (a string equal to value, or a number, boolean or null written as value). Drops events inside streams, as DITTO_INCLUDE_EVENT_TYPES."`
+	ExcludeMetadata         string `envconfig:"EXCLUDE_METADATA" desc:"Do not replicate events whose metadata holds one of these key=value pairs (as DITTO_INCLUDE_METADATA)."`
+	IncludeSystemEventTypes bool   `envconfig:"INCLUDE_SYSTEM_EVENT_TYPES" default:"false" desc:"Where events are dropped inside streams or consolidated, $-prefixed event types are dropped too unless this is true. (A plain or mapped copy keeps every event of a kept stream.)"`
+	StreamTemplate          string `envconfig:"STREAM_TEMPLATE" default:"{stream}" desc:"Name of the destination stream, from the original stream's {stream}, {category} (before its first '-') and {id} (after it), e.g. dr-{stream} or {category}-replica-{id}. A template with neither {stream} nor {id} (all-customers, {category}-all) consolidates many streams into one, in subscription order."`
+	Provenance              bool   `envconfig:"PROVENANCE" default:"false" desc:"Add provenance to JSON-object metadata: $originalStreamId, $originalEventNumber, $originalCreated, $origin and a SHA-256 content $signature. Always on where events are filtered inside streams or consolidated."`
+	OriginName              string `envconfig:"ORIGIN_NAME" desc:"A name for the source cluster, appended to the $origin chain of every event written with provenance."`
+	CopyStreamMetadata      bool   `envconfig:"COPY_STREAM_METADATA" default:"false" desc:"Copy each source stream's metadata ($maxAge, $maxCount, $cacheControl, custom keys; not $tb, not $acl) to its destination stream when ditto first writes it, and again within a minute of a change on the source. DITTO_TIME_TO_LIVE overrides $maxAge. Only for sinks that keep streams (eventstore), not for consolidated streams."`
+	CopyStreamACL           bool   `envconfig:"COPY_STREAM_ACL" default:"false" desc:"With DITTO_COPY_STREAM_METADATA, copy $acl too (the destination must know the same users and roles)."`
+
+	// Policy is the compiled selective-replication policy.
+	Policy *policy.Policy `ignored:"true"`
 
 	// SinkSettings are the settings of the sink DITTO_SINK names, loaded
 	// from its own variables (nil in read-only mode or for a sink without
@@ -95,6 +113,9 @@ func Load() (*Config, error) {
 	p, ok := sinks.Lookup(c.Sink)
 	if !ok {
 		problems = append(problems, fmt.Sprintf("%s_SINK=%q is not a known sink: expected %s", Prefix, c.Sink, sinkNames()))
+	}
+	if ok && c.CopyStreamMetadata && !p.StreamMetadata {
+		problems = append(problems, fmt.Sprintf("%s_COPY_STREAM_METADATA=true: the %s sink has no stream metadata to set", Prefix, p.Name))
 	}
 	// A read-only run opens no sink, so its variables are not read.
 	if ok && !c.ReadOnly {
@@ -234,7 +255,46 @@ func (c *Config) validate() []string {
 	default:
 		bad("LOG_FORMAT", "=%q: expected json or console", c.LogFormat)
 	}
-	return p
+	return append(p, c.compilePolicy()...)
+}
+
+// LoadPolicy reads and compiles only the selective-replication variables
+// (with DITTO_SUBSCRIPTIONS), for commands such as ditto verify that need
+// the policy ditto replicates under but not the rest of its settings.
+func LoadPolicy() (*policy.Policy, error) {
+	var c Config
+	if err := process(&c); err != nil {
+		return nil, err
+	}
+	if problems := c.compilePolicy(); len(problems) > 0 {
+		return nil, &Error{Problems: problems}
+	}
+	return c.Policy, nil
+}
+
+// compilePolicy compiles the selective-replication variables into c.Policy.
+func (c *Config) compilePolicy() []string {
+	spec := policy.Spec{
+		IncludeStreams: c.IncludeStreams, ExcludeStreams: c.ExcludeStreams,
+		IncludeEventTypes: c.IncludeEventTypes, ExcludeEventTypes: c.ExcludeEventTypes,
+		IncludeMetadata: c.IncludeMetadata, ExcludeMetadata: c.ExcludeMetadata,
+		IncludeSystemEventTypes: c.IncludeSystemEventTypes,
+		StreamTemplate:          c.StreamTemplate,
+		Provenance:              c.Provenance,
+		OriginName:              c.OriginName,
+	}
+	for _, s := range c.SubscriptionList() {
+		spec.Subscriptions = append(spec.Subscriptions, s.Stream)
+	}
+	pol, problems := policy.Compile(spec)
+	c.Policy = pol
+	if pol != nil && pol.Mode() == policy.Consolidated && c.CopyStreamMetadata {
+		problems = append(problems, fmt.Sprintf("%s_COPY_STREAM_METADATA=true with %s_STREAM_TEMPLATE=%q: a consolidated stream has many source streams, whose metadata ditto cannot copy to one (DITTO_TIME_TO_LIVE still sets $maxAge)", Prefix, Prefix, c.StreamTemplate))
+	}
+	if c.CopyStreamACL && !c.CopyStreamMetadata {
+		problems = append(problems, fmt.Sprintf("%s_COPY_STREAM_ACL=true needs %s_COPY_STREAM_METADATA=true", Prefix, Prefix))
+	}
+	return problems
 }
 
 // CheckConnectionString parses cs and checks what the client would only

@@ -117,6 +117,15 @@ func TestInvalidValuesNameTheVariable(t *testing.T) {
 		{"retries", map[string]string{"DITTO_WRITE_RETRIES": "0"}, "DITTO_WRITE_RETRIES=0 is out of range"},
 		{"backoff max", map[string]string{"DITTO_RETRY_BACKOFF_MAX": "1ms"}, "DITTO_RETRY_BACKOFF_MAX=1ms must be at least 50ms"},
 		{"shutdown timeout", map[string]string{"DITTO_SHUTDOWN_TIMEOUT": "0s"}, "DITTO_SHUTDOWN_TIMEOUT=0s must be positive"},
+		{"stream pattern", map[string]string{"DITTO_INCLUDE_STREAMS": "/(/"}, "DITTO_INCLUDE_STREAMS: /(/ is not a valid regular expression"},
+		{"type pattern", map[string]string{"DITTO_EXCLUDE_EVENT_TYPES": "/[/"}, "DITTO_EXCLUDE_EVENT_TYPES: /[/ is not a valid regular expression"},
+		{"metadata pair", map[string]string{"DITTO_INCLUDE_METADATA": "tenant"}, "DITTO_INCLUDE_METADATA"},
+		{"template", map[string]string{"DITTO_STREAM_TEMPLATE": "x-{nope}"}, "DITTO_STREAM_TEMPLATE"},
+		{"consolidating two subscriptions", map[string]string{"DITTO_STREAM_TEMPLATE": "all", "DITTO_SUBSCRIPTIONS": "$ce-a:g,$ce-b:g"}, "consolidates the events of 2 subscriptions"},
+		{"provenance not bool", map[string]string{"DITTO_PROVENANCE": "sure"}, `DITTO_PROVENANCE="sure" is not a valid boolean`},
+		{"origin without provenance", map[string]string{"DITTO_ORIGIN_NAME": "eu"}, "DITTO_ORIGIN_NAME"},
+		{"stream metadata on a sink without", map[string]string{"DITTO_COPY_STREAM_METADATA": "true"}, "DITTO_COPY_STREAM_METADATA=true: the testsink sink has no stream metadata"},
+		{"ACL without stream metadata", map[string]string{"DITTO_COPY_STREAM_ACL": "true"}, "DITTO_COPY_STREAM_ACL=true needs DITTO_COPY_STREAM_METADATA=true"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -135,6 +144,30 @@ func TestInvalidValuesNameTheVariable(t *testing.T) {
 				t.Fatalf("error %v, want it to contain %q", err, tc.want)
 			}
 		})
+	}
+}
+
+func TestPolicyCompiled(t *testing.T) {
+	vars := valid()
+	vars["DITTO_EXCLUDE_EVENT_TYPES"] = `Debug,/^Internal\d+$/`
+	vars["DITTO_STREAM_TEMPLATE"] = "dr-{stream}"
+	setEnv(t, vars)
+	c, err := Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Policy == nil || c.Policy.Mode().String() != "filtered within a stream" || !c.Policy.Provenance() {
+		t.Fatalf("policy %+v", c.Policy)
+	}
+	if _, keep := c.Policy.Keep("customer-1", "Internal42", nil); keep {
+		t.Fatal("the regular expression was not applied")
+	}
+	if got := c.Policy.Destination("customer-1"); got != "dr-customer-1" {
+		t.Fatalf("destination %q", got)
+	}
+	setEnv(t, valid())
+	if c, err = Load(); err != nil || !c.Policy.Trivial() {
+		t.Fatalf("default policy: %v, %+v", err, c)
 	}
 }
 

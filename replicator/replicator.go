@@ -1,11 +1,19 @@
 // Package replicator is ditto's pipeline: it puts each delivery into the lane
-// of its original stream, writes consecutive events of a lane as one batch,
-// and turns the outcome of the write into an ack, a retry or a park.
+// of its destination stream, writes consecutive events of a lane as one
+// batch, and turns the outcome of the write into an ack, a retry or a park.
 //
-// Ordering: a lane holds the pending events of one original stream sorted by
-// event number; at most one write per lane is in flight, and a batch is a run
-// of consecutive numbers starting at the lowest pending one. Lanes of
-// different streams are written concurrently by a fixed pool of writers.
+// Ordering: a lane holds the pending events of one destination stream sorted
+// by Seq (the event number, or for a consolidated stream the subscription's
+// number); at most one write per lane is in flight, and a batch is a run of
+// consecutive Seqs starting at the lowest pending one. Lanes of different
+// streams are written concurrently by a fixed pool of writers.
+//
+// Policy: with a selective-replication policy (package policy), events it
+// drops are acked without a write. Where destination numbers are the
+// destination's own (filters inside streams, consolidation), dropped events
+// join their lane as skip items instead, acked with the batch they fall in,
+// so that runs stay contiguous and each written event's SeqFrom tells the
+// sink which seqs before it were dropped.
 //
 // Memory: every pending event is an unacked delivery, so pending events are
 // bounded by the subscriptions' buffer sizes; a slow sink stops acks, which
@@ -16,6 +24,7 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -26,6 +35,7 @@ import (
 
 	"github.com/ditto-replicator/ditto/consumer"
 	"github.com/ditto-replicator/ditto/internal/metrics"
+	"github.com/ditto-replicator/ditto/policy"
 	"github.com/ditto-replicator/ditto/sinks"
 )
 
@@ -48,6 +58,8 @@ type Options struct {
 	BackoffInitial time.Duration // first pause between attempts (default 50ms)
 	BackoffMax     time.Duration // longest pause between attempts
 	DrainTimeout   time.Duration // how long a stop waits for in-flight writes
+	// Policy, if set and not trivial, filters, maps and annotates events.
+	Policy *policy.Policy
 }
 
 // Replicator moves deliveries from the consumer to a sink.
@@ -64,9 +76,21 @@ type Replicator struct {
 	closing  bool                  // no more dispatches; workers exit when ready is empty
 	inflight int                   // deliveries received and not yet acked or nacked
 	diverged map[string]divergence // streams found diverged on the destination
+	runs     map[string]skipRun    // lanes whose last acked items were skips
 	throttle sync.Mutex            // serialises the throttle's clock
 	next     time.Time             // earliest time of the next write (throttle)
+
+	pol *policy.Policy // nil: no policy stage
+	seq bool           // pol.Sequenced(): dropped events are skip items
 }
+
+// skipRun remembers that the seqs [from, next) of a lane were skip items,
+// acked at the end of a batch: a later batch that starts at next may extend
+// its first event's SeqFrom down to from, sparing the sink a source read.
+type skipRun struct{ from, next uint64 }
+
+// maxRuns bounds runs; it is cleared when full (it only spares reads).
+const maxRuns = 10000
 
 // divergence remembers where a destination stream stopped matching the
 // source, so that later events of the stream are parked too instead of being
@@ -85,12 +109,12 @@ const (
 	maxDivergences = 10000
 )
 
-// lane is the pending work of one original stream. Fields are guarded by
+// lane is the pending work of one destination stream. Fields are guarded by
 // Replicator.mu. A lane is "owned" while busy: in the ready queue, being
 // written by a worker, or waiting on its retry timer.
 type lane struct {
 	stream   string
-	pending  []*item // sorted by event number, unique numbers
+	pending  []*item // sorted by Seq, unique Seqs
 	busy     bool
 	single   bool // write one event at a time, to isolate a permanent failure
 	attempts int
@@ -101,10 +125,22 @@ type lane struct {
 // item is one event and every delivery of it (a redelivery of an event still
 // pending joins the same item and is acked with it).
 type item struct {
-	ev  sinks.Event
-	ds  []*consumer.Delivery
-	one [1]*consumer.Delivery // backs ds for the usual single delivery: one allocation per item
+	ev   sinks.Event
+	ds   []*consumer.Delivery
+	one  [1]*consumer.Delivery // backs ds for the usual single delivery: one allocation per item
+	skip *skip                 // set for a skip item: a dropped event, never written
 }
+
+// skip says how a skip item is settled: acked (filtered out), or nacked
+// with action and reason (an unresolved link is skipped, an event whose
+// metadata cannot carry the required provenance is parked).
+type skip struct {
+	nack   bool
+	action esdb.NackAction
+	reason string
+}
+
+var ackSkip = &skip{}
 
 func newItem(ev sinks.Event, d *consumer.Delivery) *item {
 	it := &item{ev: ev}
@@ -133,7 +169,10 @@ func New(sink Sink, m *metrics.Metrics, opts Options, log zerolog.Logger) *Repli
 	if opts.DrainTimeout <= 0 {
 		opts.DrainTimeout = 30 * time.Second
 	}
-	r := &Replicator{sink: sink, opts: opts, log: log, m: m, lanes: map[string]*lane{}, diverged: map[string]divergence{}}
+	r := &Replicator{sink: sink, opts: opts, log: log, m: m, lanes: map[string]*lane{}, diverged: map[string]divergence{}, runs: map[string]skipRun{}}
+	if opts.Policy != nil && !opts.Policy.Trivial() {
+		r.pol, r.seq = opts.Policy, opts.Policy.Sequenced()
+	}
 	r.cond = sync.NewCond(&r.mu)
 	return r
 }
@@ -216,6 +255,10 @@ func (r *Replicator) forgetLocked(l *lane) {
 // dispatch routes one delivery: unresolved links are skipped, read-only mode
 // acks, everything else joins its stream's lane.
 func (r *Replicator) dispatch(d *consumer.Delivery) {
+	if r.pol != nil {
+		r.dispatchPolicy(d)
+		return
+	}
 	rec := d.Event.Event
 	if rec == nil {
 		link := d.Event.OriginalEvent()
@@ -242,21 +285,149 @@ func (r *Replicator) dispatch(d *consumer.Delivery) {
 		r.ack([]*consumer.Delivery{d})
 		return
 	}
-	ev := sinks.Event{Stream: rec.StreamID, Number: rec.EventNumber, ID: rec.EventID, Type: rec.EventType,
+	ev := sinks.Event{Stream: rec.StreamID, Number: rec.EventNumber, Seq: rec.EventNumber, SeqFrom: rec.EventNumber, ID: rec.EventID, Type: rec.EventType,
 		ContentType: rec.ContentType, Data: rec.Data, Metadata: rec.UserMetadata, Created: rec.CreatedDate}
 	// ev is all the lane needs: while the delivery waits for its ack it
 	// keeps the event's bytes, not the decoded records.
 	d.Release()
+	r.enqueue(ev.Stream, ev, d, nil)
+}
+
+// dispatchPolicy is dispatch through the policy stage: filtered events are
+// acked (or, where destination numbers are the destination's own, join
+// their lane as skip items), kept events go to the lane of their
+// destination stream, with provenance where it is written.
+func (r *Replicator) dispatchPolicy(d *consumer.Delivery) {
+	rec := d.Event.Event
+	consolidated := r.pol.Mode() == policy.Consolidated
+	if rec == nil {
+		link := d.Event.OriginalEvent()
+		d.Sub.Metrics.Unresolved.Inc()
+		r.log.Info().Str("subscription", d.Sub.String()).Uint64("linkNumber", link.EventNumber).Str("link", string(link.Data)).
+			Msg("skipping unresolved link: the source event is deleted or truncated")
+		reason := "ditto: unresolved link " + string(link.Data)
+		if stream, n, ok := parseLink(link.Data); ok && r.seq && (consolidated || r.pol.KeepsStream(stream)) {
+			if consolidated {
+				n = d.OriginalNumber()
+			}
+			r.skipItem(d, stream, n, &skip{nack: true, action: esdb.NackActionSkip, reason: reason})
+			return
+		}
+		r.nack([]*consumer.Delivery{d}, esdb.NackActionSkip, reason)
+		return
+	}
+	if strings.HasPrefix(rec.StreamID, "$") {
+		r.log.Debug().Str("type", rec.EventType).Uint64("number", rec.EventNumber).Str("stream", rec.StreamID).
+			Msg("skipping system event")
+		d.Sub.Metrics.Skipped.Inc()
+		// In a consolidated stream, the subscription's numbers order the
+		// lane: a deletion's $metadata (in $$stream) is one of them.
+		if stream, ok := strings.CutPrefix(rec.StreamID, "$$"); ok && consolidated && stream != "" && !strings.HasPrefix(stream, "$") {
+			r.skipItem(d, stream, d.OriginalNumber(), ackSkip)
+			return
+		}
+		r.ack([]*consumer.Delivery{d})
+		return
+	}
+	seq := rec.EventNumber
+	if consolidated {
+		seq = d.OriginalNumber()
+	}
+	if reason, keep := r.pol.Keep(rec.StreamID, rec.EventType, rec.UserMetadata); !keep {
+		d.Sub.Metrics.Filtered[reason.String()].Inc()
+		// Where the subscription's numbers order the lane, every delivery
+		// is one of them; elsewhere a dropped stream has no lane to keep.
+		if r.seq && (reason != policy.ByStream || consolidated) {
+			r.skipItem(d, rec.StreamID, seq, ackSkip)
+			return
+		}
+		r.ack([]*consumer.Delivery{d})
+		return
+	}
+	if r.opts.ReadOnly {
+		r.log.Debug().Str("type", rec.EventType).Uint64("number", rec.EventNumber).Str("stream", rec.StreamID).
+			Uint64("originalNumber", d.OriginalNumber()).Msg("received (read-only)")
+		d.Sub.Metrics.Skipped.Inc()
+		r.ack([]*consumer.Delivery{d})
+		return
+	}
+	dest := r.pol.Destination(rec.StreamID)
+	if dest == "" {
+		r.log.Warn().Str("stream", rec.StreamID).Uint64("number", rec.EventNumber).Msg("parking event: DITTO_STREAM_TEMPLATE maps its stream to an empty name")
+		d.Sub.Metrics.Parked.Inc()
+		r.nack([]*consumer.Delivery{d}, esdb.NackActionPark, "ditto: DITTO_STREAM_TEMPLATE maps stream "+rec.StreamID+" to an empty name")
+		return
+	}
+	ev := sinks.Event{Stream: rec.StreamID, Number: rec.EventNumber, Seq: seq, SeqFrom: seq, ID: rec.EventID, Type: rec.EventType,
+		ContentType: rec.ContentType, Data: rec.Data, Metadata: rec.UserMetadata, Created: rec.CreatedDate}
+	if r.pol.Provenance() {
+		md, err := r.pol.Annotate(rec.EventType, rec.Data, rec.UserMetadata, policy.Coordinates{
+			Stream: rec.StreamID, Number: rec.EventNumber, Created: rec.CreatedDate,
+			SubStream: d.Sub.Stream, SubNumber: d.OriginalNumber()})
+		switch {
+		case err == nil:
+			ev.Metadata = md
+		case r.seq:
+			// Without provenance the event cannot be written exactly once
+			// here: it is parked, and counts as dropped for the events
+			// after it (see policy.Source.Covered).
+			r.skipItem(d, rec.StreamID, seq, &skip{nack: true, action: esdb.NackActionPark, reason: "ditto: " + r.pol.NotObjectReason()})
+			return
+		}
+		// Otherwise metadata that is not a JSON object is copied unchanged.
+	}
+	d.Release()
+	r.enqueue(dest, ev, d, nil)
+}
+
+// skipItem puts a dropped event of the original stream into its
+// destination stream's lane at seq.
+func (r *Replicator) skipItem(d *consumer.Delivery, stream string, seq uint64, sk *skip) {
+	ev := sinks.Event{Stream: stream, Seq: seq, SeqFrom: seq}
+	if rec := d.Event; rec != nil && rec.Event != nil {
+		ev.Number = rec.Event.EventNumber
+	}
+	d.Release()
+	dest := r.pol.Destination(stream)
+	if dest == "" {
+		r.settleSkips([]*item{newItemSkip(ev, d, sk)})
+		return
+	}
+	r.enqueue(dest, ev, d, sk)
+}
+
+func newItemSkip(ev sinks.Event, d *consumer.Delivery, sk *skip) *item {
+	it := newItem(ev, d)
+	it.skip = sk
+	return it
+}
+
+// parseLink reads link data "<number>@<stream>".
+func parseLink(data []byte) (string, uint64, bool) {
+	num, stream, ok := strings.Cut(string(data), "@")
+	if !ok || stream == "" {
+		return "", 0, false
+	}
+	n, err := strconv.ParseUint(num, 10, 64)
+	if err != nil {
+		return "", 0, false
+	}
+	return stream, n, true
+}
+
+// enqueue adds an event (or a skip item, if sk is set) to the lane of
+// stream.
+func (r *Replicator) enqueue(stream string, ev sinks.Event, d *consumer.Delivery, sk *skip) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.inflight++
 	r.m.InFlight.Set(float64(r.inflight))
-	l := r.lanes[ev.Stream]
+	l := r.lanes[stream]
 	if l == nil {
-		l = &lane{stream: ev.Stream}
-		r.lanes[ev.Stream] = l
+		l = &lane{stream: stream}
+		r.lanes[stream] = l
 	}
-	l.add(ev, d)
+	l.add(ev, d, sk)
 	if !l.busy {
 		l.busy = true
 		r.ready = append(r.ready, l)
@@ -264,21 +435,25 @@ func (r *Replicator) dispatch(d *consumer.Delivery) {
 	}
 }
 
-// add inserts ev in number order, joining an item of the same number.
-func (l *lane) add(ev sinks.Event, d *consumer.Delivery) {
+// add inserts ev in Seq order, joining an item of the same Seq.
+func (l *lane) add(ev sinks.Event, d *consumer.Delivery, sk *skip) {
 	n := len(l.pending)
-	if n == 0 || l.pending[n-1].ev.Number < ev.Number {
-		l.pending = append(l.pending, newItem(ev, d))
+	if n == 0 || l.pending[n-1].ev.Seq < ev.Seq {
+		it := newItem(ev, d)
+		it.skip = sk
+		l.pending = append(l.pending, it)
 		return
 	}
-	i := sort.Search(n, func(i int) bool { return l.pending[i].ev.Number >= ev.Number })
-	if l.pending[i].ev.Number == ev.Number {
+	i := sort.Search(n, func(i int) bool { return l.pending[i].ev.Seq >= ev.Seq })
+	if l.pending[i].ev.Seq == ev.Seq {
 		l.pending[i].ds = append(l.pending[i].ds, d)
 		return
 	}
+	it := newItem(ev, d)
+	it.skip = sk
 	l.pending = append(l.pending, nil)
 	copy(l.pending[i+1:], l.pending[i:])
-	l.pending[i] = newItem(ev, d)
+	l.pending[i] = it
 }
 
 // work is one writer: it takes a ready lane, writes its next batch, and
@@ -301,24 +476,46 @@ func (r *Replicator) work(ctx context.Context) {
 		r.ready[0] = nil
 		r.ready = r.ready[1:]
 		batch := r.takeLocked(l)
+		from := batch[0].ev.Seq
+		if r.seq {
+			if run, ok := r.runs[l.stream]; ok && run.next == from {
+				from = run.from
+			}
+		}
 		r.mu.Unlock()
 
 		events = events[:0]
-		for _, it := range batch {
-			events = append(events, it.ev)
+		trailing := from // where the batch's trailing skip items start
+		if r.seq {
+			for _, it := range batch {
+				if it.skip != nil {
+					continue
+				}
+				ev := it.ev
+				ev.SeqFrom = trailing
+				events = append(events, ev)
+				trailing = ev.Seq + 1
+			}
+		} else {
+			for _, it := range batch {
+				events = append(events, it.ev)
+			}
 		}
 		start := time.Now()
-		err := r.knownDivergence(l.stream, events[0].Number)
-		if err == nil {
-			r.wait(ctx)
-			err = r.sink.Write(ctx, l.stream, events)
+		var err error
+		if len(events) > 0 {
+			err = r.knownDivergence(l.stream, events[0].Seq)
+			if err == nil {
+				r.wait(ctx)
+				err = r.sink.Write(ctx, l.stream, events)
+			}
 		}
-		r.settle(ctx, l, batch, err, time.Since(start))
+		r.settle(ctx, l, batch, len(events), trailing, err, time.Since(start))
 	}
 }
 
-// takeLocked removes the next batch from l: the run of consecutive event
-// numbers starting at the lowest pending one, within the batch limits.
+// takeLocked removes the next batch from l: the run of consecutive Seqs
+// starting at the lowest pending one, within the batch limits.
 func (r *Replicator) takeLocked(l *lane) []*item {
 	max := r.opts.BatchMaxEvents
 	if l.single {
@@ -327,7 +524,7 @@ func (r *Replicator) takeLocked(l *lane) []*item {
 	n, bytes := 0, 0
 	for n < len(l.pending) && n < max {
 		it := l.pending[n]
-		if n > 0 && (it.ev.Number != l.pending[n-1].ev.Number+1 || bytes+it.ev.Size() > r.opts.BatchMaxBytes) {
+		if n > 0 && (it.ev.Seq != l.pending[n-1].ev.Seq+1 || bytes+it.ev.Size() > r.opts.BatchMaxBytes) {
 			break
 		}
 		bytes += it.ev.Size()
@@ -339,18 +536,34 @@ func (r *Replicator) takeLocked(l *lane) []*item {
 	return batch
 }
 
-// settle acks what was written and decides what happens to the rest.
-func (r *Replicator) settle(ctx context.Context, l *lane, batch []*item, err error, took time.Duration) {
-	written := len(batch)
+// settle acks what was written and decides what happens to the rest. Of
+// batch, real (non-skip) items were written; trailing is the first Seq of
+// the batch's trailing skip items (its last Seq + 1 if there are none).
+func (r *Replicator) settle(ctx context.Context, l *lane, batch []*item, real int, trailing uint64, err error, took time.Duration) {
+	written := real
 	var we *sinks.WriteError
 	if err != nil {
 		we = sinks.Classify(err)
 		written = we.Written
 	}
-	if written > 0 {
-		r.acked(l, batch[:written], took)
+	// done is how many items are settled: the written events, with the skip
+	// items before each; all of them once every event is written.
+	done := written
+	if r.seq {
+		done = len(batch)
+		if written < real {
+			done = 0
+			for n := 0; n < written; done++ {
+				if batch[done].skip == nil {
+					n++
+				}
+			}
+		}
 	}
-	rest := batch[written:]
+	if done > 0 {
+		r.acked(l, batch[:done], took)
+	}
+	rest := batch[done:]
 	retryIn := time.Duration(0)
 	if len(rest) > 0 {
 		retryIn = r.failed(ctx, l, rest, we)
@@ -358,6 +571,18 @@ func (r *Replicator) settle(ctx context.Context, l *lane, batch []*item, err err
 
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.seq && done == len(batch) {
+		last := batch[len(batch)-1]
+		switch {
+		case last.skip != nil:
+			if len(r.runs) >= maxRuns {
+				clear(r.runs)
+			}
+			r.runs[l.stream] = skipRun{from: trailing, next: last.ev.Seq + 1}
+		default:
+			delete(r.runs, l.stream)
+		}
+	}
 	if written > 0 {
 		l.attempts = 0
 		l.single = false
@@ -390,7 +615,8 @@ func (r *Replicator) settle(ctx context.Context, l *lane, batch []*item, err err
 	}
 }
 
-// acked acks written events and records them.
+// acked acks written events and records them, and settles the skip items
+// among them.
 func (r *Replicator) acked(l *lane, items []*item, took time.Duration) {
 	ds := make([]*consumer.Delivery, 0, len(items))
 	now := time.Now()
@@ -398,7 +624,20 @@ func (r *Replicator) acked(l *lane, items []*item, took time.Duration) {
 	// writers on every core would otherwise share its cache line per event.
 	var sub *consumer.Subscription
 	n := 0
+	var first, lastReal *item
 	for _, it := range items {
+		if it.skip != nil {
+			if !it.skip.nack {
+				ds = append(ds, it.ds...)
+			} else {
+				r.settleSkips([]*item{it})
+			}
+			continue
+		}
+		if first == nil {
+			first = it
+		}
+		lastReal = it
 		for _, d := range it.ds {
 			ds = append(ds, d)
 			if d.Sub != sub {
@@ -411,21 +650,64 @@ func (r *Replicator) acked(l *lane, items []*item, took time.Duration) {
 		}
 		it.ds[0].Sub.Metrics.ReplicationDelay.Observe(now.Sub(it.ev.Created).Seconds())
 	}
+	if first == nil {
+		// Only skip items: nothing was written.
+		if len(ds) > 0 {
+			r.ack(ds)
+		}
+		return
+	}
 	sub.Metrics.Processed.Add(float64(n))
 	last := items[len(items)-1].ds[0]
 	last.Sub.Metrics.CurrentEvent.Set(float64(last.OriginalNumber()))
-	r.m.BatchSize.Observe(float64(len(items)))
+	r.m.BatchSize.Observe(float64(n))
 	r.ack(ds)
 	if e := r.log.Debug(); e.Enabled() {
-		first := items[0]
 		e.Str("type", first.ev.Type).Str("stream", l.stream).
-			Uint64("from", first.ev.Number).Uint64("to", items[len(items)-1].ev.Number).
+			Uint64("from", first.ev.Number).Uint64("to", lastReal.ev.Number).
 			Uint64("originalFrom", first.ds[0].OriginalNumber()).
-			Int("events", len(items)).Dur("took", took).
+			Int("events", n).Dur("took", took).
 			Msg(fmt.Sprintf("Replicating %s #%d..#%d from %s (Original Event: #%d) completed in %.1f ms",
-				first.ev.Type, first.ev.Number, items[len(items)-1].ev.Number, l.stream,
+				first.ev.Type, first.ev.Number, lastReal.ev.Number, l.stream,
 				first.ds[0].OriginalNumber(), float64(took.Microseconds())/1000))
 	}
+}
+
+// settleSkips settles skip items by their own action; they are never
+// written, whatever happened to the events around them.
+func (r *Replicator) settleSkips(items []*item) {
+	var acks []*consumer.Delivery
+	for _, it := range items {
+		if !it.skip.nack {
+			acks = append(acks, it.ds...)
+			continue
+		}
+		if it.skip.action == esdb.NackActionPark {
+			for _, d := range it.ds {
+				d.Sub.Metrics.Parked.Inc()
+			}
+		}
+		r.nack(it.ds, it.skip.action, it.skip.reason)
+	}
+	if len(acks) > 0 {
+		r.ack(acks)
+	}
+}
+
+// realItems settles the skip items of items and returns the others.
+func (r *Replicator) realItems(items []*item) []*item {
+	var skips, real []*item
+	for _, it := range items {
+		if it.skip != nil {
+			skips = append(skips, it)
+		} else {
+			real = append(real, it)
+		}
+	}
+	if len(skips) > 0 {
+		r.settleSkips(skips)
+	}
+	return real
 }
 
 // failed handles the events of a write that did not go through. It returns
@@ -447,8 +729,11 @@ func (r *Replicator) failed(ctx context.Context, l *lane, rest []*item, we *sink
 			r.mu.Unlock()
 			return 0
 		}
+		if rest = r.realItems(rest); len(rest) == 0 {
+			return 0
+		}
 		if we.Kind == sinks.Conflict {
-			r.markDiverged(l.stream, rest[0].ev.Number, we.Reason)
+			r.markDiverged(l.stream, rest[0].ev.Seq, we.Reason)
 		}
 		r.logFailure(zerolog.WarnLevel, l, rest, we, "parking events")
 		for _, it := range rest {
@@ -479,10 +764,15 @@ func (r *Replicator) failed(ctx context.Context, l *lane, rest []*item, we *sink
 		}
 		r.logFailure(level, l, rest, we, "retrying write")
 		for _, it := range rest {
-			it.ds[0].Sub.Metrics.Retried.Inc()
+			if it.skip == nil {
+				it.ds[0].Sub.Metrics.Retried.Inc()
+			}
 		}
 		r.requeue(l, rest)
 		return pause
+	}
+	if rest = r.realItems(rest); len(rest) == 0 {
+		return 0
 	}
 	r.logFailure(zerolog.WarnLevel, l, rest, we, "write keeps failing; handing events back to the source for redelivery")
 	for _, it := range rest {
@@ -504,7 +794,14 @@ func (r *Replicator) logFailure(level zerolog.Level, l *lane, rest []*item, we *
 		return
 	}
 	first := rest[0]
+	for _, it := range rest {
+		if it.skip == nil {
+			first = it
+			break
+		}
+	}
 	e.Str("stream", l.stream).Uint64("from", first.ev.Number).Uint64("to", rest[len(rest)-1].ev.Number).
+		Str("originalStream", first.ev.Stream).
 		Str("eventId", first.ev.ID.String()).Str("subscription", first.ds[0].Sub.String()).
 		Uint64("originalNumber", first.ds[0].OriginalNumber()).
 		Str("kind", we.Kind.String()).Str("reason", we.Reason).AnErr("error", we.Err).Msg(msg)
@@ -516,7 +813,7 @@ func (r *Replicator) requeue(l *lane, items []*item) {
 	defer r.mu.Unlock()
 	for _, it := range items {
 		for _, d := range it.ds {
-			l.add(it.ev, d)
+			l.add(it.ev, d, it.skip)
 		}
 	}
 }

@@ -56,6 +56,10 @@ type Env struct {
 	// Observe records one call to the destination in
 	// ditto_io_duration_seconds, labelled with the sink's name as system.
 	Observe func(operation string, d time.Duration)
+	// Source answers what the policy stage leaves to a sink: ordering
+	// where destination numbers are not source numbers, and source stream
+	// metadata. Nil where the policy needs neither.
+	Source Source
 }
 
 // Plugin describes a sink: the name DITTO_SINK selects it by, its settings
@@ -70,6 +74,9 @@ type Plugin struct {
 	// Writers, if positive, is DITTO_WRITERS' default for this sink: how
 	// many streams it needs written at once to be fast.
 	Writers int
+	// StreamMetadata says the sink sets stream metadata on its
+	// destination, so DITTO_COPY_STREAM_METADATA applies to it.
+	StreamMetadata bool
 	// Open connects the sink. An error stops ditto at start (exit code 1)
 	// with the message, which must name what to fix.
 	Open func(ctx context.Context, s Settings, env Env) (Sink, error)

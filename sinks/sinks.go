@@ -12,10 +12,19 @@ import (
 )
 
 // Event is one source event on its way to a destination, in the coordinates
-// of its original stream.
+// of its original stream. Write's stream argument is the destination stream
+// (the original one unless DITTO_STREAM_TEMPLATE maps it).
 type Event struct {
-	Stream      string // original stream, e.g. customer-42
-	Number      uint64 // event number in Stream
+	Stream string // original stream, e.g. customer-42
+	Number uint64 // event number in Stream
+	// Seq orders the event in its lane (its destination stream): Number,
+	// or for a consolidated stream the delivery's number in the
+	// subscription's stream. Events of one Write have increasing Seqs.
+	Seq uint64
+	// SeqFrom (at most Seq) says that every seq in [SeqFrom, Seq) is
+	// known to be dropped by the policy. Sinks that write by Number
+	// ignore it.
+	SeqFrom     uint64
 	ID          uuid.UUID
 	Type        string
 	ContentType string // application/json or application/octet-stream

@@ -10,25 +10,93 @@ import (
 
 	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
 	"github.com/google/uuid"
+
+	"github.com/ditto-replicator/ditto/policy"
 )
 
 // side is one stream on one server, read a page at a time. Only the current page is held; its
 // ids form the window in which a displaced event is recognised as out-of-order.
 type side struct {
-	read     readPageFunc
-	stream   string
-	pageSize int
+	pages pager
 
 	page   []*esdb.RecordedEvent
-	pos    int    // next event of page to compare
-	next   uint64 // event number the next page starts at
-	eof    bool   // no page after the current one
+	pos    int  // next event of page to compare
+	eof    bool // no page after the current one
 	window map[uuid.UUID]uint64
 	total  int
+	// renumbered says the events' numbers are not their places in the stream (a filtered or
+	// consolidated destination, numbered by the provenance ditto wrote): an id in the window is
+	// elsewhere whatever its number.
+	renumbered bool
 }
 
 func newSide(read readPageFunc, stream string, pageSize int) *side {
-	return &side{read: read, stream: stream, pageSize: pageSize, window: map[uuid.UUID]uint64{}}
+	return &side{pages: &rawPager{read: read, stream: stream, size: pageSize}, window: map[uuid.UUID]uint64{}}
+}
+
+// pager hands out a stream's events a page at a time, in order; eof says no page follows.
+type pager interface {
+	next(ctx context.Context) (page []*esdb.RecordedEvent, eof bool, err error)
+}
+
+// rawPager reads a stream as it is.
+type rawPager struct {
+	read   readPageFunc
+	stream string
+	size   int
+	from   uint64
+}
+
+func (p *rawPager) next(ctx context.Context) ([]*esdb.RecordedEvent, bool, error) {
+	page, err := p.read(ctx, p.stream, p.from, p.size)
+	if err != nil {
+		return nil, false, err
+	}
+	if len(page) > 0 {
+		p.from = page[len(page)-1].EventNumber + 1
+	}
+	return page, len(page) < p.size, nil
+}
+
+// keepPager hands out the events of inner that keep accepts, reading on until it has a page
+// of them or the stream ends.
+type keepPager struct {
+	inner pager
+	size  int
+	keep  func(*esdb.RecordedEvent) bool
+}
+
+func (p *keepPager) next(ctx context.Context) ([]*esdb.RecordedEvent, bool, error) {
+	var out []*esdb.RecordedEvent
+	for {
+		page, eof, err := p.inner.next(ctx)
+		if err != nil {
+			return nil, false, err
+		}
+		for _, ev := range page {
+			if p.keep(ev) {
+				out = append(out, ev)
+			}
+		}
+		if eof || len(out) >= p.size {
+			return out, eof, nil
+		}
+	}
+}
+
+// mapPager hands out the events of inner as fn maps them.
+type mapPager struct {
+	inner pager
+	fn    func(*esdb.RecordedEvent) *esdb.RecordedEvent
+}
+
+func (p *mapPager) next(ctx context.Context) ([]*esdb.RecordedEvent, bool, error) {
+	page, eof, err := p.inner.next(ctx)
+	out := make([]*esdb.RecordedEvent, len(page))
+	for i, ev := range page {
+		out[i] = p.fn(ev)
+	}
+	return out, eof, err
 }
 
 // needsPage reports whether the current page is used up and another may follow.
@@ -39,19 +107,16 @@ func (s *side) needsPage() bool {
 // fetch reads the next page. An empty page keeps the previous window, so that an event
 // displaced to the very end of the other side is still recognised.
 func (s *side) fetch(ctx context.Context) error {
-	page, err := s.read(ctx, s.stream, s.next, s.pageSize)
+	page, eof, err := s.pages.next(ctx)
 	if err != nil {
 		return err
 	}
 	s.page, s.pos = page, 0
-	if len(page) < s.pageSize {
-		s.eof = true
-	}
+	s.eof = eof
 	if len(page) == 0 {
 		return nil
 	}
 	s.total += len(page)
-	s.next = page[len(page)-1].EventNumber + 1
 	clear(s.window)
 	for _, ev := range page {
 		s.window[ev.EventID] = ev.EventNumber
@@ -68,10 +133,11 @@ func (s *side) head() *esdb.RecordedEvent {
 	return nil
 }
 
-// elsewhere returns the number at which id sits in the window, if it is not number itself.
+// elsewhere returns the number at which id sits in the window, if it is not number itself (or,
+// on a renumbered side, wherever it is: it is not where the merge looks for it).
 func (s *side) elsewhere(id uuid.UUID, number uint64) (uint64, bool) {
 	n, ok := s.window[id]
-	return n, ok && n != number
+	return n, ok && (n != number || s.renumbered)
 }
 
 // fetchBoth refills whichever sides need a page; when both do (the usual case, since both sides
@@ -97,9 +163,21 @@ func fetchBoth(ctx context.Context, src, dst *side) (srcErr, dstErr error) {
 // altered, out-of-order (its id is on the destination at another number within the current
 // page) or missing; every destination event at a number the source lacks is extra.
 func compareStream(ctx context.Context, srcRead, dstRead readPageFunc, stream string, pageSize int, rep *Report, prog *progress) (StreamResult, error) {
-	res := StreamResult{Stream: stream}
-	src := newSide(srcRead, stream, pageSize)
-	dst := newSide(dstRead, stream, pageSize)
+	return compareSides(ctx, newSide(srcRead, stream, pageSize), newSide(dstRead, stream, pageSize), StreamResult{Stream: stream}, &rules{}, rep, prog)
+}
+
+// rules are what a policy changes in the comparison of two events.
+type rules struct {
+	// userMetadata compares metadata without the keys ditto writes (provenance).
+	userMetadata bool
+	// foreign, if set, says why a destination event cannot stand for any source event here
+	// (it carries no provenance of this stream), or "".
+	foreign func(*esdb.RecordedEvent) string
+}
+
+// compareSides merges src and dst, as compareStream describes, into res.
+func compareSides(ctx context.Context, src, dst *side, res StreamResult, rules *rules, rep *Report, prog *progress) (StreamResult, error) {
+	stream := res.Stream
 	report := func(kind string, ev *esdb.RecordedEvent, detail string) {
 		switch kind {
 		case KindMissing:
@@ -110,6 +188,8 @@ func compareStream(ctx context.Context, srcRead, dstRead readPageFunc, stream st
 			res.Altered++
 		case KindOutOfOrder:
 			res.OutOfOrder++
+		case KindCorrupted:
+			res.Corrupted++
 		}
 		rep.add(Divergence{Stream: stream, Kind: kind, EventNumber: ev.EventNumber, EventID: ev.EventID.String(), Detail: detail})
 	}
@@ -151,6 +231,13 @@ func compareStream(ctx context.Context, srcRead, dstRead readPageFunc, stream st
 		}
 
 		s, d := src.head(), dst.head()
+		if d != nil && rules.foreign != nil {
+			if why := rules.foreign(d); why != "" {
+				report(KindExtra, d, why)
+				dst.pos++
+				continue
+			}
+		}
 		switch {
 		case s == nil && d == nil:
 			res.SourceEvents, res.DestinationEvents = src.total, dst.total
@@ -170,7 +257,7 @@ func compareStream(ctx context.Context, srcRead, dstRead readPageFunc, stream st
 			report(KindExtra, d, detail)
 			dst.pos++
 		default:
-			compareEvents(s, d, src, dst, report)
+			compareEvents(s, d, src, dst, rules, report)
 			src.pos++
 			dst.pos++
 		}
@@ -181,7 +268,7 @@ func compareStream(ctx context.Context, srcRead, dstRead readPageFunc, stream st
 }
 
 // compareEvents classifies a source event against the destination event at the same number.
-func compareEvents(s, d *esdb.RecordedEvent, src, dst *side, report func(string, *esdb.RecordedEvent, string)) {
+func compareEvents(s, d *esdb.RecordedEvent, src, dst *side, rules *rules, report func(string, *esdb.RecordedEvent, string)) {
 	if s.EventID != d.EventID {
 		if n, ok := dst.elsewhere(s.EventID, s.EventNumber); ok {
 			report(KindOutOfOrder, s, fmt.Sprintf("on the destination at event number %d", n))
@@ -194,13 +281,35 @@ func compareEvents(s, d *esdb.RecordedEvent, src, dst *side, report func(string,
 			return
 		}
 	}
-	if diffs := fieldDiffs(s, d); len(diffs) > 0 {
+	if why := signatureMismatch(d); why != "" {
+		report(KindCorrupted, s, why)
+		return
+	}
+	if diffs := fieldDiffs(s, d, rules.userMetadata); len(diffs) > 0 {
 		report(KindAltered, s, strings.Join(diffs, "; "))
 	}
 }
 
-// fieldDiffs lists, in words, the fields in which two events differ.
-func fieldDiffs(s, d *esdb.RecordedEvent) []string {
+// signatureMismatch says how d differs from the content signature it carries, or "" if it
+// carries none or it matches.
+func signatureMismatch(d *esdb.RecordedEvent) string {
+	if !bytes.Contains(d.UserMetadata, []byte(`"`+policy.KeySignature+`"`)) {
+		return ""
+	}
+	prov, ok := policy.ParseProvenance(d.UserMetadata)
+	if !ok || prov.Signature == "" {
+		return ""
+	}
+	got, err := policy.Signature(d.EventType, d.Data, d.UserMetadata)
+	if err != nil || got != prov.Signature {
+		return fmt.Sprintf("its type, data or metadata no longer match its %s %s", policy.KeySignature, prov.Signature)
+	}
+	return ""
+}
+
+// fieldDiffs lists, in words, the fields in which two events differ; with userMetadata,
+// metadata is compared without the keys ditto writes where both are JSON objects.
+func fieldDiffs(s, d *esdb.RecordedEvent, userMetadata bool) []string {
 	var diffs []string
 	if s.EventID != d.EventID {
 		diffs = append(diffs, fmt.Sprintf("id: source %s, destination %s", s.EventID, d.EventID))
@@ -214,7 +323,15 @@ func fieldDiffs(s, d *esdb.RecordedEvent) []string {
 	if diff := bytesDiff(s.Data, d.Data); diff != "" {
 		diffs = append(diffs, "data: "+diff)
 	}
-	if diff := bytesDiff(s.UserMetadata, d.UserMetadata); diff != "" {
+	sm, dm := s.UserMetadata, d.UserMetadata
+	if userMetadata {
+		if su, err := policy.UserMetadata(sm); err == nil {
+			if du, err := policy.UserMetadata(dm); err == nil {
+				sm, dm = su, du
+			}
+		}
+	}
+	if diff := bytesDiff(sm, dm); diff != "" {
 		diffs = append(diffs, "metadata: "+diff)
 	}
 	return diffs

@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
+
+	"github.com/ditto-replicator/ditto/policy"
 )
 
 // Exit codes of Main, chosen so that scripts and CI can tell "replica differs" from "could not
@@ -33,14 +35,21 @@ func (l *listFlag) Set(v string) error {
 	return nil
 }
 
+// Defaults are what ditto's configuration says of a comparison: the categories it replicates,
+// compared when no flag names streams, and its selective-replication policy (nil: none).
+type Defaults struct {
+	Categories []string
+	Policy     *policy.Policy
+}
+
 // Main runs the `ditto verify` subcommand with args (without the subcommand name) and returns
 // the process exit code: ExitIdentical, ExitDiverged on any divergence, ExitError on a usage or
 // connection error. The report goes to stdout, progress and errors to stderr.
 //
 // Flags: --streams a,b,c and --category NAME (both repeatable or comma lists; a category without
 // a leading "$" means "$ce-NAME"), --json, --page-size N. Without --streams or --category,
-// defaultCategories (the categories ditto replicates) are compared.
-func Main(ctx context.Context, src, dst *esdb.Client, defaultCategories []string, args []string, stdout, stderr io.Writer) int {
+// def.Categories (the categories ditto replicates) are compared, under def.Policy.
+func Main(ctx context.Context, src, dst *esdb.Client, def Defaults, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("ditto verify", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var streams, categories listFlag
@@ -73,7 +82,7 @@ func Main(ctx context.Context, src, dst *esdb.Client, defaultCategories []string
 		return usage("--streams and --category are exclusive")
 	}
 	if len(streams) == 0 && len(categories) == 0 {
-		categories = defaultCategories
+		categories = def.Categories
 	}
 	if len(streams) == 0 && len(categories) == 0 {
 		return usage("nothing to compare: give --streams or --category")
@@ -88,6 +97,7 @@ func Main(ctx context.Context, src, dst *esdb.Client, defaultCategories []string
 		Categories: categories,
 		PageSize:   *pageSize,
 		Progress:   stderr,
+		Policy:     def.Policy,
 	})
 	if err != nil {
 		fmt.Fprintf(stderr, "ditto verify: %v\n", err)

@@ -17,24 +17,32 @@ func (r *Report) WriteText(w io.Writer) error {
 	}
 	ew.printf("verify: %s: %d streams (%d skipped), %d source events, %d destination events\n",
 		status, r.Streams, r.Skipped, r.SourceEvents, r.DestinationEvents)
-	ew.printf("missing %d, extra %d, altered %d, out-of-order %d\n", r.Missing, r.Extra, r.Altered, r.OutOfOrder)
+	ew.printf("missing %d, extra %d, altered %d, out-of-order %d", r.Missing, r.Extra, r.Altered, r.OutOfOrder)
+	if r.Corrupted > 0 {
+		ew.printf(", corrupted %d", r.Corrupted)
+	}
+	ew.printf("\n")
 	for _, n := range r.Notes {
 		ew.printf("note: %s\n", n)
 	}
 	for i := range r.Results {
 		s := &r.Results[i]
+		name := s.Stream
+		if s.Destination != "" {
+			name += " → " + s.Destination
+		}
 		switch {
 		case s.Skipped:
-			ew.printf("stream %s: skipped: %s\n", s.Stream, s.Note)
+			ew.printf("stream %s: skipped: %s\n", name, s.Note)
 		case s.OK():
-			ew.printf("stream %s: ok, %d events\n", s.Stream, s.SourceEvents)
+			ew.printf("stream %s: ok, %d events\n", name, s.SourceEvents)
 		default:
 			ew.printf("stream %s: DIVERGED, source %d events, destination %d events: %s\n",
-				s.Stream, s.SourceEvents, s.DestinationEvents, streamCounts(s))
+				name, s.SourceEvents, s.DestinationEvents, streamCounts(s))
 		}
 	}
 	if len(r.Divergences) > 0 {
-		total := r.Missing + r.Extra + r.Altered + r.OutOfOrder
+		total := r.Missing + r.Extra + r.Altered + r.OutOfOrder + r.Corrupted
 		if r.Truncated {
 			ew.printf("divergences (first %d of %d):\n", len(r.Divergences), total)
 		} else {
@@ -57,7 +65,7 @@ func streamCounts(s *StreamResult) string {
 	for _, c := range []struct {
 		name string
 		n    int
-	}{{KindMissing, s.Missing}, {KindExtra, s.Extra}, {KindAltered, s.Altered}, {KindOutOfOrder, s.OutOfOrder}} {
+	}{{KindMissing, s.Missing}, {KindExtra, s.Extra}, {KindAltered, s.Altered}, {KindOutOfOrder, s.OutOfOrder}, {KindCorrupted, s.Corrupted}} {
 		if c.n > 0 {
 			parts = append(parts, fmt.Sprintf("%s %d", c.name, c.n))
 		}

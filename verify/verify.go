@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
+
+	"github.com/ditto-replicator/ditto/policy"
 )
 
 // DefaultPageSize is the number of events read per page and side when Options.PageSize is not
@@ -30,6 +32,9 @@ const (
 	KindAltered = "altered"
 	// KindOutOfOrder: the source event's id is on the destination, but at another number.
 	KindOutOfOrder = "out-of-order"
+	// KindCorrupted: the destination event no longer matches the content signature ($signature)
+	// ditto wrote with it: its type, data or metadata changed in transit or at rest.
+	KindCorrupted = "corrupted"
 )
 
 // Options says what to compare.
@@ -45,12 +50,19 @@ type Options struct {
 	// Progress, when set, receives a progress line every 1000 streams and at least every
 	// 10 seconds of a long run, so that an operator can tell a slow verify from a stuck one.
 	Progress io.Writer
+	// Policy, when set, is the selective-replication policy ditto replicates under: streams it
+	// drops are not compared, each kept stream is compared with the destination stream it maps
+	// to, and metadata is compared without the provenance keys ditto writes. Where events are
+	// filtered inside streams, a source stream's kept events are matched in order with the
+	// destination's events by their provenance; where streams are consolidated, the Categories
+	// (subscription streams) are compared in their order with the destination streams.
+	Policy *policy.Policy
 }
 
 // Divergence is one event that differs between source and destination.
 type Divergence struct {
 	Stream string `json:"stream"`
-	// Kind is KindMissing, KindExtra, KindAltered or KindOutOfOrder.
+	// Kind is KindMissing, KindExtra, KindAltered, KindOutOfOrder or KindCorrupted.
 	Kind string `json:"kind"`
 	// EventNumber is the number of the event on the source, or on the destination for KindExtra.
 	EventNumber uint64 `json:"event_number"`
@@ -62,13 +74,16 @@ type Divergence struct {
 
 // StreamResult is the outcome for one stream.
 type StreamResult struct {
-	Stream            string `json:"stream"`
+	Stream string `json:"stream"`
+	// Destination is the destination stream compared with Stream, where it is another.
+	Destination       string `json:"destination,omitempty"`
 	SourceEvents      int    `json:"source_events"`
 	DestinationEvents int    `json:"destination_events"`
 	Missing           int    `json:"missing,omitempty"`
 	Extra             int    `json:"extra,omitempty"`
 	Altered           int    `json:"altered,omitempty"`
 	OutOfOrder        int    `json:"out_of_order,omitempty"`
+	Corrupted         int    `json:"corrupted,omitempty"`
 	// Skipped is set when the stream could not be compared because the source stream does not
 	// exist (never written, or deleted); Note says why.
 	Skipped bool   `json:"skipped,omitempty"`
@@ -77,7 +92,7 @@ type StreamResult struct {
 
 // OK reports whether the stream is identical on both sides (a skipped stream counts as OK).
 func (s *StreamResult) OK() bool {
-	return s.Missing+s.Extra+s.Altered+s.OutOfOrder == 0
+	return s.Missing+s.Extra+s.Altered+s.OutOfOrder+s.Corrupted == 0
 }
 
 // Report is the result of Compare. The counters are exact; Divergences holds at most
@@ -92,6 +107,7 @@ type Report struct {
 	Extra             int `json:"extra"`
 	Altered           int `json:"altered"`
 	OutOfOrder        int `json:"out_of_order"`
+	Corrupted         int `json:"corrupted"`
 
 	Divergences []Divergence `json:"divergences"`
 	Truncated   bool         `json:"truncated"`
@@ -105,7 +121,7 @@ type Report struct {
 // OK reports whether no divergence was found. Skipped streams do not count as divergences: a
 // source stream that was deleted is, by design, no longer replicated.
 func (r *Report) OK() bool {
-	return r.Missing+r.Extra+r.Altered+r.OutOfOrder == 0
+	return r.Missing+r.Extra+r.Altered+r.OutOfOrder+r.Corrupted == 0
 }
 
 func (r *Report) add(d Divergence) {
@@ -118,6 +134,8 @@ func (r *Report) add(d Divergence) {
 		r.Altered++
 	case KindOutOfOrder:
 		r.OutOfOrder++
+	case KindCorrupted:
+		r.Corrupted++
 	}
 	if len(r.Divergences) < MaxDivergences {
 		r.Divergences = append(r.Divergences, d)
@@ -140,12 +158,31 @@ func Compare(ctx context.Context, src, dst *esdb.Client, opts Options) (*Report,
 	if src == nil || dst == nil {
 		return nil, errors.New("verify: source and destination clients are required")
 	}
-	return compare(ctx, clientReader(src), clientReader(dst), opts)
+	return compareWith(ctx, readers{src: clientReader(src), dst: clientReader(dst), srcResolved: resolvingReader(src)}, opts)
+}
+
+// readers are how compare reads each side.
+type readers struct {
+	src, dst readPageFunc
+	// srcResolved reads the source with links resolved (for consolidated streams).
+	srcResolved readPageFunc
 }
 
 // compare is Compare over readPageFuncs, so that the comparison itself does not depend on how
 // pages are fetched.
 func compare(ctx context.Context, src, dst readPageFunc, opts Options) (*Report, error) {
+	return compareWith(ctx, readers{src: src, dst: dst}, opts)
+}
+
+func compareWith(ctx context.Context, rd readers, opts Options) (*Report, error) {
+	src, dst := rd.src, rd.dst
+	pol := opts.Policy
+	if pol != nil && pol.Trivial() {
+		pol = nil
+	}
+	if pol != nil && pol.Mode() == policy.Consolidated {
+		return compareConsolidated(ctx, rd, pol, opts)
+	}
 	if opts.PageSize <= 0 {
 		opts.PageSize = DefaultPageSize
 	}
@@ -165,7 +202,11 @@ func compare(ctx context.Context, src, dst readPageFunc, opts Options) (*Report,
 			if note != "" {
 				rep.Notes = append(rep.Notes, note)
 			}
-			streams = append(streams, names...)
+			for _, name := range names {
+				if pol == nil || pol.KeepsStream(name) {
+					streams = append(streams, name)
+				}
+			}
 		}
 		// Categories can share streams only through odd naming, but a stream must be compared once.
 		streams = dedupe(streams)
@@ -173,7 +214,13 @@ func compare(ctx context.Context, src, dst readPageFunc, opts Options) (*Report,
 	}
 
 	for i, stream := range streams {
-		res, err := compareStream(ctx, src, dst, stream, opts.PageSize, rep, prog)
+		var res StreamResult
+		var err error
+		if pol == nil {
+			res, err = compareStream(ctx, src, dst, stream, opts.PageSize, rep, prog)
+		} else {
+			res, err = compareMapped(ctx, src, dst, pol, stream, opts.PageSize, rep, prog)
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -242,7 +289,7 @@ func (p *progress) streamDone(done, total int, r *Report) {
 		return
 	}
 	p.printf("%d/%d streams, %d source events, %d destination events, %d divergences",
-		done, total, r.SourceEvents, r.DestinationEvents, r.Missing+r.Extra+r.Altered+r.OutOfOrder)
+		done, total, r.SourceEvents, r.DestinationEvents, r.Missing+r.Extra+r.Altered+r.OutOfOrder+r.Corrupted)
 }
 
 func (p *progress) page(stream string, events int) {
@@ -262,5 +309,5 @@ func (p *progress) finish(r *Report) {
 		return
 	}
 	p.printf("done in %s: %d streams, %d divergences", time.Since(p.started).Round(time.Millisecond),
-		r.Streams, r.Missing+r.Extra+r.Altered+r.OutOfOrder)
+		r.Streams, r.Missing+r.Extra+r.Altered+r.OutOfOrder+r.Corrupted)
 }

@@ -490,7 +490,7 @@ func TestMainExitCodes(t *testing.T) {
 
 	run := func(defaults []string, args ...string) (int, string, string) {
 		var stdout, stderr bytes.Buffer
-		code := verify.Main(ctxFor(t), src, dst, defaults, args, &stdout, &stderr)
+		code := verify.Main(ctxFor(t), src, dst, verify.Defaults{Categories: defaults}, args, &stdout, &stderr)
 		return code, stdout.String(), stderr.String()
 	}
 	for _, tc := range []struct {
@@ -536,7 +536,7 @@ func TestMainConnectionError(t *testing.T) {
 	dst := esdbtest.Connect(t, esdbtest.Config(t, "esdb://"+addr+"?tls=false&maxDiscoverAttempts=1&discoveryInterval=10"))
 
 	var stdout, stderr bytes.Buffer
-	code := verify.Main(ctxFor(t), src, dst, nil, []string{"--streams", "customer-1"}, &stdout, &stderr)
+	code := verify.Main(ctxFor(t), src, dst, verify.Defaults{}, []string{"--streams", "customer-1"}, &stdout, &stderr)
 	if code != verify.ExitError || stdout.Len() != 0 {
 		t.Errorf("exit %d, want 2; stdout:\n%s\nstderr:\n%s", code, stdout.String(), stderr.String())
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/ditto-replicator/ditto/consumer"
 	"github.com/ditto-replicator/ditto/internal/esdbconn"
 	"github.com/ditto-replicator/ditto/internal/metrics"
+	"github.com/ditto-replicator/ditto/policy"
 	"github.com/ditto-replicator/ditto/replicator"
 	"github.com/ditto-replicator/ditto/sinks"
 )
@@ -30,6 +31,7 @@ type service struct {
 	metrics *metrics.Metrics
 
 	source   *esdb.Client
+	reads    *esdbconn.Client // the source reads of the policy (sinks.Source); nil if it needs none
 	consumer *consumer.Consumer
 	sink     sinks.Sink
 	readier  sinks.Readier // nil: the sink has no probe and counts as ready
@@ -57,6 +59,26 @@ func newService(ctx context.Context, cfg *config.Config, log zerolog.Logger, out
 	} else if !cfg.ReadOnly {
 		plugin, _ := sinks.Lookup(cfg.Sink) // config checked the name
 		io := s.metrics.IODuration
+		var src sinks.Source
+		if cfg.Policy.Sequenced() || cfg.CopyStreamMetadata {
+			// A client of its own, so that these reads never wait behind
+			// the consumer's.
+			first, err := newClient(cfg.SourceConnectionString, log)
+			if err != nil {
+				s.close()
+				return nil, fmt.Errorf("DITTO_SOURCE_CONNECTION_STRING: %w", err)
+			}
+			s.reads = esdbconn.New(first, func() (*esdb.Client, error) { return newClient(cfg.SourceConnectionString, log) })
+			reads := s.reads
+			call := func(ctx context.Context, fn func(*esdb.Client) error) error {
+				_, err := esdbconn.Call(ctx, reads, func(c *esdb.Client, _ func() bool) (struct{}, error) { return struct{}{}, fn(c) })
+				return err
+			}
+			reader := policy.ClientReader(call, func(op string, d time.Duration) {
+				io.WithLabelValues(metrics.App, "eventstore", "source", op).Observe(d.Seconds())
+			})
+			src = policy.NewSource(cfg.Policy, reader, cfg.CopyStreamMetadata, cfg.CopyStreamACL)
+		}
 		s.sink, err = plugin.Open(ctx, cfg.SinkSettings, sinks.Env{
 			Log:     log.With().Str("sink", plugin.Name).Logger(),
 			Stdout:  out,
@@ -64,6 +86,7 @@ func newService(ctx context.Context, cfg *config.Config, log zerolog.Logger, out
 			Observe: func(op string, d time.Duration) {
 				io.WithLabelValues(metrics.App, plugin.Name, "destination", op).Observe(d.Seconds())
 			},
+			Source: src,
 		})
 		if err != nil {
 			s.close()
@@ -169,6 +192,7 @@ func (s *service) run(ctx context.Context) error {
 		WriteRetries:   s.cfg.WriteRetries,
 		BackoffMax:     s.cfg.RetryBackoffMax,
 		DrainTimeout:   s.cfg.ShutdownTimeout,
+		Policy:         s.cfg.Policy,
 	}, s.log)
 	// Buffered so that the reader and the replicator do not hand over
 	// every event in step (a goroutine switch each); the source's buffer
@@ -184,7 +208,8 @@ func (s *service) run(ctx context.Context) error {
 		consumed <- err
 	}()
 	s.log.Info().Str("subscriptions", s.cfg.Subscriptions).Str("sink", sinkLabel(s.cfg)).Str("destinations", s.cfg.Destinations).Int("bufferSize", s.cfg.BufferSize).
-		Bool("readOnly", s.cfg.ReadOnly).Int("writers", s.cfg.Writers).Msg("ditto started")
+		Bool("readOnly", s.cfg.ReadOnly).Int("writers", s.cfg.Writers).Str("mode", s.cfg.Policy.Mode().String()).
+		Bool("provenance", s.cfg.Policy.Provenance()).Msg("ditto started")
 	rep.Run(stop, deliveries)
 	err := <-consumed
 	if err != nil {
@@ -236,6 +261,9 @@ func (s *service) close() {
 	}
 	if s.sink != nil {
 		s.sink.Close()
+	}
+	if s.reads != nil {
+		s.reads.Close()
 	}
 	if s.listener != nil {
 		s.listener.Close()

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -13,7 +14,8 @@ import (
 )
 
 // verifyCmd runs `ditto verify`: it needs only the two connection strings;
-// DITTO_SUBSCRIPTIONS, when set, gives the default categories to compare.
+// DITTO_SUBSCRIPTIONS, when set, gives the default categories to compare, and
+// the selective-replication variables the policy the copy was made under.
 func verifyCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var problems []string
 	need := func(name string) string {
@@ -34,6 +36,13 @@ func verifyCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int
 			categories = append(categories, sub.Stream)
 		}
 	}
+	pol, err := config.LoadPolicy()
+	var ce *config.Error
+	if errors.As(err, &ce) {
+		problems = append(problems, ce.Problems...)
+	} else if err != nil {
+		problems = append(problems, err.Error())
+	}
 	if len(problems) > 0 {
 		fmt.Fprintln(stderr, "ditto verify: "+(&config.Error{Problems: problems}).Error())
 		return verify.ExitError
@@ -50,5 +59,5 @@ func verifyCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		return verify.ExitError
 	}
 	defer dst.Close()
-	return verify.Main(ctx, src, dst, categories, args, stdout, stderr)
+	return verify.Main(ctx, src, dst, verify.Defaults{Categories: categories, Policy: pol}, args, stdout, stderr)
 }

@@ -38,7 +38,12 @@ type Metrics struct {
 	RecoveryPointEvents  *prometheus.GaugeVec
 	RecoveryPointSeconds *prometheus.GaugeVec
 	RecoveryPointExact   *prometheus.GaugeVec
+	Filtered             *prometheus.CounterVec // labels app, stream, group, reason
 }
+
+// FilterReasons are the values of ditto_events_filtered_total's reason label
+// (package policy's reasons).
+var FilterReasons = []string{"stream", "system_event_type", "event_type", "metadata"}
 
 // New creates the metrics on a fresh registry (with the Go and process
 // collectors), so tests and several instances never collide.
@@ -86,7 +91,9 @@ func New() *Metrics {
 		"Age of the oldest event counted in ditto_recovery_point_events (0 when there is none).")
 	m.RecoveryPointExact = gauge("ditto_recovery_point_exact",
 		"1 when the destination said what it holds; 0 when every event after the checkpoint was counted (an upper bound).")
-	r.MustRegister(m.CurrentEvent, m.ReplicationDelay, m.Connected, m.IODuration, m.BatchSize, m.InFlight)
+	m.Filtered = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ditto_events_filtered_total",
+		Help: "Events the selective-replication policy dropped (acked, never written), by reason."}, append(subLabels[:3:3], "reason"))
+	r.MustRegister(m.CurrentEvent, m.ReplicationDelay, m.Connected, m.IODuration, m.BatchSize, m.InFlight, m.Filtered)
 	// Constant 1; the labels say which build runs, so a dashboard can show
 	// the versions of a fleet and an upgrade can be followed.
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "ditto_build_info",
@@ -115,12 +122,19 @@ type Sub struct {
 	Received, Unresolved, Skipped, Processed, Failed, Parked, Retried, Reconnects prometheus.Counter
 	CurrentEvent, Connected                                                       prometheus.Gauge
 	ReplicationDelay                                                              prometheus.Observer
+	// Filtered has a counter per FilterReasons value.
+	Filtered map[string]prometheus.Counter
 }
 
 // ForSubscription binds the metrics of subscription stream:group.
 func (m *Metrics) ForSubscription(stream, group string) *Sub {
 	l := prometheus.Labels{"app": App, "stream": stream, "group": group}
+	filtered := make(map[string]prometheus.Counter, len(FilterReasons))
+	for _, reason := range FilterReasons {
+		filtered[reason] = m.Filtered.WithLabelValues(App, stream, group, reason)
+	}
 	return &Sub{
+		Filtered: filtered,
 		Received: m.Received.With(l), Unresolved: m.Unresolved.With(l), Skipped: m.Skipped.With(l),
 		Processed: m.Processed.With(l), Failed: m.Failed.With(l), Parked: m.Parked.With(l),
 		Retried: m.Retried.With(l), Reconnects: m.Reconnects.With(l),

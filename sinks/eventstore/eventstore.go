@@ -39,6 +39,10 @@ type Options struct {
 	// (one message per write instead of one call with a message per event),
 	// or through the client's Append on servers that do not offer it.
 	Config *esdb.Configuration
+	// Source, if set, is sinks.Env.Source: where it says so, events are
+	// written exactly once by Seq (see writeSequenced), and source stream
+	// metadata is copied.
+	Source sinks.Source
 }
 
 // Sink appends to a destination cluster.
@@ -46,11 +50,19 @@ type Sink struct {
 	client *esdbconn.Client
 	batch  *batchAppender // nil: appends go through client
 	opts   Options
+	src    sinks.Source // nil: plain writes by number, no metadata copy
+	seq    bool         // src.Sequenced()
+	pos    positions    // of destination streams, where seq
+
+	metaMu   sync.Mutex
+	meta     map[string]metaState // by destination stream, with copyMeta
+	metaPoll time.Duration        // metadataPoll, shorter in tests
 }
 
 // New returns a sink writing through client, which the sink owns from now on.
 func New(client *esdb.Client, opts Options) *Sink {
-	s := &Sink{client: esdbconn.New(client, opts.Dial), opts: opts}
+	s := &Sink{client: esdbconn.New(client, opts.Dial), opts: opts, src: opts.Source, metaPoll: metadataPoll}
+	s.seq = s.src != nil && s.src.Sequenced()
 	if opts.Config != nil {
 		s.batch = newBatchAppender(opts.Config)
 	}
@@ -160,7 +172,15 @@ func (s *Sink) Write(ctx context.Context, stream string, events []sinks.Event) e
 	if len(events) == 0 {
 		return nil
 	}
-	if s.opts.TimeToLive > 0 && events[0].Number == 0 {
+	if s.copyMeta() {
+		if err := s.syncMetadata(ctx, stream, &events[0]); err != nil {
+			return err
+		}
+	}
+	if s.seq {
+		return s.writeSequenced(ctx, stream, events)
+	}
+	if s.opts.TimeToLive > 0 && events[0].Number == 0 && !s.copyMeta() {
 		if err := s.setTTL(ctx, stream); err != nil {
 			return err
 		}

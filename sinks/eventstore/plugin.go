@@ -42,7 +42,9 @@ func init() {
 		Name:     "eventstore",
 		Summary:  "appends each event to its original stream on a KurrentDB/EventStoreDB cluster, with its id and number.",
 		Settings: func() sinks.Settings { return &Settings{} },
-		Open:     open,
+		// DITTO_COPY_STREAM_METADATA sets the source stream's metadata.
+		StreamMetadata: true,
+		Open:           open,
 	})
 }
 
@@ -69,5 +71,6 @@ func open(_ context.Context, settings sinks.Settings, env sinks.Env) (sinks.Sink
 		TimeToLive:       s.TimeToLive,
 		Observe:          env.Observe,
 		Dial:             dial,
+		Source:           env.Source,
 	}), nil
 }

@@ -28,16 +28,19 @@ func New(w io.Writer) *Sink { return &Sink{w: bufio.NewWriterSize(w, 64<<10)} }
 // when the content type says JSON and they parse; otherwise they are base64
 // strings (dataBase64 true), so binary events survive byte-exact.
 type line struct {
-	Stream         string          `json:"stream"`
-	EventNumber    uint64          `json:"eventNumber"`
-	EventID        string          `json:"eventId"`
-	EventType      string          `json:"eventType"`
-	ContentType    string          `json:"contentType"`
-	Created        time.Time       `json:"created"`
-	Data           json.RawMessage `json:"data,omitempty"`
-	DataBase64     []byte          `json:"dataBase64,omitempty"`
-	Metadata       json.RawMessage `json:"metadata,omitempty"`
-	MetadataBase64 []byte          `json:"metadataBase64,omitempty"`
+	Stream string `json:"stream"` // original stream
+	// DestinationStream is the stream DITTO_STREAM_TEMPLATE maps Stream
+	// to, where it is another.
+	DestinationStream string          `json:"destinationStream,omitempty"`
+	EventNumber       uint64          `json:"eventNumber"`
+	EventID           string          `json:"eventId"`
+	EventType         string          `json:"eventType"`
+	ContentType       string          `json:"contentType"`
+	Created           time.Time       `json:"created"`
+	Data              json.RawMessage `json:"data,omitempty"`
+	DataBase64        []byte          `json:"dataBase64,omitempty"`
+	Metadata          json.RawMessage `json:"metadata,omitempty"`
+	MetadataBase64    []byte          `json:"metadataBase64,omitempty"`
 }
 
 // Write writes the events and flushes, so a line is out before its event is
@@ -48,7 +51,10 @@ func (s *Sink) Write(_ context.Context, stream string, events []sinks.Event) err
 	enc := json.NewEncoder(s.w)
 	for i := range events {
 		e := &events[i]
-		l := line{Stream: stream, EventNumber: e.Number, EventID: e.ID.String(), EventType: e.Type, ContentType: e.ContentType, Created: e.Created.UTC()}
+		l := line{Stream: e.Stream, EventNumber: e.Number, EventID: e.ID.String(), EventType: e.Type, ContentType: e.ContentType, Created: e.Created.UTC()}
+		if stream != e.Stream {
+			l.DestinationStream = stream
+		}
 		if e.ContentType == "application/json" && json.Valid(e.Data) {
 			l.Data = e.Data
 		} else if len(e.Data) > 0 {

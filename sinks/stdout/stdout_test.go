@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"strings"
 	"testing"
 
 	"github.com/google/uuid"
@@ -43,5 +44,34 @@ func TestOneJSONLinePerEventBinarySafe(t *testing.T) {
 	}
 	if lines[2].Data != nil || lines[2].DataBase64 != nil || lines[2].EventNumber != 2 {
 		t.Fatalf("empty event: %+v", lines[2])
+	}
+}
+
+// A mapped stream prints both names: the original and the destination.
+func TestMappedStreamPrintsBothNames(t *testing.T) {
+	var out bytes.Buffer
+	s := New(&out)
+	ev := sinks.Event{Stream: "customer-1", Number: 4, ID: uuid.New(), Type: "t", ContentType: "application/json", Data: []byte(`{}`)}
+	if err := s.Write(context.Background(), "dr-customer-1", []sinks.Event{ev}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Write(context.Background(), "customer-1", []sinks.Event{ev}); err != nil {
+		t.Fatal(err)
+	}
+	text := out.String()
+	sc := bufio.NewScanner(&out)
+	var lines []line
+	for sc.Scan() {
+		var l line
+		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
+			t.Fatal(err)
+		}
+		lines = append(lines, l)
+	}
+	if len(lines) != 2 || lines[0].Stream != "customer-1" || lines[0].DestinationStream != "dr-customer-1" {
+		t.Fatalf("mapped line %+v", lines)
+	}
+	if _, second, _ := strings.Cut(text, "\n"); strings.Contains(second, "destinationStream") {
+		t.Fatalf("unmapped line names a destination stream: %s", text)
 	}
 }
