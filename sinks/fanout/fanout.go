@@ -202,7 +202,7 @@ func (s *Sink) held(stream string, events []sinks.Event) []int {
 
 // position orders the events of one destination stream: a destination holds
 // every event of a batch up to the one at its mark.
-func position(e *sinks.Event) uint64 { return e.Number }
+func position(e *sinks.Event) uint64 { return e.Seq }
 
 // remember records how far each destination got in the stream, or forgets
 // the stream once all got equally far.

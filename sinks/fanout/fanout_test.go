@@ -67,7 +67,7 @@ func newFanout(t *testing.T, opts fanout.Options, ds ...*dest) *fanout.Sink {
 func events(stream string, from, n int) []sinks.Event {
 	out := make([]sinks.Event, n)
 	for i := range out {
-		out[i] = sinks.Event{Stream: stream, Number: uint64(from + i), ID: uuid.New(), Type: "t", ContentType: "application/json",
+		out[i] = sinks.Event{Stream: stream, Number: uint64(from + i), Seq: uint64(from + i), ID: uuid.New(), Type: "t", ContentType: "application/json",
 			Data: []byte(fmt.Sprintf(`{"n":%d}`, from+i)), Created: time.Now()}
 	}
 	return out

@@ -212,7 +212,7 @@ func (s *Sink) Write(ctx context.Context, stream string, events []sinks.Event) e
 	if len(events) == 0 {
 		return nil
 	}
-	if h, ok := s.heldAt(stream); ok && events[0].Number > h {
+	if h, ok := s.heldAt(stream); ok && events[0].Seq > h {
 		return &sinks.WriteError{Kind: sinks.Behind,
 			Reason: fmt.Sprintf("event %d of stream %s is not on Kinesis yet; its later events wait for it", h, stream)}
 	}
@@ -228,11 +228,11 @@ func (s *Sink) Write(ctx context.Context, stream string, events []sinks.Event) e
 		if we := s.put(ctx, stream, e, key, data); we != nil {
 			we.Written = i
 			if we.Kind == sinks.Transient {
-				s.holdAt(stream, e.Number)
+				s.holdAt(stream, e.Seq)
 			}
 			return we
 		}
-		s.release(stream, e.Number)
+		s.release(stream, e.Seq)
 	}
 	return nil
 }

@@ -80,7 +80,7 @@ func events(stream string, from, n int) []sinks.Event {
 	evs := make([]sinks.Event, n)
 	for i := range evs {
 		num := from + i
-		e := sinks.Event{Stream: stream, Number: uint64(num), ID: uuid.New(), Type: fmt.Sprintf("type-%d", num%3),
+		e := sinks.Event{Stream: stream, Number: uint64(num), Seq: uint64(num), ID: uuid.New(), Type: fmt.Sprintf("type-%d", num%3),
 			ContentType: "application/json", Created: time.Date(2024, 5, 6, 7, 8, 9, num*1000, time.UTC)}
 		e.Data = fmt.Appendf(nil, `{ "stream": %q, "n": %d, "name": "Zoë ✓" }`, stream, num)
 		e.Metadata = fmt.Appendf(nil, `{"$correlationId":%q}`, stream)
@@ -510,5 +510,52 @@ func TestPartitionKey(t *testing.T) {
 		if got != c.want {
 			t.Errorf("partitionKey(%q) = %q", c.stream, got)
 		}
+	}
+}
+
+// A consolidated stream (DITTO_STREAM_TEMPLATE without {stream}) carries the
+// events of several source streams, ordered by Seq, not by their numbers:
+// a held record holds every later Seq of the stream, whatever its number.
+// (Regression: the hold compared event numbers, so event 1 of another
+// source stream overtook a held event 1.)
+func TestHoldFollowsSeqInAConsolidatedStream(t *testing.T) {
+	f := newFixture(t, 1, Options{RecordAttempts: 2})
+	const all = "all-customers"
+	var mu sync.Mutex
+	blocked := true
+	f.proxy.SetRule(func(n int, recs []kinesalite.Entry) kinesalite.Fault {
+		mu.Lock()
+		defer mu.Unlock()
+		rej := map[int]string{}
+		for i, r := range recs {
+			var env envelope
+			json.Unmarshal(r.Data, &env)
+			if blocked && env.StreamID == "customer-a" && env.EventNumber == 1 {
+				rej[i] = "ProvisionedThroughputExceededException"
+			}
+		}
+		return kinesalite.Fault{Reject: rej}
+	})
+	// Seq 0..5: customer-a 0, customer-b 0, customer-a 1, customer-b 1, ...
+	var evs []sinks.Event
+	for seq := 0; seq < 6; seq++ {
+		src := []string{"customer-a", "customer-b"}[seq%2]
+		e := events(src, seq/2, 1)[0]
+		e.Seq, e.SeqFrom = uint64(seq), uint64(seq)
+		evs = append(evs, e)
+	}
+	var we *sinks.WriteError
+	if err := f.sink.Write(context.Background(), all, evs[:3]); !errors.As(err, &we) || we.Kind != sinks.Transient || we.Written != 2 {
+		t.Fatalf("Write = %v, want transient after 2 events", err)
+	}
+	// Seq 3 is customer-b's event 1: a later Seq, an equal number.
+	if err := f.sink.Write(context.Background(), all, evs[3:]); !errors.As(err, &we) || we.Kind != sinks.Behind {
+		t.Fatalf("Write of later Seqs = %v, want behind", err)
+	}
+	mu.Lock()
+	blocked = false
+	mu.Unlock()
+	if err := f.sink.Write(context.Background(), all, evs[2:]); err != nil {
+		t.Fatal(err)
 	}
 }
