@@ -347,9 +347,15 @@ func (k *Sink) build(topic, stream string, events []sinks.Event, now time.Time) 
 		si++
 		return buf[s.from:s.to:s.to]
 	}
-	streamValue := key
 	for i := range events {
 		e := &events[i]
+		// The original stream, with the event's number in it below; the
+		// key is the destination stream (they differ under
+		// DITTO_STREAM_TEMPLATE).
+		streamValue := key
+		if e.Stream != stream {
+			streamValue = []byte(e.Stream)
+		}
 		h := headers[i*headersPerRecord : (i+1)*headersPerRecord : (i+1)*headersPerRecord]
 		h[0] = kgo.RecordHeader{Key: HeaderID, Value: next()}
 		h[1] = kgo.RecordHeader{Key: HeaderStream, Value: streamValue}
