@@ -30,13 +30,13 @@ const (
 	dashboardFile  = "docker/grafana/dashboards/ditto.json"
 )
 
-// promtool runs Prometheus' own checker; .ci/run installs it (Debian
+// promtool runs Prometheus' own checker; .ci/setup installs it (Debian
 // package prometheus).
 func promtool(t *testing.T, args ...string) string {
 	t.Helper()
 	bin, err := exec.LookPath("promtool")
 	if err != nil {
-		t.Fatal("promtool is needed to check the alert rules and dashboard queries: bash .ci/run installs it (apt-get install prometheus)")
+		t.Fatal("promtool is needed to check the alert rules and dashboard queries: bash .ci/setup installs it (apt-get install prometheus)")
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Dir = repoRoot

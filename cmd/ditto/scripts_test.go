@@ -49,7 +49,7 @@ func shellScripts(t *testing.T) []string {
 }
 
 // TestShellScripts: every shell script parses (bash -n) and passes
-// shellcheck, which .ci/run installs (Debian package shellcheck).
+// shellcheck, which .ci/setup installs (Debian package shellcheck).
 func TestShellScripts(t *testing.T) {
 	scripts := shellScripts(t)
 	for _, want := range []string{"docker/setup.sh", ".ci/run", ".ci/test", ".ci/official-suite.sh"} {
@@ -59,7 +59,7 @@ func TestShellScripts(t *testing.T) {
 	}
 	shellcheck, err := exec.LookPath("shellcheck")
 	if err != nil {
-		t.Fatal("shellcheck is needed to check the shell scripts: bash .ci/run installs it (apt-get install shellcheck)")
+		t.Fatal("shellcheck is needed to check the shell scripts: bash .ci/setup installs it (apt-get install shellcheck)")
 	}
 	for _, s := range scripts {
 		if out, err := exec.Command("bash", "-n", s).CombinedOutput(); err != nil {

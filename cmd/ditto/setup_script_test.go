@@ -15,7 +15,7 @@ import (
 	"github.com/ditto-replicator/ditto/internal/esdbtest"
 )
 
-// kinesaliteDir is where .ci/run installs kinesalite (npm).
+// kinesaliteDir is where .ci/setup installs kinesalite (npm).
 const kinesaliteDir = "../../.ci/npm/node_modules/kinesalite"
 
 // startKinesalite runs kinesalite on a free 127.0.0.1 port (its CLI would
@@ -27,7 +27,7 @@ func startKinesalite(t *testing.T) string {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "package.json")); err != nil {
-		t.Fatalf("kinesalite is not installed in %s: bash .ci/run installs it (npm install --prefix .ci/npm kinesalite@3.3.3)", kinesaliteDir)
+		t.Fatalf("kinesalite is not installed in %s: bash .ci/setup installs it (npm install --prefix .ci/npm kinesalite@3.3.3)", kinesaliteDir)
 	}
 	const script = `require(process.argv[1])({createStreamMs: 50, deleteStreamMs: 50, updateStreamMs: 50})
   .listen(0, '127.0.0.1', function () { console.log('listening ' + this.address().port) })`
@@ -67,7 +67,7 @@ func startKinesalite(t *testing.T) string {
 // serves, and Kinesis's JSON API.
 func TestDockerSetupScript(t *testing.T) {
 	if _, err := exec.LookPath("curl"); err != nil {
-		t.Fatal("curl is needed to run docker/setup.sh; .ci/run installs it")
+		t.Fatal("curl is needed to run docker/setup.sh; .ci/setup installs it")
 	}
 	srv := esdbtest.Start(t, esdbtest.Options{Insecure: true})
 	kinesis := startKinesalite(t)

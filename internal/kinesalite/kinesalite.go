@@ -2,7 +2,7 @@
 // on node, on 127.0.0.1 for tests and the bench, and puts a fault-injecting
 // HTTP proxy in front of it (see Proxy). It installs nothing: the npm
 // package must be in the directory KINESALITE_PREFIX names, by default
-// .ci/npm at the top of the module, where .ci/run installs it
+// .ci/npm at the top of the module, where .ci/setup installs it
 // (npm install --prefix .ci/npm kinesalite@3.3.3).
 package kinesalite
 
@@ -66,7 +66,7 @@ func Package() (string, error) {
 	}
 	dir := filepath.Join(prefix, "node_modules", "kinesalite")
 	if _, err := os.Stat(filepath.Join(dir, "package.json")); err != nil {
-		return "", fmt.Errorf("kinesalite is not installed in %s: run npm install --prefix %s kinesalite@%s (.ci/run does), or set %s to the prefix it is installed in",
+		return "", fmt.Errorf("kinesalite is not installed in %s: run npm install --prefix %s kinesalite@%s (.ci/setup does), or set %s to the prefix it is installed in",
 			prefix, prefix, Version, PrefixEnv)
 	}
 	return dir, nil

@@ -12,15 +12,15 @@ import (
 // TestGeneratedCodeIsCurrent regenerates gen/ into a temporary directory
 // with generate.sh (protoc and the plugins at their pinned versions) and
 // compares it with the committed code byte for byte, so that gen/ cannot
-// drift from the client's .proto files or the generators. CI installs
-// protoc (.ci/run); elsewhere the test is skipped without it.
+// drift from the client's .proto files or the generators. .ci/setup installs
+// protoc; elsewhere the test is skipped without it.
 func TestGeneratedCodeIsCurrent(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the protoc plugins")
 	}
 	if _, err := exec.LookPath("protoc"); err != nil {
 		if os.Getenv("CI") != "" {
-			t.Fatal("protoc is not installed; .ci/run installs protobuf-compiler")
+			t.Fatal("protoc is not installed; .ci/setup installs protobuf-compiler")
 		}
 		t.Skip("protoc not installed (apt-get install -y protobuf-compiler); the check of gen/ is skipped")
 	}
