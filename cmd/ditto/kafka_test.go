@@ -338,27 +338,8 @@ func TestKafkaSinkClusterAwayForAWhile(t *testing.T) {
 func TestKafkaSinkKilledMidRunLosesNothing(t *testing.T) {
 	k := newKafkaEnv(t, false, kfake.SeedTopics(4, "events"))
 	k.createGroup(t, "$ce-customer", "ditto", esdb.ConsumerStrategyPinned)
-	const streams, perStream, chunk = 40, 60, 5
-	names := make([]string, streams)
-	for i := range names {
-		names[i] = fmt.Sprintf("customer-k%d", i)
-	}
-	writerDone := make(chan error, 1)
-	go func() {
-		for from := 0; from < perStream; from += chunk {
-			for _, s := range names {
-				var exp esdb.ExpectedRevision = esdb.Revision(uint64(from - 1))
-				if from == 0 {
-					exp = esdb.NoStream{}
-				}
-				if _, err := k.srcC.AppendToStream(context.Background(), s, esdb.AppendToStreamOptions{ExpectedRevision: exp}, testEvents(s, from, chunk)...); err != nil {
-					writerDone <- err
-					return
-				}
-			}
-		}
-		writerDone <- nil
-	}()
+	const streams, perStream = 40, 60
+	names, writerDone := writeInChunks(k.srcC, streams, perStream, 5)
 	env := k.dittoEnv(map[string]string{"DITTO_BUFFER_SIZE": "50", "DITTO_BATCH_MAX_EVENTS": "7"})
 	r := k.read(t, "events")
 	seen := 0

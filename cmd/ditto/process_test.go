@@ -105,18 +105,16 @@ func lastNumber(c *esdb.Client, stream string) int64 {
 	return int64(ev.OriginalEvent().EventNumber)
 }
 
-// TestKilledMidReplicationLosesAndDuplicatesNothing kills ditto with SIGKILL
-// three times while the source keeps receiving writes; the destination ends
-// identical (no event missing, none duplicated, order kept).
-func TestKilledMidReplicationLosesAndDuplicatesNothing(t *testing.T) {
-	e := newEnv(t)
-	e.createGroup(t, "$ce-customer", "ditto", esdb.ConsumerStrategyPinned)
-	const streams, perStream, chunk = 40, 60, 5
+// writeInChunks appends perStream events to each of the streams
+// customer-k0, customer-k1, … in rounds of chunk events per stream, in the
+// background, as clients would while ditto is killed; the channel says
+// when it is done.
+func writeInChunks(c *esdb.Client, streams, perStream, chunk int) ([]string, <-chan error) {
 	names := make([]string, streams)
 	for i := range names {
 		names[i] = fmt.Sprintf("customer-k%d", i)
 	}
-	writerDone := make(chan error, 1)
+	done := make(chan error, 1)
 	go func() {
 		for from := 0; from < perStream; from += chunk {
 			for _, s := range names {
@@ -124,14 +122,25 @@ func TestKilledMidReplicationLosesAndDuplicatesNothing(t *testing.T) {
 				if from == 0 {
 					exp = esdb.NoStream{}
 				}
-				if _, err := e.srcC.AppendToStream(context.Background(), s, esdb.AppendToStreamOptions{ExpectedRevision: exp}, testEvents(s, from, chunk)...); err != nil {
-					writerDone <- err
+				if _, err := c.AppendToStream(context.Background(), s, esdb.AppendToStreamOptions{ExpectedRevision: exp}, testEvents(s, from, chunk)...); err != nil {
+					done <- err
 					return
 				}
 			}
 		}
-		writerDone <- nil
+		done <- nil
 	}()
+	return names, done
+}
+
+// TestKilledMidReplicationLosesAndDuplicatesNothing kills ditto with SIGKILL
+// three times while the source keeps receiving writes; the destination ends
+// identical (no event missing, none duplicated, order kept).
+func TestKilledMidReplicationLosesAndDuplicatesNothing(t *testing.T) {
+	e := newEnv(t)
+	e.createGroup(t, "$ce-customer", "ditto", esdb.ConsumerStrategyPinned)
+	const streams, perStream = 40, 60
+	names, writerDone := writeInChunks(e.srcC, streams, perStream, 5)
 	env := map[string]string{
 		"DITTO_SOURCE_CONNECTION_STRING":      e.src.ConnectionString(),
 		"DITTO_DESTINATION_CONNECTION_STRING": e.dst.ConnectionString(),

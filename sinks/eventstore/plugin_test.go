@@ -3,7 +3,6 @@ package eventstore
 import (
 	"context"
 	"errors"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -12,30 +11,18 @@ import (
 
 	"github.com/ditto-replicator/ditto/config"
 	"github.com/ditto-replicator/ditto/internal/esdbtest"
+	"github.com/ditto-replicator/ditto/internal/testutil"
 	"github.com/ditto-replicator/ditto/sinks"
 )
 
 // loadEnv loads ditto's configuration with only vars set among DITTO_*.
 func loadEnv(t *testing.T, vars map[string]string) (*config.Config, error) {
 	t.Helper()
-	for _, v := range config.Variables() {
-		t.Setenv(v.Name, "")
-		os.Unsetenv(v.Name)
-	}
-	base := map[string]string{
+	return testutil.LoadConfig(t, map[string]string{
 		"DITTO_SOURCE_CONNECTION_STRING":      "esdb://127.0.0.1:2113?tls=false",
 		"DITTO_SUBSCRIPTIONS":                 "$ce-customer:ditto",
 		"DITTO_DESTINATION_CONNECTION_STRING": "esdb://admin:changeit@127.0.0.1:4113?tls=false",
-	}
-	for k, v := range vars {
-		base[k] = v
-	}
-	for k, v := range base {
-		if v != "" {
-			t.Setenv(k, v)
-		}
-	}
-	return config.Load()
+	}, vars)
 }
 
 func TestSettings(t *testing.T) {

@@ -31,6 +31,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/ditto-replicator/ditto/config"
+	"github.com/ditto-replicator/ditto/internal/testutil"
 	"github.com/ditto-replicator/ditto/sinks"
 )
 
@@ -430,26 +431,13 @@ func selfSigned(t *testing.T, dir string) (tls.Certificate, string) {
 // loadEnv loads ditto's configuration with DITTO_SINK=kafka and vars.
 func loadEnv(t *testing.T, vars map[string]string) (*config.Config, error) {
 	t.Helper()
-	for _, v := range config.Variables() {
-		t.Setenv(v.Name, "")
-		os.Unsetenv(v.Name)
-	}
-	base := map[string]string{
+	return testutil.LoadConfig(t, map[string]string{
 		"DITTO_SOURCE_CONNECTION_STRING": "esdb://127.0.0.1:2113?tls=false",
 		"DITTO_SUBSCRIPTIONS":            "$ce-customer:ditto",
 		"DITTO_SINK":                     "kafka",
 		"DITTO_KAFKA_BROKERS":            "127.0.0.1:9092",
 		"DITTO_KAFKA_TOPIC":              "events",
-	}
-	for k, v := range vars {
-		base[k] = v
-	}
-	for k, v := range base {
-		if v != "" {
-			t.Setenv(k, v)
-		}
-	}
-	return config.Load()
+	}, vars)
 }
 
 func TestSettings(t *testing.T) {

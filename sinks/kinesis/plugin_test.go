@@ -21,31 +21,19 @@ import (
 
 	"github.com/ditto-replicator/ditto/config"
 	"github.com/ditto-replicator/ditto/internal/kinesalite"
+	"github.com/ditto-replicator/ditto/internal/testutil"
 	"github.com/ditto-replicator/ditto/sinks"
 )
 
 // loadEnv loads ditto's configuration with only vars set among DITTO_*.
 func loadEnv(t *testing.T, vars map[string]string) (*config.Config, error) {
 	t.Helper()
-	for _, v := range config.Variables() {
-		t.Setenv(v.Name, "")
-		os.Unsetenv(v.Name)
-	}
-	base := map[string]string{
+	return testutil.LoadConfig(t, map[string]string{
 		"DITTO_SOURCE_CONNECTION_STRING": "esdb://127.0.0.1:2113?tls=false",
 		"DITTO_SUBSCRIPTIONS":            "$ce-customer:ditto",
 		"DITTO_SINK":                     "kinesis",
 		"DITTO_KINESIS_STREAM_NAME":      "orders",
-	}
-	for k, v := range vars {
-		base[k] = v
-	}
-	for k, v := range base {
-		if v != "" {
-			t.Setenv(k, v)
-		}
-	}
-	return config.Load()
+	}, vars)
 }
 
 func TestSettings(t *testing.T) {
