@@ -22,24 +22,11 @@ var fanOutNames = []string{"one", "two"}
 func fanOut(ctx context.Context, e *env) (*result, error) {
 	w := newWorkload(e.scaled(100_000), 1000)
 	res := &result{Events: w.events, Streams: w.streams}
-	src, err := startServer(0)
+	src, err := e.seededSource(ctx, w, 0, []string{"ditto-single", "ditto-fanout", "ditto-eventual-1", "ditto-eventual-2"}...)
 	if err != nil {
 		return res, err
 	}
 	defer src.Close()
-	if err := seed(ctx, src.Store(), w); err != nil {
-		return res, err
-	}
-	admin, err := newClient(src.ConnectionString())
-	if err != nil {
-		return res, err
-	}
-	defer admin.Close()
-	for _, g := range []string{"ditto-single", "ditto-fanout", "ditto-eventual-1", "ditto-eventual-2"} {
-		if err := createGroup(ctx, admin, g); err != nil {
-			return res, err
-		}
-	}
 	if res.Single, err = e.copies(ctx, src, w, "one process, one destination", 1, func(dsts []*server) ([]*ditto, error) {
 		d, err := startDitto(e.bin, e.dir, src.conn(), dsts[0].conn(), "ditto-single")
 		return []*ditto{d}, err

@@ -28,26 +28,11 @@ const (
 func kafkaScenario(ctx context.Context, e *env) (*result, error) {
 	w := newWorkload(e.scaled(100_000), 1000)
 	res := &result{Events: w.events, Streams: w.streams}
-	src, err := startServer(0)
+	src, err := e.seededSource(ctx, w, 0, []string{"ditto-bench", "ditto-kafka"}...)
 	if err != nil {
 		return res, err
 	}
 	defer src.Close()
-	t := time.Now()
-	if err := seed(ctx, src.Store(), w); err != nil {
-		return res, err
-	}
-	e.logf("seeded %d events over %d streams in %s", w.events, w.streams, time.Since(t).Round(time.Millisecond))
-	admin, err := newClient(src.ConnectionString())
-	if err != nil {
-		return res, err
-	}
-	defer admin.Close()
-	for _, g := range []string{"ditto-bench", "ditto-kafka"} {
-		if err := createGroup(ctx, admin, g); err != nil {
-			return res, err
-		}
-	}
 	if err := e.kafkaRaw(ctx, res, w); err != nil {
 		return res, err
 	}

@@ -62,26 +62,11 @@ func kinesisThroughput(ctx context.Context, e *env, delay time.Duration) (*resul
 			return res, err
 		}
 	}
-	src, err := startServer(0)
+	src, err := e.seededSource(ctx, w, 0, []string{"ditto-bench", "baseline-1"}...)
 	if err != nil {
 		return res, err
 	}
 	defer src.Close()
-	t := time.Now()
-	if err := seed(ctx, src.Store(), w); err != nil {
-		return res, err
-	}
-	e.logf("seeded %d events over %d streams in %s; kinesalite with %d shards per stream", w.events, w.streams, time.Since(t).Round(time.Millisecond), kinesisShards)
-	admin, err := newClient(src.ConnectionString())
-	if err != nil {
-		return res, err
-	}
-	defer admin.Close()
-	for _, g := range []string{"ditto-bench", "baseline-1"} {
-		if err := createGroup(ctx, admin, g); err != nil {
-			return res, err
-		}
-	}
 	if err := e.kinesisRaw(ctx, res, kin, client, w); err != nil {
 		return res, err
 	}

@@ -117,24 +117,11 @@ func filtered(ctx context.Context, e *env) (*result, error) {
 	w := newWorkload(e.scaled(100_000), 1000)
 	w.twoTypes = true
 	res := &result{Events: w.events, Streams: w.streams}
-	src, err := startServer(0)
+	src, err := e.seededSource(ctx, w, 0, []string{"ditto-bench", "ditto-filtered"}...)
 	if err != nil {
 		return res, err
 	}
 	defer src.Close()
-	if err := seed(ctx, src.Store(), w); err != nil {
-		return res, err
-	}
-	admin, err := newClient(src.ConnectionString())
-	if err != nil {
-		return res, err
-	}
-	defer admin.Close()
-	for _, g := range []string{"ditto-bench", "ditto-filtered"} {
-		if err := createGroup(ctx, admin, g); err != nil {
-			return res, err
-		}
-	}
 	whole, err := e.dittoRun(ctx, src, w, 0, "ditto-bench", w.events)
 	if err != nil {
 		return res, err
@@ -157,31 +144,15 @@ func filtered(ctx context.Context, e *env) (*result, error) {
 func throughput(ctx context.Context, e *env, events, streams int, delay time.Duration, baselines bool) (*result, error) {
 	w := newWorkload(events, streams)
 	res := &result{Events: w.events, Streams: w.streams, DelayMs: ms(delay)}
-	src, err := startServer(delay)
-	if err != nil {
-		return res, err
-	}
-	defer src.Close()
-	t := time.Now()
-	if err := seed(ctx, src.Store(), w); err != nil {
-		return res, err
-	}
-	e.logf("seeded %d events over %d streams in %s", w.events, w.streams, time.Since(t).Round(time.Millisecond))
-	admin, err := newClient(src.ConnectionString())
-	if err != nil {
-		return res, err
-	}
-	defer admin.Close()
 	groups := []string{"ditto-bench"}
 	if baselines {
 		groups = append(groups, "baseline-1", "source-limit")
 	}
-	for _, g := range groups {
-		if err := createGroup(ctx, admin, g); err != nil {
-			return res, err
-		}
+	src, err := e.seededSource(ctx, w, delay, groups...)
+	if err != nil {
+		return res, err
 	}
-
+	defer src.Close()
 	if baselines {
 		if err := e.raw(ctx, res, w, delay); err != nil {
 			return res, err
@@ -435,4 +406,33 @@ func lag(ctx context.Context, e *env) (*result, error) {
 	res.Lag = &lagFigures{Samples: s.N, Sent: l.sent, WarmupMs: ms(lagWarmup), OfferedPerSec: l.sendRate, P50Ms: ms(s.P50), P99Ms: ms(s.P99), MaxMs: ms(s.Max)}
 	e.logf("lag over %d events at %.0f events/s: p50 %.1f ms, p99 %.1f ms, max %.1f ms", s.N, l.sendRate, res.Lag.P50Ms, res.Lag.P99Ms, res.Lag.MaxMs)
 	return res, nil
+}
+
+// seededSource starts a source server (through a delay proxy, as
+// startServer), seeds w into it and creates groups on it, each at the
+// start; the caller closes it.
+func (e *env) seededSource(ctx context.Context, w workload, delay time.Duration, groups ...string) (*server, error) {
+	src, err := startServer(delay)
+	if err != nil {
+		return nil, err
+	}
+	t := time.Now()
+	if err := seed(ctx, src.Store(), w); err != nil {
+		src.Close()
+		return nil, err
+	}
+	e.logf("seeded %d events over %d streams in %s", w.events, w.streams, time.Since(t).Round(time.Millisecond))
+	admin, err := newClient(src.ConnectionString())
+	if err != nil {
+		src.Close()
+		return nil, err
+	}
+	defer admin.Close()
+	for _, g := range groups {
+		if err := createGroup(ctx, admin, g); err != nil {
+			src.Close()
+			return nil, err
+		}
+	}
+	return src, nil
 }
