@@ -13,7 +13,7 @@ import (
 )
 
 // Sink is a destination: Write durably writes consecutive events of one
-// source stream, in order, or returns a *WriteError saying how many were
+// destination stream (stream, after the policy's mapping), in order, or returns a *WriteError saying how many were
 // written and what kind of failure stopped the rest. The replicator owns
 // batching, concurrency and acks; a sink only writes.
 type Sink interface {
