@@ -18,6 +18,7 @@ import (
 	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
 	"github.com/kelseyhightower/envconfig"
 
+	"github.com/ditto-replicator/ditto/conflict"
 	"github.com/ditto-replicator/ditto/policy"
 	"github.com/ditto-replicator/ditto/sinks"
 )
@@ -60,11 +61,17 @@ type Config struct {
 	StreamTemplate          string `envconfig:"STREAM_TEMPLATE" default:"{stream}" desc:"Name of the destination stream, from the original stream's {stream}, {category} (before its first '-') and {id} (after it), e.g. dr-{stream} or {category}-replica-{id}. A template with neither {stream} nor {id} (all-customers, {category}-all) consolidates many streams into one, in subscription order."`
 	Provenance              bool   `envconfig:"PROVENANCE" default:"false" desc:"Add provenance to JSON-object metadata: $originalStreamId, $originalEventNumber, $originalCreated, $origin and a SHA-256 content $signature. Always on where events are filtered inside streams or consolidated."`
 	OriginName              string `envconfig:"ORIGIN_NAME" desc:"A name for the source cluster, appended to the $origin chain of every event written with provenance."`
+	DestinationName         string `envconfig:"DESTINATION_NAME" desc:"A name for the destination cluster, the one its own deployments give it in DITTO_ORIGIN_NAME. An event whose $origin chain holds it came from there and is not written back (acked, counted in ditto_events_filtered_total with reason origin), so that A→B and B→A do not loop. It also says the destination takes writes of its own: before ditto appends after an event it did not write or check, it checks that the destination's event there is the source's. Needs DITTO_ORIGIN_NAME and DITTO_PROVENANCE=true; not with DITTO_DESTINATIONS."`
+	ConflictPolicy          string `envconfig:"CONFLICT_POLICY" default:"park" desc:"What becomes of the events of a destination stream that diverged (it holds other events at their numbers, e.g. written on both sides of an active/active pair): park (nack-park each with the reason), conflict-stream (append each, with the reason in its metadata, to DITTO_CONFLICT_STREAM on the destination, then ack) or skip (ack without writing, logged). Counted in ditto_events_conflicts_total; the diverged stream is never written over. conflict-stream is not for DITTO_DESTINATIONS."`
+	ConflictStream          string `envconfig:"CONFLICT_STREAM" desc:"With DITTO_CONFLICT_POLICY=conflict-stream, the destination stream that conflicting events are appended to. Default ditto-conflicts-<DITTO_ORIGIN_NAME>-<DITTO_DESTINATION_NAME>, or ditto-conflicts where either is unset."`
 	CopyStreamMetadata      bool   `envconfig:"COPY_STREAM_METADATA" default:"false" desc:"Copy each source stream's metadata ($maxAge, $maxCount, $cacheControl, custom keys; not $tb, not $acl) to its destination stream when ditto first writes it, and again within a minute of a change on the source. DITTO_TIME_TO_LIVE overrides $maxAge. Only for sinks that keep streams (eventstore), not for consolidated streams."`
 	CopyStreamACL           bool   `envconfig:"COPY_STREAM_ACL" default:"false" desc:"With DITTO_COPY_STREAM_METADATA, copy $acl too (the destination must know the same users and roles)."`
 
 	// Policy is the compiled selective-replication policy.
 	Policy *policy.Policy `ignored:"true"`
+	// Conflicts is the parsed DITTO_CONFLICT_POLICY; ConflictStream holds
+	// its default once loaded.
+	Conflicts conflict.Policy `ignored:"true"`
 
 	// SinkSettings are the settings of the sink DITTO_SINK names, loaded
 	// from its own variables (nil in read-only mode or for a sink without
@@ -255,7 +262,42 @@ func (c *Config) validate() []string {
 	default:
 		bad("LOG_FORMAT", "=%q: expected json or console", c.LogFormat)
 	}
+	p = append(p, c.checkConflicts()...)
 	return append(p, c.compilePolicy()...)
+}
+
+// checkConflicts checks the active/active and conflict variables and sets
+// c.Conflicts and the default of c.ConflictStream.
+func (c *Config) checkConflicts() []string {
+	var p []string
+	var err error
+	if c.Conflicts, err = conflict.Parse(c.ConflictPolicy); err != nil {
+		p = append(p, fmt.Sprintf("%s_CONFLICT_POLICY=%q: %v", Prefix, c.ConflictPolicy, err))
+	}
+	switch {
+	case c.ConflictStream != "" && err == nil && c.Conflicts != conflict.Stream:
+		p = append(p, fmt.Sprintf("%s_CONFLICT_STREAM=%q is set, but %s_CONFLICT_POLICY=%s writes no conflicts stream: set %s_CONFLICT_POLICY=conflict-stream, or unset %s_CONFLICT_STREAM",
+			Prefix, c.ConflictStream, Prefix, c.Conflicts, Prefix, Prefix))
+	case strings.HasPrefix(c.ConflictStream, "$"):
+		p = append(p, fmt.Sprintf("%s_CONFLICT_STREAM=%q: the conflicts stream must not start with '$' (system streams)", Prefix, c.ConflictStream))
+	case strings.ContainsFunc(c.ConflictStream, func(r rune) bool { return r < ' ' || r == 0x7f }):
+		p = append(p, fmt.Sprintf("%s_CONFLICT_STREAM=%q must not contain control characters", Prefix, c.ConflictStream))
+	case c.ConflictStream == "":
+		c.ConflictStream = conflict.StreamName(c.OriginName, c.DestinationName)
+	}
+	if c.Destinations != "" {
+		// The policy stage runs before the fan-out, for every destination
+		// at once.
+		if c.DestinationName != "" {
+			p = append(p, fmt.Sprintf("%s_DESTINATION_NAME=%q with %s_DESTINATIONS: an event from the named cluster would be dropped for every destination of the fan-out; run the link to that cluster as a deployment of its own",
+				Prefix, c.DestinationName, Prefix))
+		}
+		if err == nil && c.Conflicts == conflict.Stream {
+			p = append(p, fmt.Sprintf("%s_CONFLICT_POLICY=conflict-stream with %s_DESTINATIONS: the conflicts stream would be written to every destination, also those that took the event; use park or skip, or a deployment per destination",
+				Prefix, Prefix))
+		}
+	}
+	return p
 }
 
 // LoadPolicy reads and compiles only the selective-replication variables
@@ -282,6 +324,7 @@ func (c *Config) compilePolicy() []string {
 		StreamTemplate:          c.StreamTemplate,
 		Provenance:              c.Provenance,
 		OriginName:              c.OriginName,
+		DestinationName:         c.DestinationName,
 	}
 	for _, s := range c.SubscriptionList() {
 		spec.Subscriptions = append(spec.Subscriptions, s.Stream)

@@ -22,6 +22,9 @@ type Spec struct {
 	StreamTemplate                       string // "" means {stream}
 	Provenance                           bool
 	OriginName                           string
+	// DestinationName names the destination cluster: an event whose
+	// $origin chain holds it came from there and is not written back.
+	DestinationName string
 	// Subscriptions are the streams of DITTO_SUBSCRIPTIONS, such as
 	// $ce-customer: a consolidated stream must be fed by one of them.
 	Subscriptions []string
@@ -74,10 +77,14 @@ const (
 	// ByMetadata: the metadata does not match an include, or matches an
 	// exclude.
 	ByMetadata
+	// ByOrigin: the event's $origin chain holds DITTO_DESTINATION_NAME, so
+	// it came from the destination (active/active): writing it back would
+	// loop.
+	ByOrigin
 )
 
 // Reasons lists every Reason, in order.
-var Reasons = []Reason{ByStream, BySystemEventType, ByEventType, ByMetadata}
+var Reasons = []Reason{ByStream, BySystemEventType, ByEventType, ByMetadata, ByOrigin}
 
 func (r Reason) String() string {
 	switch r {
@@ -89,6 +96,8 @@ func (r Reason) String() string {
 		return "event_type"
 	case ByMetadata:
 		return "metadata"
+	case ByOrigin:
+		return "origin"
 	}
 	return fmt.Sprintf("reason(%d)", int(r))
 }
@@ -102,6 +111,7 @@ type Policy struct {
 	mode           Mode
 	provenance     bool
 	origin         string
+	destination    string // DITTO_DESTINATION_NAME; "" means no loop check
 	// needs names the variables that make provenance required, for the
 	// park reason of an event whose metadata cannot carry it.
 	needs string
@@ -113,7 +123,8 @@ type Policy struct {
 // Compile checks spec and compiles it. Every problem names its variable.
 func Compile(spec Spec) (*Policy, []string) {
 	var problems []string
-	p := &Policy{systemTypes: spec.IncludeSystemEventTypes, provenance: spec.Provenance, origin: spec.OriginName, subs: spec.Subscriptions}
+	p := &Policy{systemTypes: spec.IncludeSystemEventTypes, provenance: spec.Provenance, origin: spec.OriginName,
+		destination: spec.DestinationName, subs: spec.Subscriptions}
 	compile := func(name, value string) []matcher {
 		m, errs := parseMatchers(name, value)
 		problems = append(problems, errs...)
@@ -136,8 +147,12 @@ func Compile(spec Spec) (*Policy, []string) {
 	if p.template, err = parseTemplate(tmpl); err != nil {
 		problems = append(problems, fmt.Sprintf("DITTO_STREAM_TEMPLATE=%q: %v", tmpl, err))
 	}
-	if strings.ContainsFunc(spec.OriginName, func(r rune) bool { return r < ' ' || r == 0x7f }) {
+	control := func(r rune) bool { return r < ' ' || r == 0x7f }
+	if strings.ContainsFunc(spec.OriginName, control) {
 		problems = append(problems, fmt.Sprintf("DITTO_ORIGIN_NAME=%q must not contain control characters", spec.OriginName))
+	}
+	if strings.ContainsFunc(spec.DestinationName, control) {
+		problems = append(problems, fmt.Sprintf("DITTO_DESTINATION_NAME=%q must not contain control characters", spec.DestinationName))
 	}
 
 	var needs []string
@@ -176,6 +191,18 @@ func Compile(spec Spec) (*Policy, []string) {
 	if spec.OriginName != "" && !p.provenance {
 		problems = append(problems, fmt.Sprintf("DITTO_ORIGIN_NAME=%q is written into provenance metadata, which this configuration does not write: set DITTO_PROVENANCE=true", spec.OriginName))
 	}
+	// Loop prevention reads the chain that each hop extends with its
+	// source's name: a hop that does not name its source leaves nothing
+	// for the link back to recognise.
+	switch d := spec.DestinationName; {
+	case d == "":
+	case spec.OriginName == "":
+		problems = append(problems, fmt.Sprintf("DITTO_DESTINATION_NAME=%q needs DITTO_ORIGIN_NAME: loop prevention drops events whose $origin chain holds the destination's name, and works only if every deployment names its source cluster there", d))
+	case d == spec.OriginName:
+		problems = append(problems, fmt.Sprintf("DITTO_DESTINATION_NAME=%q is DITTO_ORIGIN_NAME too: the source and the destination must be different clusters with different names", d))
+	case !p.provenance:
+		problems = append(problems, fmt.Sprintf("DITTO_DESTINATION_NAME=%q: loop prevention reads the $origin chain of provenance metadata, which this configuration does not write: set DITTO_PROVENANCE=true", d))
+	}
 	if len(problems) > 0 {
 		return nil, problems
 	}
@@ -200,11 +227,20 @@ func (p *Policy) Trivial() bool {
 	return p.mode == Plain && !p.provenance && p.streams.empty()
 }
 
+// DestinationName is DITTO_DESTINATION_NAME: set where the destination
+// takes writes of its own (active/active, a failback), "" otherwise.
+func (p *Policy) DestinationName() string { return p.destination }
+
 // Keep decides whether an event passes the filters; if not, it says why.
 // stream is the event's original stream.
 func (p *Policy) Keep(stream, eventType string, metadata []byte) (Reason, bool) {
 	if !p.streams.match(stream) {
 		return ByStream, false
+	}
+	if p.destination != "" && cameFrom(metadata, p.destination) {
+		// In every mode: in a plain copy the destination holds the event
+		// already, at its number (it came from there).
+		return ByOrigin, false
 	}
 	if p.mode < Filtered {
 		// Dropping an event inside a stream would break the n-1

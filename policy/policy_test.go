@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ditto-replicator/ditto/internal/metrics"
 )
 
 func mustCompile(t *testing.T, spec Spec) *Policy {
@@ -68,6 +70,10 @@ func TestBadSpecsNameTheVariable(t *testing.T) {
 		{Spec{StreamTemplate: "{category}-all", Subscriptions: []string{"$ce-a", "$et-b"}}, "consolidates the events of 2 subscriptions"},
 		{Spec{OriginName: "eu"}, `DITTO_ORIGIN_NAME="eu" is written into provenance metadata`},
 		{Spec{OriginName: "e\nu", Provenance: true}, "DITTO_ORIGIN_NAME"},
+		{Spec{DestinationName: "us", Provenance: true}, `DITTO_DESTINATION_NAME="us" needs DITTO_ORIGIN_NAME`},
+		{Spec{DestinationName: "eu", OriginName: "eu", Provenance: true}, `DITTO_DESTINATION_NAME="eu" is DITTO_ORIGIN_NAME too`},
+		{Spec{DestinationName: "us", OriginName: "eu"}, `DITTO_DESTINATION_NAME="us": loop prevention reads the $origin chain of provenance metadata`},
+		{Spec{DestinationName: "u\ts", OriginName: "eu", Provenance: true}, `DITTO_DESTINATION_NAME="u\ts" must not contain control characters`},
 	} {
 		_, problems := Compile(tc.spec)
 		if len(problems) == 0 || !strings.Contains(strings.Join(problems, "\n"), tc.want) {
@@ -296,8 +302,74 @@ func TestReasonLabels(t *testing.T) {
 	for _, r := range Reasons {
 		got = append(got, r.String())
 	}
-	if strings.Join(got, ",") != "stream,system_event_type,event_type,metadata" {
+	if strings.Join(got, ",") != "stream,system_event_type,event_type,metadata,origin" {
 		t.Fatalf("reasons %q", got)
+	}
+	if strings.Join(got, ",") != strings.Join(metrics.FilterReasons, ",") {
+		t.Fatalf("reasons %q, labels of ditto_events_filtered_total %q", got, metrics.FilterReasons)
+	}
+}
+
+// An event whose $origin chain holds the destination's name is dropped in
+// every mode, before the other filters look at it; other chains, a chain
+// written as one name, and metadata without one pass.
+func TestOriginLoops(t *testing.T) {
+	for _, spec := range []Spec{
+		{Provenance: true},
+		{StreamTemplate: "dr-{stream}", Provenance: true},
+		{ExcludeEventTypes: "Debug"},
+		{StreamTemplate: "all"},
+	} {
+		spec.OriginName, spec.DestinationName = "eu", "us"
+		p := mustCompile(t, spec)
+		if p.DestinationName() != "us" {
+			t.Fatalf("destination name %q", p.DestinationName())
+		}
+		for _, tc := range []struct {
+			metadata string
+			keep     bool
+		}{
+			{`{"$origin":["us"]}`, false},
+			{`{"a":1,"$origin":["ap","us","eu"],"b":2}`, false},
+			{`{"$origin":"us"}`, false},
+			{`{"$origin":["eu"]}`, true},
+			{`{"$origin":["usa"],"note":"\"$origin\":[\"us\"]"}`, true},
+			{`{"$origin":[]}`, true},
+			{`{}`, true},
+			{``, true},
+			{`not json, "$origin" us`, true},
+		} {
+			reason, keep := p.Keep("customer-1", "Created", []byte(tc.metadata))
+			if keep != tc.keep || (!keep && reason != ByOrigin) {
+				t.Errorf("%+v: Keep(%s) = %v, %v; want keep %v", spec, tc.metadata, reason, keep, tc.keep)
+			}
+		}
+		// A stream filter speaks first.
+		q := mustCompile(t, Spec{ExcludeStreams: "customer-", Provenance: true, OriginName: "eu", DestinationName: "us"})
+		if reason, _ := q.Keep("customer-1", "Created", []byte(`{"$origin":["us"]}`)); reason != ByStream {
+			t.Errorf("reason %v, want stream", reason)
+		}
+	}
+	// Without a destination name nothing is dropped for its origin.
+	p := mustCompile(t, Spec{Provenance: true, OriginName: "eu"})
+	if _, keep := p.Keep("customer-1", "Created", []byte(`{"$origin":["us"]}`)); !keep {
+		t.Error("dropped without DITTO_DESTINATION_NAME")
+	}
+}
+
+func TestExtend(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{``, `{"$k":"v","$n":7}`},
+		{` {} `, `{"$k":"v","$n":7}`},
+		{`{"a": [1, 2], "$k": "old", "b":{"c":null}}`, `{"a":[1, 2],"b":{"c":null},"$k":"v","$n":7}`},
+	} {
+		got, err := Extend([]byte(tc.in), []string{"$k", "$n"}, []json.RawMessage{String("v"), json.RawMessage("7")})
+		if err != nil || string(got) != tc.want {
+			t.Errorf("Extend(%s) = %s, %v; want %s", tc.in, got, err, tc.want)
+		}
+	}
+	if _, err := Extend([]byte(`[1]`), []string{"$k"}, []json.RawMessage{String("v")}); err == nil {
+		t.Error("Extend of an array succeeded")
 	}
 }
 

@@ -27,11 +27,17 @@ const (
 	KeySubscriptionEventNumber = "$subscriptionEventNumber"
 	KeyOrigin                  = "$origin"
 	KeySignature               = "$signature"
+	// KeyConflictReason and KeyConflictStreamID are written into the
+	// metadata of an event recorded in a conflicts stream: why, and the
+	// destination stream it diverged from (see package conflict).
+	KeyConflictReason   = "$conflictReason"
+	KeyConflictStreamID = "$conflictStreamId"
 )
 
 // dittoKeys are removed from metadata before it is signed or compared.
 var dittoKeys = []string{KeyOriginalStreamID, KeyOriginalEventNumber, KeyOriginalCreated,
-	KeySubscriptionStreamID, KeySubscriptionEventNumber, KeyOrigin, KeySignature}
+	KeySubscriptionStreamID, KeySubscriptionEventNumber, KeyOrigin, KeySignature,
+	KeyConflictReason, KeyConflictStreamID}
 
 func isDittoKey(k string) bool { return slices.Contains(dittoKeys, k) }
 
@@ -253,14 +259,7 @@ func (p *Policy) Annotate(eventType string, data, metadata []byte, at Coordinate
 	for _, m := range ms {
 		switch m.key {
 		case KeyOrigin:
-			var chain []string
-			var one string
-			switch {
-			case json.Unmarshal(m.value, &chain) == nil:
-				origin = chain
-			case json.Unmarshal(m.value, &one) == nil:
-				origin = []string{one}
-			}
+			origin = chain(m.value)
 		case KeySignature:
 			var s string
 			if json.Unmarshal(m.value, &s) == nil && validSignature(s) {
@@ -325,6 +324,76 @@ func (p *Policy) Annotate(eventType string, data, metadata []byte, at Coordinate
 	out = appendString(out, sig)
 	return append(out, '}'), nil
 }
+
+// chain reads an $origin value: a list of names, or one name.
+func chain(value json.RawMessage) []string {
+	var names []string
+	var one string
+	switch {
+	case json.Unmarshal(value, &names) == nil:
+		return names
+	case json.Unmarshal(value, &one) == nil:
+		return []string{one}
+	}
+	return nil
+}
+
+// originKey is what metadata holding an $origin contains, for a quick look
+// before it is parsed.
+var originKey = []byte(`"` + KeyOrigin + `"`)
+
+// cameFrom reports whether the $origin chain of metadata holds name.
+func cameFrom(metadata []byte, name string) bool {
+	if !bytes.Contains(metadata, originKey) {
+		return false
+	}
+	ms, err := members(metadata)
+	if err != nil {
+		return false
+	}
+	for _, m := range ms {
+		if m.key == KeyOrigin {
+			return slices.Contains(chain(m.value), name)
+		}
+	}
+	return false
+}
+
+// Extend returns metadata, a JSON object or empty, with keys set to
+// values (JSON values, as written), replacing keys already present. It
+// fails on metadata that is not a JSON object.
+func Extend(metadata []byte, keys []string, values []json.RawMessage) ([]byte, error) {
+	ms, err := members(metadata)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]byte, 0, len(metadata)+128)
+	out = append(out, '{')
+	for _, m := range ms {
+		if slices.Contains(keys, m.key) {
+			continue
+		}
+		out = appendString(out, m.key)
+		out = append(out, ':')
+		out = append(out, m.value...)
+		out = append(out, ',')
+	}
+	for i, k := range keys {
+		if i > 0 {
+			out = append(out, ',')
+		}
+		out = appendString(out, k)
+		out = append(out, ':')
+		out = append(out, values[i]...)
+	}
+	if len(keys) == 0 && len(out) > 1 {
+		out = out[:len(out)-1]
+	}
+	return append(out, '}'), nil
+}
+
+// String returns s as a JSON string value, for Extend.
+func String(s string) json.RawMessage { return appendString(nil, s) }
 
 // NotObjectReason is the park reason of an event whose metadata cannot carry
 // the provenance this policy requires.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
+	"github.com/google/uuid"
 
 	"github.com/ditto-replicator/ditto/sinks"
 )
@@ -92,6 +93,22 @@ func (s *Source) Covered(ctx context.Context, dest string, ev *sinks.Event, from
 // dropped reports whether rec (nil for an unresolved link) would not be
 // written to dest.
 func (s *Source) dropped(dest string, rec *esdb.RecordedEvent) bool { return !s.p.Writes(dest, rec) }
+
+// Guarded implements sinks.Source: the destination takes writes of its
+// own where it is named (DITTO_DESTINATION_NAME).
+func (s *Source) Guarded() bool { return s.p.destination != "" }
+
+// EventID implements sinks.Source.
+func (s *Source) EventID(ctx context.Context, stream string, n uint64) (uuid.UUID, bool, error) {
+	page, err := s.r.Read(ctx, stream, n, 1)
+	if err != nil {
+		return uuid.UUID{}, false, fmt.Errorf("reading %s@%d on the source: %w", stream, n, err)
+	}
+	if len(page) == 0 || page[0].Event == nil || page[0].Event.EventNumber != n {
+		return uuid.UUID{}, false, nil
+	}
+	return page[0].Event.EventID, true, nil
+}
 
 // CopiesStreamMetadata implements sinks.Source.
 func (s *Source) CopiesStreamMetadata() bool { return s.copyMeta }

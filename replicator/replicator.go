@@ -1,6 +1,9 @@
 // Package replicator is ditto's pipeline: it puts each delivery into the lane
 // of its destination stream, writes consecutive events of a lane as one
 // batch, and turns the outcome of the write into an ack, a retry or a park.
+// Events of a destination stream that diverged (sinks.Conflict) go the way
+// DITTO_CONFLICT_POLICY says (package conflict): parked, appended to a
+// conflicts stream by a write of the same sink, or acked and counted.
 //
 // Ordering: a lane holds the pending events of one destination stream sorted
 // by Seq (the event number, or for a consolidated stream the subscription's
@@ -33,6 +36,7 @@ import (
 	"github.com/cenkalti/backoff/v4"
 	"github.com/rs/zerolog"
 
+	"github.com/ditto-replicator/ditto/conflict"
 	"github.com/ditto-replicator/ditto/consumer"
 	"github.com/ditto-replicator/ditto/internal/metrics"
 	"github.com/ditto-replicator/ditto/policy"
@@ -60,6 +64,11 @@ type Options struct {
 	DrainTimeout   time.Duration // how long a stop waits for in-flight writes
 	// Policy, if set and not trivial, filters, maps and annotates events.
 	Policy *policy.Policy
+	// Conflicts says what becomes of the events of a destination stream
+	// that diverged (default conflict.Park); with conflict.Stream they are
+	// appended to ConflictStream.
+	Conflicts      conflict.Policy
+	ConflictStream string
 }
 
 // Replicator moves deliveries from the consumer to a sink.
@@ -93,8 +102,11 @@ type skipRun struct{ from, next uint64 }
 const maxRuns = 10000
 
 // divergence remembers where a destination stream stopped matching the
-// source, so that later events of the stream are parked too instead of being
-// appended after foreign events.
+// source, so that later events of the stream go the conflict policy's way at
+// once, without a write. (Where the destination takes writes of its own, the
+// sink finds a divergence again once this is forgotten, see
+// sinks.Source.Guarded; elsewhere this memory is what keeps later events from
+// being appended after foreign ones.)
 type divergence struct {
 	at     uint64
 	reason string
@@ -734,15 +746,15 @@ func (r *Replicator) failed(ctx context.Context, l *lane, rest []*item, we *sink
 		}
 		if we.Kind == sinks.Conflict {
 			r.markDiverged(l.stream, rest[0].ev.Seq, we.Reason)
-		}
-		r.logFailure(zerolog.WarnLevel, l, rest, we, "parking events")
-		for _, it := range rest {
-			for _, d := range it.ds {
-				d.Sub.Metrics.Parked.Inc()
-				d.Sub.Metrics.Failed.Inc()
+			if rest, we = r.conflicted(ctx, l, rest, we); len(rest) == 0 {
+				return 0
 			}
+			// The conflicts stream could not be written now: retried
+			// below as any transient failure (the events' own stream is
+			// not written again while the divergence is remembered).
+			break
 		}
-		r.nack(deliveries(rest), esdb.NackActionPark, "ditto: "+we.Reason)
+		r.park(l, rest, we)
 		return 0
 	}
 	r.mu.Lock()
@@ -786,6 +798,79 @@ func (r *Replicator) failed(ctx context.Context, l *lane, rest []*item, we *sink
 	r.mu.Unlock()
 	r.nack(deliveries(rest), esdb.NackActionRetry, "ditto: "+we.Reason)
 	return 0
+}
+
+// park nacks rest with park and the reason of we.
+func (r *Replicator) park(l *lane, rest []*item, we *sinks.WriteError) {
+	r.logFailure(zerolog.WarnLevel, l, rest, we, "parking events")
+	for _, it := range rest {
+		for _, d := range it.ds {
+			d.Sub.Metrics.Parked.Inc()
+			d.Sub.Metrics.Failed.Inc()
+		}
+	}
+	r.nack(deliveries(rest), esdb.NackActionPark, "ditto: "+we.Reason)
+}
+
+// conflicted applies the conflict policy to rest, events that the
+// destination stream refused as diverged (we). It returns nil once they are
+// settled; else the events still to settle, with the failure of the
+// conflicts stream's write, which the caller retries like any other.
+func (r *Replicator) conflicted(ctx context.Context, l *lane, rest []*item, we *sinks.WriteError) ([]*item, *sinks.WriteError) {
+	count := func(p conflict.Policy, items []*item) {
+		for _, it := range items {
+			for _, d := range it.ds {
+				d.Sub.Metrics.Conflicts[p.String()].Inc()
+			}
+		}
+	}
+	switch r.opts.Conflicts {
+	case conflict.Skip:
+		r.logFailure(zerolog.WarnLevel, l, rest, we, "skipping events of a diverged stream (DITTO_CONFLICT_POLICY=skip)")
+		count(conflict.Skip, rest)
+		r.ack(deliveries(rest))
+		return nil, nil
+	case conflict.Stream:
+		records := make([]sinks.Event, 0, len(rest))
+		var unrecordable []*item
+		kept := rest[:0:0]
+		for _, it := range rest {
+			rec, err := conflict.Record(it.ev, l.stream, we.Reason)
+			if err != nil {
+				unrecordable = append(unrecordable, it)
+				continue
+			}
+			records = append(records, rec)
+			kept = append(kept, it)
+		}
+		if len(unrecordable) > 0 {
+			// Nothing is lost: parked, with both reasons.
+			count(conflict.Park, unrecordable)
+			r.park(l, unrecordable, &sinks.WriteError{Kind: sinks.Conflict,
+				Reason: we.Reason + "; its metadata is not a JSON object, which cannot carry the reason into the conflicts stream " + r.opts.ConflictStream})
+		}
+		if len(kept) == 0 {
+			return nil, nil
+		}
+		if err := r.sink.Write(ctx, r.opts.ConflictStream, records); err != nil {
+			cwe := sinks.Classify(err)
+			reason := "writing the conflicts stream " + r.opts.ConflictStream + ": " + cwe.Reason
+			if cwe.Kind == sinks.Permanent || cwe.Kind == sinks.Conflict {
+				count(conflict.Park, kept)
+				r.park(l, kept, &sinks.WriteError{Kind: sinks.Conflict, Reason: we.Reason + "; " + reason, Err: cwe.Err})
+				return nil, nil
+			}
+			// Its written prefix is recognised when written again.
+			return kept, &sinks.WriteError{Kind: sinks.Transient, Reason: reason, Err: cwe.Err}
+		}
+		r.logFailure(zerolog.WarnLevel, l, kept, we, "recorded events of a diverged stream in the conflicts stream "+r.opts.ConflictStream)
+		count(conflict.Stream, kept)
+		r.ack(deliveries(kept))
+		return nil, nil
+	}
+	count(conflict.Park, rest)
+	r.park(l, rest, we)
+	return nil, nil
 }
 
 func (r *Replicator) logFailure(level zerolog.Level, l *lane, rest []*item, we *sinks.WriteError, msg string) {

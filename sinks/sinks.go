@@ -31,6 +31,11 @@ type Event struct {
 	Data        []byte
 	Metadata    []byte // user metadata
 	Created     time.Time
+	// AtEnd marks an event written to a stream other than its own, such as
+	// a record in a conflicts stream: the sink appends it at the end of the
+	// stream given to Write, in the order of the batch, instead of at its
+	// Number or Seq, and once per ID where the destination can tell.
+	AtEnd bool
 }
 
 // Size is the event's weight against a destination's append-size limit
@@ -50,7 +55,8 @@ const (
 	// failing event with the reason.
 	Permanent
 	// Conflict means the destination stream holds other events at the same
-	// numbers; the failing events are parked with the reason.
+	// numbers (it diverged); DITTO_CONFLICT_POLICY says what becomes of the
+	// failing events (see package conflict).
 	Conflict
 )
 

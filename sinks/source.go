@@ -1,13 +1,18 @@
 package sinks
 
-import "context"
+import (
+	"context"
+
+	"github.com/google/uuid"
+)
 
 // Source is what a sink may ask of ditto's source and policy where the
 // policy stage changes what a destination stream holds (see package
 // policy): a filter inside streams or a consolidated stream, where
-// destination numbers are the destination's own, and the copy of source
-// stream metadata. ditto hands it to every sink in Env.Source; a sink that
-// needs none of it ignores it.
+// destination numbers are the destination's own, the copy of source
+// stream metadata, and a destination that takes writes of its own. ditto
+// hands it to every sink in Env.Source; a sink that needs none of it
+// ignores it.
 type Source interface {
 	// Sequenced reports whether destination numbers are the destination's
 	// own. A sink that writes exactly once then orders by Event.Seq: an
@@ -26,6 +31,16 @@ type Source interface {
 	// destination stream than dest. A seq that is not covered is an event
 	// on its way, possibly held by another ditto process.
 	Covered(ctx context.Context, dest string, ev *Event, from, to uint64) (bool, error)
+	// Guarded reports whether the destination takes writes of its own
+	// (DITTO_DESTINATION_NAME is set: active/active, a failback). A sink
+	// that keeps source numbers then appends an event after one it has not
+	// written or checked itself only once EventID shows that the
+	// destination's event there is the source's: a diverged stream stays
+	// diverged, nothing is appended after foreign events.
+	Guarded() bool
+	// EventID returns the id of event n of the source stream; ok is false
+	// if the source no longer has it.
+	EventID(ctx context.Context, stream string, n uint64) (id uuid.UUID, ok bool, err error)
 	// CopiesStreamMetadata reports whether source stream metadata is to be
 	// copied to the destination streams (DITTO_COPY_STREAM_METADATA).
 	CopiesStreamMetadata() bool

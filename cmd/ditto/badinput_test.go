@@ -17,6 +17,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/ditto-replicator/ditto/internal/esdbtest"
+	"github.com/ditto-replicator/ditto/internal/metrics"
 	"github.com/ditto-replicator/ditto/internal/testutil"
 	"github.com/ditto-replicator/ditto/verify"
 )
@@ -106,6 +107,15 @@ var badConfig = []struct {
 	{"DITTO_COPY_STREAM_METADATA with DITTO_SINK=stdout", map[string]string{"DITTO_COPY_STREAM_METADATA": "true", "DITTO_SINK": "stdout"}, 2, []string{"DITTO_COPY_STREAM_METADATA=true: the stdout sink has no stream metadata to set"}},
 	{"DITTO_COPY_STREAM_METADATA with a consolidated stream", map[string]string{"DITTO_COPY_STREAM_METADATA": "true", "DITTO_STREAM_TEMPLATE": "all-customers"}, 2, []string{"a consolidated stream has many source streams"}},
 	{"DITTO_COPY_STREAM_ACL without DITTO_COPY_STREAM_METADATA", map[string]string{"DITTO_COPY_STREAM_ACL": "true"}, 2, []string{"DITTO_COPY_STREAM_ACL=true needs DITTO_COPY_STREAM_METADATA=true"}},
+	{"DITTO_DESTINATION_NAME without DITTO_ORIGIN_NAME", map[string]string{"DITTO_DESTINATION_NAME": "us", "DITTO_PROVENANCE": "true"}, 2, []string{`DITTO_DESTINATION_NAME="us" needs DITTO_ORIGIN_NAME`}},
+	{"DITTO_DESTINATION_NAME without provenance", map[string]string{"DITTO_DESTINATION_NAME": "us", "DITTO_ORIGIN_NAME": "eu"}, 2, []string{`DITTO_DESTINATION_NAME="us": loop prevention reads the $origin chain of provenance metadata, which this configuration does not write: set DITTO_PROVENANCE=true`}},
+	{"DITTO_DESTINATION_NAME equal to DITTO_ORIGIN_NAME", map[string]string{"DITTO_DESTINATION_NAME": "eu", "DITTO_ORIGIN_NAME": "eu", "DITTO_PROVENANCE": "true"}, 2, []string{`DITTO_DESTINATION_NAME="eu" is DITTO_ORIGIN_NAME too`}},
+	{"DITTO_DESTINATION_NAME with a control character", map[string]string{"DITTO_DESTINATION_NAME": "u\ts", "DITTO_ORIGIN_NAME": "eu", "DITTO_PROVENANCE": "true"}, 2, []string{`DITTO_DESTINATION_NAME="u\ts" must not contain control characters`}},
+	{"DITTO_DESTINATION_NAME with DITTO_DESTINATIONS", fanOutBad(map[string]string{"DITTO_DESTINATION_NAME": "us", "DITTO_ORIGIN_NAME": "eu", "DITTO_PROVENANCE": "true"}), 2, []string{`DITTO_DESTINATION_NAME="us" with DITTO_DESTINATIONS: an event from the named cluster would be dropped for every destination`}},
+	{"DITTO_CONFLICT_POLICY unknown", map[string]string{"DITTO_CONFLICT_POLICY": "overwrite"}, 2, []string{`DITTO_CONFLICT_POLICY="overwrite": expected park, conflict-stream, skip`}},
+	{"DITTO_CONFLICT_POLICY=conflict-stream with DITTO_DESTINATIONS", fanOutBad(map[string]string{"DITTO_CONFLICT_POLICY": "conflict-stream"}), 2, []string{"DITTO_CONFLICT_POLICY=conflict-stream with DITTO_DESTINATIONS: the conflicts stream would be written to every destination"}},
+	{"DITTO_CONFLICT_STREAM without DITTO_CONFLICT_POLICY=conflict-stream", map[string]string{"DITTO_CONFLICT_STREAM": "conflicts"}, 2, []string{`DITTO_CONFLICT_STREAM="conflicts" is set, but DITTO_CONFLICT_POLICY=park writes no conflicts stream`}},
+	{"DITTO_CONFLICT_STREAM a system stream", map[string]string{"DITTO_CONFLICT_POLICY": "conflict-stream", "DITTO_CONFLICT_STREAM": "$conflicts"}, 2, []string{`DITTO_CONFLICT_STREAM="$conflicts": the conflicts stream must not start with '$'`}},
 	{"several problems at once", map[string]string{"DITTO_BUFFER_SIZE": "0", "DITTO_LOG_LEVEL": "loud", "DITTO_SUBSCRIPTIONS": ""}, 2, []string{"DITTO_BUFFER_SIZE=0", "DITTO_LOG_LEVEL=\"loud\"", "DITTO_SUBSCRIPTIONS is required"}},
 }
 
@@ -200,6 +210,7 @@ var badRuntime = []struct {
 	{"destination stream tombstoned", testDestinationTombstoned},
 	{"destination stream soft-deleted", testDestinationSoftDeleted},
 	{"destination stream diverged", testDestinationDiverged},
+	{"diverged stream with DITTO_CONFLICT_POLICY=conflict-stream", testDivergedConflictStream},
 	{"unresolved links", testUnresolvedLinks},
 	{"source stream deleted mid-run", testSourceDeletedMidRun},
 	{"source stream tombstoned mid-run", testSourceTombstonedMidRun},
@@ -649,6 +660,44 @@ func testDestinationDiverged(t *testing.T) {
 	appendEvents(t, e.dstC, stream, esdb.NoStream{}, evs[0], evs[1], testEvents(stream, 2, 1)[0])
 	startDitto(t, e, nil)
 	waitParked(t, e.srcC, 2, "destination stream "+stream+" diverged at 2")
+}
+
+// testDivergedConflictStream: the destination holds a foreign event at 0;
+// the source's events go to the conflicts stream with the reason, but the
+// one whose metadata is binary, which is parked with both reasons.
+func testDivergedConflictStream(t *testing.T) {
+	e := newEnv(t)
+	e.createGroup(t, "$ce-customer", "ditto", esdb.ConsumerStrategyPinned)
+	stream := "customer-div"
+	evs := testEvents(stream, 0, 5) // event 3 has binary metadata
+	appendEvents(t, e.srcC, stream, esdb.NoStream{}, evs...)
+	appendEvents(t, e.dstC, stream, esdb.NoStream{}, testEvents(stream, 0, 1)...)
+	r := startDitto(t, e, map[string]string{"DITTO_CONFLICT_POLICY": "conflict-stream", "DITTO_BATCH_MAX_EVENTS": "2"})
+	waitParked(t, e.srcC, 1, "destination stream "+stream+" diverged at 0: it holds event ")
+	reasons := parked(t, e.srcC, "$ce-customer", "ditto")
+	if len(reasons) != 1 || !strings.Contains(reasons[0], "; its metadata is not a JSON object, which cannot carry the reason into the conflicts stream ditto-conflicts") {
+		t.Fatalf("park reasons %q", reasons)
+	}
+	var records []*esdb.RecordedEvent
+	testutil.Eventually(t, 30*time.Second, "4 events in ditto-conflicts", func() bool {
+		records = readIfAny(t, e.dstC, "ditto-conflicts")
+		return len(records) == 4
+	})
+	for i, n := range []int{0, 1, 2, 4} {
+		var md map[string]any
+		if records[i].EventID != evs[n].EventID || json.Unmarshal(records[i].UserMetadata, &md) != nil ||
+			md["$conflictStreamId"] != stream || md["$originalEventNumber"] != float64(n) ||
+			!strings.Contains(fmt.Sprint(md["$conflictReason"]), "destination stream "+stream+" diverged at 0") {
+			t.Fatalf("record %d: %s %s", i, records[i].EventID, records[i].UserMetadata)
+		}
+	}
+	if got := readAll(t, e.dstC, stream); len(got) != 1 {
+		t.Fatalf("the diverged stream holds %d events, want its own one", len(got))
+	}
+	testutil.Eventually(t, 10*time.Second, "counted by policy", func() bool {
+		return counterValue(r.svc.metrics.Conflicts.WithLabelValues(metrics.App, "$ce-customer", "ditto", "conflict-stream")) == 4 &&
+			counterValue(r.svc.metrics.Conflicts.WithLabelValues(metrics.App, "$ce-customer", "ditto", "park")) == 1
+	})
 }
 
 func testUnresolvedLinks(t *testing.T) {

@@ -60,7 +60,7 @@ func newService(ctx context.Context, cfg *config.Config, log zerolog.Logger, out
 		plugin, _ := sinks.Lookup(cfg.Sink) // config checked the name
 		io := s.metrics.IODuration
 		var src sinks.Source
-		if cfg.Policy.Sequenced() || cfg.CopyStreamMetadata {
+		if cfg.Policy.Sequenced() || cfg.CopyStreamMetadata || cfg.Policy.DestinationName() != "" {
 			// A client of its own, so that these reads never wait behind
 			// the consumer's.
 			first, err := newClient(cfg.SourceConnectionString, log)
@@ -193,6 +193,8 @@ func (s *service) run(ctx context.Context) error {
 		BackoffMax:     s.cfg.RetryBackoffMax,
 		DrainTimeout:   s.cfg.ShutdownTimeout,
 		Policy:         s.cfg.Policy,
+		Conflicts:      s.cfg.Conflicts,
+		ConflictStream: s.cfg.ConflictStream,
 	}, s.log)
 	// Buffered so that the reader and the replicator do not hand over
 	// every event in step (a goroutine switch each); the source's buffer
@@ -209,7 +211,8 @@ func (s *service) run(ctx context.Context) error {
 	}()
 	s.log.Info().Str("subscriptions", s.cfg.Subscriptions).Str("sink", sinkLabel(s.cfg)).Str("destinations", s.cfg.Destinations).Int("bufferSize", s.cfg.BufferSize).
 		Bool("readOnly", s.cfg.ReadOnly).Int("writers", s.cfg.Writers).Str("mode", s.cfg.Policy.Mode().String()).
-		Bool("provenance", s.cfg.Policy.Provenance()).Msg("ditto started")
+		Bool("provenance", s.cfg.Policy.Provenance()).Str("origin", s.cfg.OriginName).Str("destinationName", s.cfg.DestinationName).
+		Str("conflictPolicy", s.cfg.Conflicts.String()).Msg("ditto started")
 	rep.Run(stop, deliveries)
 	err := <-consumed
 	if err != nil {

@@ -39,11 +39,16 @@ type Metrics struct {
 	RecoveryPointSeconds *prometheus.GaugeVec
 	RecoveryPointExact   *prometheus.GaugeVec
 	Filtered             *prometheus.CounterVec // labels app, stream, group, reason
+	Conflicts            *prometheus.CounterVec // labels app, stream, group, policy
 }
 
 // FilterReasons are the values of ditto_events_filtered_total's reason label
 // (package policy's reasons).
-var FilterReasons = []string{"stream", "system_event_type", "event_type", "metadata"}
+var FilterReasons = []string{"stream", "system_event_type", "event_type", "metadata", "origin"}
+
+// ConflictPolicies are the values of ditto_events_conflicts_total's policy
+// label (package conflict's policies).
+var ConflictPolicies = []string{"park", "conflict-stream", "skip"}
 
 // New creates the metrics on a fresh registry (with the Go and process
 // collectors), so tests and several instances never collide.
@@ -93,7 +98,9 @@ func New() *Metrics {
 		"1 when the destination said what it holds; 0 when every event after the checkpoint was counted (an upper bound).")
 	m.Filtered = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ditto_events_filtered_total",
 		Help: "Events the selective-replication policy dropped (acked, never written), by reason."}, append(subLabels[:3:3], "reason"))
-	r.MustRegister(m.CurrentEvent, m.ReplicationDelay, m.Connected, m.IODuration, m.BatchSize, m.InFlight, m.Filtered)
+	m.Conflicts = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ditto_events_conflicts_total",
+		Help: "Events of destination streams that diverged, by the DITTO_CONFLICT_POLICY applied to them (parked, recorded in the conflicts stream, or skipped)."}, append(subLabels[:3:3], "policy"))
+	r.MustRegister(m.CurrentEvent, m.ReplicationDelay, m.Connected, m.IODuration, m.BatchSize, m.InFlight, m.Filtered, m.Conflicts)
 	// Constant 1; the labels say which build runs, so a dashboard can show
 	// the versions of a fleet and an upgrade can be followed.
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "ditto_build_info",
@@ -124,6 +131,8 @@ type Sub struct {
 	ReplicationDelay                                                              prometheus.Observer
 	// Filtered has a counter per FilterReasons value.
 	Filtered map[string]prometheus.Counter
+	// Conflicts has a counter per ConflictPolicies value.
+	Conflicts map[string]prometheus.Counter
 }
 
 // ForSubscription binds the metrics of subscription stream:group.
@@ -133,8 +142,12 @@ func (m *Metrics) ForSubscription(stream, group string) *Sub {
 	for _, reason := range FilterReasons {
 		filtered[reason] = m.Filtered.WithLabelValues(App, stream, group, reason)
 	}
+	conflicts := make(map[string]prometheus.Counter, len(ConflictPolicies))
+	for _, p := range ConflictPolicies {
+		conflicts[p] = m.Conflicts.WithLabelValues(App, stream, group, p)
+	}
 	return &Sub{
-		Filtered: filtered,
+		Filtered: filtered, Conflicts: conflicts,
 		Received: m.Received.With(l), Unresolved: m.Unresolved.With(l), Skipped: m.Skipped.With(l),
 		Processed: m.Processed.With(l), Failed: m.Failed.With(l), Parked: m.Parked.With(l),
 		Retried: m.Retried.With(l), Reconnects: m.Reconnects.With(l),

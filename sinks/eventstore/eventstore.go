@@ -53,6 +53,7 @@ type Sink struct {
 	src    sinks.Source // nil: plain writes by number, no metadata copy
 	seq    bool         // src.Sequenced()
 	pos    positions    // of destination streams, where seq
+	known  checked      // streams' last events known to be the source's, where guarded
 
 	metaMu   sync.Mutex
 	meta     map[string]metaState // by destination stream, with copyMeta
@@ -172,6 +173,11 @@ func (s *Sink) Write(ctx context.Context, stream string, events []sinks.Event) e
 	if len(events) == 0 {
 		return nil
 	}
+	if events[0].AtEnd {
+		// Records of other streams' events (a conflicts stream): appended
+		// at the end, recognised by id when written again.
+		return s.writeAny(ctx, stream, events)
+	}
 	if s.copyMeta() {
 		if err := s.syncMetadata(ctx, stream, &events[0]); err != nil {
 			return err
@@ -188,14 +194,26 @@ func (s *Sink) Write(ctx context.Context, stream string, events []sinks.Event) e
 	if s.opts.SkipVersionCheck {
 		return s.writeAny(ctx, stream, events)
 	}
+	guarded := s.guarded()
 	written := 0
 	// Each round either finishes, fails, or moves past at least one event
 	// already on the destination, so it runs at most len(events)+1 times.
 	for written < len(events) {
 		batch := events[written:]
+		if guarded {
+			if err := s.checkBefore(ctx, stream, &batch[0]); err != nil {
+				we := sinks.Classify(err)
+				we.Written = written
+				return we
+			}
+		}
 		res, err := s.append(ctx, stream, expectedBefore(batch[0].Number), batch)
 		if err == nil {
-			return renumbered(stream, batch, res, written)
+			err = renumbered(stream, batch, res, written)
+			if err == nil && guarded {
+				s.known.put(stream, batch[len(batch)-1].Number)
+			}
+			return err
 		}
 		if !wrongVersion(err) {
 			we := classify(err, stream)
@@ -204,6 +222,9 @@ func (s *Sink) Write(ctx context.Context, stream string, events []sinks.Event) e
 		}
 		n, err := s.alreadyWritten(ctx, stream, batch)
 		written += n
+		if n > 0 && guarded {
+			s.known.put(stream, batch[n-1].Number)
+		}
 		if err != nil {
 			var we *sinks.WriteError
 			if !errors.As(err, &we) {

@@ -242,6 +242,7 @@ func TestWithoutBatchAppend(t *testing.T) {
 		{"tombstoned", TestTombstonedDestinationIsPermanent},
 		{"skip version", TestSkipVersionCheckIsIdempotent},
 		{"soft deleted", TestSoftDeletedDestinationIsConflict},
+		{"records", TestRecordsAreAppendedAtTheEnd},
 	} {
 		t.Run(test.name, test.fn)
 	}
