@@ -18,8 +18,8 @@ import (
 	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
 	"github.com/kelseyhightower/envconfig"
 
-	"github.com/ditto-replicator/ditto/conflict"
 	"github.com/ditto-replicator/ditto/policy"
+	"github.com/ditto-replicator/ditto/replicator/conflict"
 	"github.com/ditto-replicator/ditto/sinks"
 )
 

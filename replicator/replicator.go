@@ -36,10 +36,10 @@ import (
 	"github.com/cenkalti/backoff/v4"
 	"github.com/rs/zerolog"
 
-	"github.com/ditto-replicator/ditto/conflict"
 	"github.com/ditto-replicator/ditto/consumer"
 	"github.com/ditto-replicator/ditto/internal/metrics"
 	"github.com/ditto-replicator/ditto/policy"
+	"github.com/ditto-replicator/ditto/replicator/conflict"
 	"github.com/ditto-replicator/ditto/sinks"
 )
 

@@ -12,9 +12,9 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/ditto-replicator/ditto/internal/esdbtest"
+	"github.com/ditto-replicator/ditto/internal/recovery"
 	"github.com/ditto-replicator/ditto/internal/testutil"
 	"github.com/ditto-replicator/ditto/policy"
-	"github.com/ditto-replicator/ditto/recovery"
 	"github.com/ditto-replicator/ditto/verify"
 )
 

@@ -12,7 +12,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/ditto-replicator/ditto/config"
-	"github.com/ditto-replicator/ditto/groups"
+	"github.com/ditto-replicator/ditto/internal/groups"
 )
 
 const groupsUsage = `Usage: ditto groups copy [--groups stream:group,...] [--dry-run] [--replace] [--json]

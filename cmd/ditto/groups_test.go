@@ -10,7 +10,7 @@ import (
 
 	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
 
-	"github.com/ditto-replicator/ditto/groups"
+	"github.com/ditto-replicator/ditto/internal/groups"
 	"github.com/ditto-replicator/ditto/internal/testutil"
 	"github.com/ditto-replicator/ditto/verify"
 )

@@ -15,7 +15,7 @@ import (
 
 	"github.com/ditto-replicator/ditto/config"
 	"github.com/ditto-replicator/ditto/internal/metrics"
-	"github.com/ditto-replicator/ditto/recovery"
+	"github.com/ditto-replicator/ditto/internal/recovery"
 	"github.com/ditto-replicator/ditto/sinks"
 )
 

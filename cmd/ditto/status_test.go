@@ -10,8 +10,8 @@ import (
 	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
 
 	"github.com/ditto-replicator/ditto/internal/metrics"
+	"github.com/ditto-replicator/ditto/internal/recovery"
 	"github.com/ditto-replicator/ditto/internal/testutil"
-	"github.com/ditto-replicator/ditto/recovery"
 	"github.com/ditto-replicator/ditto/verify"
 )
 

@@ -10,8 +10,8 @@ import (
 	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
 	"github.com/google/uuid"
 
-	"github.com/ditto-replicator/ditto/groups"
 	"github.com/ditto-replicator/ditto/internal/esdbtest"
+	"github.com/ditto-replicator/ditto/internal/groups"
 	"github.com/ditto-replicator/ditto/internal/testutil"
 )
 

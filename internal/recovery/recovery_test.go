@@ -12,8 +12,8 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/ditto-replicator/ditto/internal/esdbtest"
+	"github.com/ditto-replicator/ditto/internal/recovery"
 	"github.com/ditto-replicator/ditto/internal/testutil"
-	"github.com/ditto-replicator/ditto/recovery"
 	"github.com/ditto-replicator/ditto/sinks"
 	"github.com/ditto-replicator/ditto/sinks/eventstore"
 )
