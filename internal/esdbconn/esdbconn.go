@@ -14,6 +14,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"sync"
 	"time"
 
@@ -170,4 +171,30 @@ func NewClient(cs string, log zerolog.Logger) (*esdb.Client, error) {
 		log.Debug().Str("component", "esdb-client").Str("clientLevel", level).Msgf(format, args...)
 	}
 	return esdb.NewClient(conf)
+}
+
+// LastNumber is the number of the last event of stream, or -1 when the
+// stream has none (or does not exist).
+func LastNumber(ctx context.Context, c *esdb.Client, stream string) (int64, error) {
+	rs, err := c.ReadStream(ctx, stream, esdb.ReadStreamOptions{Direction: esdb.Backwards, From: esdb.End{}}, 1)
+	if err != nil {
+		if notFound(err) {
+			return -1, nil
+		}
+		return 0, err
+	}
+	defer rs.Close()
+	ev, err := rs.Recv()
+	switch {
+	case errors.Is(err, io.EOF), notFound(err):
+		return -1, nil
+	case err != nil:
+		return 0, err
+	}
+	return int64(ev.OriginalEvent().EventNumber), nil
+}
+
+func notFound(err error) bool {
+	var e *esdb.Error
+	return errors.As(err, &e) && e.Code() == esdb.ErrorCodeResourceNotFound
 }

@@ -24,6 +24,8 @@ import (
 	"strings"
 
 	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
+
+	"github.com/ditto-replicator/ditto/internal/esdbconn"
 )
 
 // Group names a persistent subscription group on a stream.
@@ -192,7 +194,7 @@ func copyGroup(ctx context.Context, src, dst *esdb.Client, opts Options, r *Resu
 
 // place computes where the destination group starts (see the package doc).
 func place(ctx context.Context, src, dst *esdb.Client, info *esdb.PersistentSubscriptionInfo, page int, r *Result) error {
-	srcLast, err := lastNumber(ctx, src, r.Stream)
+	srcLast, err := esdbconn.LastNumber(ctx, src, r.Stream)
 	if err != nil {
 		return fmt.Errorf("reading %s on the source: %w", r.Stream, err)
 	}
@@ -217,7 +219,7 @@ func place(ctx context.Context, src, dst *esdb.Client, info *esdb.PersistentSubs
 			return fmt.Errorf("reading %s on the source from %d: %w", r.Stream, r.Next, err)
 		}
 	}
-	dstLast, err := lastNumber(ctx, dst, r.Stream)
+	dstLast, err := esdbconn.LastNumber(ctx, dst, r.Stream)
 	if err != nil {
 		return fmt.Errorf("reading %s on the destination: %w", r.Stream, err)
 	}
@@ -289,7 +291,7 @@ func Next(info *esdb.PersistentSubscriptionInfo, sourceLast int64) (uint64, *uin
 
 // LastNumber is the last event number of stream, or -1 if it has none.
 func LastNumber(ctx context.Context, c *esdb.Client, stream string) (int64, error) {
-	return lastNumber(ctx, c, stream)
+	return esdbconn.LastNumber(ctx, c, stream)
 }
 
 // original returns the original stream and number an event of a
@@ -308,26 +310,6 @@ func original(ev *esdb.RecordedEvent) (string, uint64, bool) {
 		return "", 0, false
 	}
 	return stream, n, true
-}
-
-// lastNumber is the last event number of stream, or -1 if it has none.
-func lastNumber(ctx context.Context, c *esdb.Client, stream string) (int64, error) {
-	rs, err := c.ReadStream(ctx, stream, esdb.ReadStreamOptions{Direction: esdb.Backwards, From: esdb.End{}}, 1)
-	if err != nil {
-		if hasCode(err, esdb.ErrorCodeResourceNotFound) {
-			return -1, nil
-		}
-		return 0, err
-	}
-	defer rs.Close()
-	ev, err := rs.Recv()
-	switch {
-	case errors.Is(err, io.EOF), hasCode(err, esdb.ErrorCodeResourceNotFound):
-		return -1, nil
-	case err != nil:
-		return 0, err
-	}
-	return int64(ev.OriginalEvent().EventNumber), nil
 }
 
 // has reports whether stream holds event number n.

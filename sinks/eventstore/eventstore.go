@@ -145,22 +145,7 @@ func (s *Sink) last(ctx context.Context, stream string) (int64, error) {
 	start := time.Now()
 	defer s.observe("read_stream", start)
 	return esdbconn.Call(ctx, s.client, func(client *esdb.Client, _ func() bool) (int64, error) {
-		rs, err := client.ReadStream(ctx, stream, esdb.ReadStreamOptions{Direction: esdb.Backwards, From: esdb.End{}}, 1)
-		if err != nil {
-			if hasCode(err, esdb.ErrorCodeResourceNotFound) {
-				return -1, nil
-			}
-			return 0, err
-		}
-		defer rs.Close()
-		ev, err := rs.Recv()
-		switch {
-		case errors.Is(err, io.EOF), hasCode(err, esdb.ErrorCodeResourceNotFound):
-			return -1, nil
-		case err != nil:
-			return 0, err
-		}
-		return int64(ev.OriginalEvent().EventNumber), nil
+		return esdbconn.LastNumber(ctx, client, stream)
 	})
 }
 
