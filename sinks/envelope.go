@@ -3,10 +3,13 @@ package sinks
 import (
 	"bytes"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"strconv"
 	"time"
 	"unicode/utf8"
+
+	"github.com/google/uuid"
 )
 
 // AppendEnvelope appends e as the JSON envelope of benfoster/ditto's Kinesis
@@ -25,7 +28,7 @@ func AppendEnvelope(dst []byte, e *Event, replicatedOn time.Time) []byte {
 	dst = append(dst, `{"stream_id":`...)
 	dst = appendJSONString(dst, e.Stream)
 	dst = append(dst, `,"event_id":"`...)
-	dst = append(dst, e.ID.String()...)
+	dst = AppendUUID(dst, e.ID)
 	dst = append(dst, `","event_number":`...)
 	dst = strconv.AppendUint(dst, e.Number, 10)
 	dst = append(dst, `,"event_type":`...)
@@ -57,7 +60,36 @@ func appendBody(dst []byte, name string, b []byte, maybeJSON bool) []byte {
 	return append(dst, `_encoding":"base64"`...)
 }
 
+// AppendUUID appends id in its canonical form, as uuid.UUID.String does,
+// without a string per event.
+func AppendUUID(dst []byte, id uuid.UUID) []byte {
+	dst = hex.AppendEncode(dst, id[0:4])
+	dst = append(dst, '-')
+	dst = hex.AppendEncode(dst, id[4:6])
+	dst = append(dst, '-')
+	dst = hex.AppendEncode(dst, id[6:8])
+	dst = append(dst, '-')
+	dst = hex.AppendEncode(dst, id[8:10])
+	dst = append(dst, '-')
+	return hex.AppendEncode(dst, id[10:16])
+}
+
+// appendJSONString appends s as a JSON string, as encoding/json writes it
+// without HTML escaping. Stream names and event types are nearly always
+// printable ASCII without quotes or backslashes, which need no escaping:
+// only other strings go through the encoder.
 func appendJSONString(dst []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' {
+			return appendEncodedString(dst, s)
+		}
+	}
+	dst = append(dst, '"')
+	dst = append(dst, s...)
+	return append(dst, '"')
+}
+
+func appendEncodedString(dst []byte, s string) []byte {
 	var b bytes.Buffer
 	enc := json.NewEncoder(&b)
 	enc.SetEscapeHTML(false)

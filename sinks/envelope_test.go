@@ -64,3 +64,40 @@ func TestEnvelope(t *testing.T) {
 		})
 	}
 }
+
+func TestAppendUUID(t *testing.T) {
+	for i := 0; i < 100; i++ {
+		id := uuid.New()
+		if got := string(AppendUUID([]byte("x"), id)); got != "x"+id.String() {
+			t.Fatalf("%s, want x%s", got, id)
+		}
+	}
+}
+
+// Strings that need no escaping skip the encoder; every string comes out
+// as the encoder writes it.
+func TestAppendJSONString(t *testing.T) {
+	for _, s := range []string{"", "customer-1", "a b.c_d:e/f~", "<&>", `q"uote`, `back\slash`, "tab\t", "\x7f", "Zoë", "🦀",
+		"line\u2028sep", "bad \xff utf-8", "\x00"} {
+		got, want := appendJSONString([]byte("x"), s), appendEncodedString([]byte("x"), s)
+		if string(got) != string(want) {
+			t.Errorf("%q: got %s, want %s", s, got, want)
+		}
+		var back string
+		if err := json.Unmarshal(got[1:], &back); err != nil {
+			t.Errorf("%q: %s does not parse: %v", s, got, err)
+		}
+	}
+}
+
+func BenchmarkAppendEnvelope(b *testing.B) {
+	e := Event{Stream: "customer-8cda", ID: uuid.New(), Type: "customer_registered", ContentType: "application/json",
+		Data: []byte(`{"first_name":"John","last_name":"Smith","email":"john@example.com"}`), Metadata: []byte(`{"$correlationId":"c"}`),
+		Created: time.Now()}
+	buf := make([]byte, 0, 1024)
+	now := time.Now()
+	b.ReportAllocs()
+	for b.Loop() {
+		buf = AppendEnvelope(buf[:0], &e, now)
+	}
+}

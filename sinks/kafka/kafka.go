@@ -6,7 +6,6 @@ package kafka
 
 import (
 	"context"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"regexp"
@@ -17,7 +16,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 	"github.com/twmb/franz-go/pkg/kerr"
@@ -321,7 +319,7 @@ func (k *Sink) build(topic, stream string, events []sinks.Event, now time.Time) 
 	for i := range events {
 		e := &events[i]
 		from := len(buf)
-		buf = appendUUID(buf, e.ID)
+		buf = sinks.AppendUUID(buf, e.ID)
 		mark(from)
 		from = len(buf)
 		buf = strconv.AppendUint(buf, e.Number, 10)
@@ -376,20 +374,6 @@ func (k *Sink) build(topic, stream string, events []sinks.Event, now time.Time) 
 		sizes[i] = size
 	}
 	return recs, sizes
-}
-
-// appendUUID appends id in its canonical form, as uuid.UUID.String does,
-// without a string per event.
-func appendUUID(dst []byte, id uuid.UUID) []byte {
-	dst = hex.AppendEncode(dst, id[0:4])
-	dst = append(dst, '-')
-	dst = hex.AppendEncode(dst, id[4:6])
-	dst = append(dst, '-')
-	dst = hex.AppendEncode(dst, id[6:8])
-	dst = append(dst, '-')
-	dst = hex.AppendEncode(dst, id[8:10])
-	dst = append(dst, '-')
-	return hex.AppendEncode(dst, id[10:16])
 }
 
 // nonNil keeps empty data an empty value: a null value is a deletion

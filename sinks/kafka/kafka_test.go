@@ -482,12 +482,3 @@ func TestSettings(t *testing.T) {
 		})
 	}
 }
-
-func TestAppendUUID(t *testing.T) {
-	for i := 0; i < 100; i++ {
-		id := uuid.New()
-		if got := string(appendUUID([]byte("x"), id)); got != "x"+id.String() {
-			t.Fatalf("%s, want x%s", got, id)
-		}
-	}
-}
