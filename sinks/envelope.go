@@ -74,6 +74,12 @@ func AppendUUID(dst []byte, id uuid.UUID) []byte {
 	return hex.AppendEncode(dst, id[10:16])
 }
 
+// EnvelopeSize is about the size of e's envelope (its bodies as base64 at
+// worst), to allocate it once.
+func EnvelopeSize(e *Event) int {
+	return 256 + 2*len(e.Stream) + 2*len(e.Type) + (len(e.Data)+len(e.Metadata))*4/3
+}
+
 // appendJSONString appends s as a JSON string, as encoding/json writes it
 // without HTML escaping. Stream names and event types are nearly always
 // printable ASCII without quotes or backslashes, which need no escaping:

@@ -304,8 +304,7 @@ func (k *Sink) build(topic, stream string, events []sinks.Event, now time.Time) 
 		e := &events[i]
 		size += 36 + 20 + len(time.RFC3339Nano) + len(e.Type) + len(e.ContentType)
 		if k.envelope {
-			// Base64 at worst, and the fields around.
-			size += 200 + len(e.Stream) + len(e.Type) + (len(e.Data)+len(e.Metadata))*4/3
+			size += sinks.EnvelopeSize(e)
 		}
 	}
 	buf := make([]byte, 0, size)

@@ -219,7 +219,7 @@ func (s *Sink) Write(ctx context.Context, stream string, events []sinks.Event) e
 	key := partitionKey(stream)
 	for i := range events {
 		e := &events[i]
-		data := sinks.AppendEnvelope(make([]byte, 0, envelopeSize(e)), e, time.Now())
+		data := sinks.AppendEnvelope(make([]byte, 0, sinks.EnvelopeSize(e)), e, time.Now())
 		if n := len(data) + len(key); n > maxRecordBytes {
 			return &sinks.WriteError{Kind: sinks.Permanent, Written: i,
 				Reason: fmt.Sprintf("event %d of stream %s is %d bytes as a Kinesis record (envelope and partition key), over Kinesis's limit of %d bytes (1 MiB)",
@@ -470,9 +470,4 @@ func partitionKey(stream string) string {
 	}
 	sum := sha256.Sum256([]byte(stream))
 	return "sha256:" + hex.EncodeToString(sum[:])
-}
-
-// envelopeSize is about the size of e's envelope, to allocate it once.
-func envelopeSize(e *sinks.Event) int {
-	return 256 + 2*len(e.Stream) + 2*len(e.Type) + (len(e.Data)+len(e.Metadata))*4/3
 }
