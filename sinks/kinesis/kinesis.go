@@ -85,12 +85,10 @@ type Options struct {
 // Sink writes to one Kinesis stream. It is safe for concurrent Writes of
 // different source streams (the replicator writes one stream at a time).
 type Sink struct {
-	client  *kinesis.Client
-	name    *string // the stream's name, always sent
-	arn     *string // its ARN, sent too when configured
-	display string  // what messages call the stream
-	opts    Options
-	log     zerolog.Logger
+	client *kinesis.Client
+	id     streamID
+	opts   Options
+	log    zerolog.Logger
 
 	queue  chan *record  // records waiting for a call
 	slots  chan struct{} // one per call in flight
@@ -164,21 +162,17 @@ func New(client *kinesis.Client, opts Options) (*Sink, error) {
 		opts.Observe = func(string, time.Duration) {}
 	}
 	s := &Sink{
-		client:  client,
-		name:    aws.String(id.name),
-		display: id.display(),
-		opts:    opts,
-		log:     opts.Log,
-		queue:   make(chan *record, maxCallRecords),
-		slots:   make(chan struct{}, opts.CallsInFlight),
-		held:    map[string]hold{},
+		client: client,
+		id:     id,
+		opts:   opts,
+		log:    opts.Log,
+		queue:  make(chan *record, maxCallRecords),
+		slots:  make(chan struct{}, opts.CallsInFlight),
+		held:   map[string]hold{},
 		retried: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ditto_kinesis_records_retried_total",
 			Help: "Records put again: by ditto after Kinesis rejected them in a PutRecords answer, or by the SDK's retryer after a failed call; code is Kinesis's error code."}, []string{"code"}),
 		throttled: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ditto_kinesis_records_throttled_total",
 			Help: "Records Kinesis refused for throughput, one by one or as a whole throttled call; code is Kinesis's error code."}, []string{"code"}),
-	}
-	if id.arn != "" {
-		s.arn = aws.String(id.arn)
 	}
 	if opts.Metrics != nil {
 		for _, c := range []*prometheus.CounterVec{s.retried, s.throttled} {
@@ -252,7 +246,7 @@ func (s *Sink) put(ctx context.Context, stream string, e *sinks.Event, key strin
 			return &sinks.WriteError{Kind: sinks.Transient, Reason: "Kinesis write abandoned", Err: err}
 		}
 		if o.err != nil {
-			f := classify(o.err, s.display)
+			f := classify(o.err, s.id.display())
 			if f.invalid && !r.alone {
 				// Kinesis refused the whole call; another record of it
 				// may be to blame. Put this one on its own.
@@ -369,15 +363,16 @@ func (s *Sink) call(batch []*record) {
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, s.opts.CallTimeout)
 	start := time.Now()
-	out, err := s.client.PutRecords(ctx, &kinesis.PutRecordsInput{StreamName: s.name, StreamARN: s.arn, Records: entries},
-		s.countRetries(len(batch)))
+	in := &kinesis.PutRecordsInput{Records: entries}
+	in.StreamName, in.StreamARN = s.id.names()
+	out, err := s.client.PutRecords(ctx, in, s.countRetries(len(batch)))
 	cancel()
 	s.opts.Observe("put_records", time.Since(start))
 	if err == nil && len(out.Records) != len(batch) {
 		err = fmt.Errorf("PutRecords answered %d results for %d records", len(out.Records), len(batch))
 	}
 	if err != nil {
-		if f := classify(err, s.display); f.notReady {
+		if f := classify(err, s.id.display()); f.notReady {
 			s.callErr.Store(&f.err)
 		}
 		for _, r := range batch {
@@ -401,16 +396,16 @@ func (s *Sink) call(batch []*record) {
 // DescribeStreamSummary, readiness follows the writes alone.
 func (s *Sink) Ready(ctx context.Context) error {
 	start := time.Now()
-	out, err := s.client.DescribeStreamSummary(ctx, &kinesis.DescribeStreamSummaryInput{StreamName: s.name, StreamARN: s.arn})
+	out, err := s.client.DescribeStreamSummary(ctx, s.id.describeInput())
 	s.opts.Observe("describe_stream_summary", time.Since(start))
 	switch {
 	case err != nil && !isAccessDenied(err):
-		return classify(err, s.display).err
+		return classify(err, s.id.display()).err
 	case err == nil:
 		switch st := out.StreamDescriptionSummary.StreamStatus; st {
 		case types.StreamStatusActive, types.StreamStatusUpdating:
 		default:
-			return fmt.Errorf("Kinesis stream %s is %s, not ACTIVE", s.display, st)
+			return fmt.Errorf("Kinesis stream %s is %s, not ACTIVE", s.id.display(), st)
 		}
 	}
 	if p := s.callErr.Load(); p != nil {

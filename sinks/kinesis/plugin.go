@@ -61,13 +61,18 @@ func (id streamID) display() string {
 	return id.name
 }
 
-// describeInput names the stream in a DescribeStreamSummary call: by name,
-// and by ARN too when it has one (the API takes both).
-func (id streamID) describeInput() *kinesis.DescribeStreamSummaryInput {
-	in := &kinesis.DescribeStreamSummaryInput{StreamName: &id.name}
+// names name the stream in a call: by name, and by ARN too when it has one
+// (the API takes both).
+func (id *streamID) names() (name, arn *string) {
 	if id.arn != "" {
-		in.StreamARN = &id.arn
+		arn = &id.arn
 	}
+	return &id.name, arn
+}
+
+func (id *streamID) describeInput() *kinesis.DescribeStreamSummaryInput {
+	in := &kinesis.DescribeStreamSummaryInput{}
+	in.StreamName, in.StreamARN = id.names()
 	return in
 }
 
