@@ -206,39 +206,50 @@ func (s *Sink) Write(ctx context.Context, stream string, events []sinks.Event) e
 	if len(events) == 0 {
 		return nil
 	}
-	if h, ok := s.heldAt(stream); ok && events[0].Seq > h {
+	// Only a Write that starts at or before a hold can lift it: the
+	// stream's Writes come one at a time, and a Write that fails holds the
+	// stream and returns.
+	h, held := s.heldAt(stream)
+	if held && events[0].Seq > h {
 		return &sinks.WriteError{Kind: sinks.Behind,
 			Reason: fmt.Sprintf("event %d of stream %s is not on Kinesis yet; its later events wait for it", h, stream)}
 	}
 	key := partitionKey(stream)
+	// One record (and buffer) carries the events in turn: the next is
+	// submitted only once the batcher has handed back the outcome of the
+	// last, and the SDK has encoded its data into the call by then.
+	r := &record{entry: types.PutRecordsRequestEntry{PartitionKey: aws.String(key)}, done: make(chan outcome, 1)}
 	for i := range events {
 		e := &events[i]
-		data := sinks.AppendEnvelope(make([]byte, 0, sinks.EnvelopeSize(e)), e, time.Now())
+		data := r.entry.Data[:0]
+		if n := sinks.EnvelopeSize(e); cap(data) < n {
+			data = make([]byte, 0, n)
+		}
+		data = sinks.AppendEnvelope(data, e, time.Now())
 		if n := len(data) + len(key); n > maxRecordBytes {
 			return &sinks.WriteError{Kind: sinks.Permanent, Written: i,
 				Reason: fmt.Sprintf("event %d of stream %s is %d bytes as a Kinesis record (envelope and partition key), over Kinesis's limit of %d bytes (1 MiB)",
 					e.Number, stream, n, maxRecordBytes)}
 		}
-		if we := s.put(ctx, stream, e, key, data); we != nil {
+		r.entry.Data, r.size, r.alone = data, len(data)+len(key), false
+		if we := s.put(ctx, stream, e, r); we != nil {
 			we.Written = i
 			if we.Kind == sinks.Transient {
 				s.holdAt(stream, e.Seq)
 			}
 			return we
 		}
-		s.release(stream, e.Seq)
+		if held && e.Seq >= h {
+			s.release(stream, e.Seq)
+			held = false
+		}
 	}
 	return nil
 }
 
-// put puts one event's record until Kinesis accepts it, at most
+// put puts one event's record r until Kinesis accepts it, at most
 // RecordAttempts times.
-func (s *Sink) put(ctx context.Context, stream string, e *sinks.Event, key string, data []byte) *sinks.WriteError {
-	r := &record{
-		entry: types.PutRecordsRequestEntry{Data: data, PartitionKey: aws.String(key)},
-		size:  len(data) + len(key),
-		done:  make(chan outcome, 1),
-	}
+func (s *Sink) put(ctx context.Context, stream string, e *sinks.Event, r *record) *sinks.WriteError {
 	var bo *backoff.ExponentialBackOff
 	for attempt := 1; ; attempt++ {
 		o, err := s.submit(ctx, r)
