@@ -140,16 +140,10 @@ func (k *Sink) Ready(ctx context.Context) error {
 	if !k.hasMissing.Load() {
 		return nil
 	}
-	k.mu.Lock()
-	var names []string
-	for t := range k.missing {
-		names = append(names, t)
-	}
-	k.mu.Unlock()
 	// Asked again, so that a topic created since is found even if none of
 	// its events is written again (the source may have parked them).
 	req := kmsg.NewPtrMetadataRequest()
-	for _, name := range names {
+	for _, name := range k.missingTopics() {
 		t := kmsg.NewMetadataRequestTopic()
 		t.Topic = kmsg.StringPtr(name)
 		req.Topics = append(req.Topics, t)
@@ -161,16 +155,10 @@ func (k *Sink) Ready(ctx context.Context) error {
 			}
 		}
 	}
-	k.mu.Lock()
-	names = names[:0]
-	for t := range k.missing {
-		names = append(names, t)
-	}
-	k.mu.Unlock()
+	names := k.missingTopics()
 	if len(names) == 0 {
 		return nil
 	}
-	sort.Strings(names)
 	return fmt.Errorf("topic %s does not exist on the cluster: its events wait; create it or set DITTO_KAFKA_AUTO_CREATE_TOPICS=true", strings.Join(names, ", "))
 }
 
@@ -396,6 +384,19 @@ func (k *Sink) lost(topic string) {
 	k.hasMissing.Store(true)
 }
 
+// missingTopics returns the topics the cluster said it does not have,
+// sorted.
+func (k *Sink) missingTopics() []string {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	names := make([]string, 0, len(k.missing))
+	for t := range k.missing {
+		names = append(names, t)
+	}
+	sort.Strings(names)
+	return names
+}
+
 func (k *Sink) found(topic string) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
@@ -468,10 +469,6 @@ func (l logger) Log(level kgo.LogLevel, msg string, keyvals ...any) {
 		e = l.log.Warn()
 	}
 	e.Fields(keyvals).Msg("kafka client: " + msg)
-}
-
-func (s *Settings) tlsOn() bool {
-	return s.TLS || s.TLSCAFile != "" || s.TLSCertFile != "" || s.TLSServerName != ""
 }
 
 var _ sinks.Readier = (*Sink)(nil)

@@ -115,7 +115,7 @@ func (s *Settings) mechanism() (sasl.Mechanism, error) {
 
 // tlsConfig is nil without TLS. Its errors name the variable.
 func (s *Settings) tlsConfig() (*tls.Config, error) {
-	if !s.TLS && s.TLSCAFile == "" && s.TLSCertFile == "" && s.TLSServerName == "" {
+	if !s.tlsOn() {
 		return nil, nil
 	}
 	c := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: s.TLSServerName}
@@ -137,6 +137,12 @@ func (s *Settings) tlsConfig() (*tls.Config, error) {
 		c.Certificates = []tls.Certificate{cert}
 	}
 	return c, nil
+}
+
+// tlsOn reports whether the settings ask for TLS: DITTO_KAFKA_TLS, or any
+// DITTO_KAFKA_TLS_* setting.
+func (s *Settings) tlsOn() bool {
+	return s.TLS || s.TLSCAFile != "" || s.TLSCertFile != "" || s.TLSServerName != ""
 }
 
 func codec(name string) (kgo.CompressionCodec, error) {
