@@ -52,12 +52,15 @@ type Sink struct {
 	opts   Options
 	src    sinks.Source // nil: plain writes by number, no metadata copy
 	seq    bool         // src.Sequenced()
-	pos    positions    // of destination streams, where seq
-	known  checked      // streams' last events known to be the source's, where guarded
+	// pos is what the sink knows of destination streams, where seq; a
+	// stream's is dropped on any error.
+	pos streamCache[position]
+	// known is, per destination stream, the last event number known to
+	// hold the source's event, where guarded.
+	known streamCache[uint64]
 
-	metaMu   sync.Mutex
-	meta     map[string]metaState // by destination stream, with copyMeta
-	metaPoll time.Duration        // metadataPoll, shorter in tests
+	meta     streamCache[metaState] // by destination stream, with copyMeta
+	metaPoll time.Duration          // metadataPoll, shorter in tests
 }
 
 // New returns a sink writing through client, which the sink owns from now on.

@@ -3,7 +3,6 @@ package eventstore
 import (
 	"context"
 	"fmt"
-	"sync"
 
 	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
 
@@ -23,31 +22,10 @@ import (
 // each of its later events. Events ditto wrote or checked are remembered
 // per stream (the last number), so a stream it keeps writing costs no reads.
 
-// maxChecked bounds the streams remembered; all are dropped when full
-// (each costs a check again).
-const maxChecked = 10000
-
-// checked remembers, per destination stream, the last event number known to
-// hold the source's event.
-type checked struct {
-	mu sync.Mutex
-	m  map[string]uint64
-}
-
-func (c *checked) has(stream string, n uint64) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	got, ok := c.m[stream]
+// knownAt reports whether event n of stream is known to be the source's.
+func (s *Sink) knownAt(stream string, n uint64) bool {
+	got, ok := s.known.get(stream)
 	return ok && got == n
-}
-
-func (c *checked) put(stream string, n uint64) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.m == nil || len(c.m) >= maxChecked {
-		c.m = map[string]uint64{}
-	}
-	c.m[stream] = n
 }
 
 // guarded reports whether appends are checked (see above).
@@ -59,7 +37,7 @@ func (s *Sink) guarded() bool { return s.src != nil && s.src.Guarded() }
 // destination stream does not exist or was truncated there, or the source
 // no longer has the event.
 func (s *Sink) checkBefore(ctx context.Context, stream string, ev *sinks.Event) error {
-	if ev.Number == 0 || s.known.has(stream, ev.Number-1) {
+	if ev.Number == 0 || s.knownAt(stream, ev.Number-1) {
 		return nil
 	}
 	prev := ev.Number - 1
@@ -80,7 +58,7 @@ func (s *Sink) checkBefore(ctx context.Context, stream string, ev *sinks.Event) 
 		if err != nil {
 			return classify(err, stream)
 		}
-		if last == nil || s.known.has(stream, last.EventNumber) {
+		if last == nil || s.knownAt(stream, last.EventNumber) {
 			return nil
 		}
 		at = last

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"reflect"
-	"sync"
 	"time"
 
 	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
@@ -38,41 +37,9 @@ type position struct {
 	k      uint64 // the Seq its provenance records
 }
 
-// maxPositions bounds the positions kept; they are all dropped when full
-// (each costs one read to learn again).
-const maxPositions = 10000
-
 // sequencedRounds bounds the attempts of one write against a destination
 // stream that other processes keep appending to.
 const sequencedRounds = 5
-
-// positions caches positions, each dropped on any error.
-type positions struct {
-	mu sync.Mutex
-	m  map[string]position
-}
-
-func (p *positions) get(stream string) (position, bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	pos, ok := p.m[stream]
-	return pos, ok
-}
-
-func (p *positions) put(stream string, pos position) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.m == nil || len(p.m) >= maxPositions {
-		p.m = map[string]position{}
-	}
-	p.m[stream] = pos
-}
-
-func (p *positions) forget(stream string) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	delete(p.m, stream)
-}
 
 // writeSequenced writes events to stream exactly once by Seq (see above).
 func (s *Sink) writeSequenced(ctx context.Context, stream string, events []sinks.Event) error {
@@ -218,9 +185,7 @@ func (s *Sink) copyMeta() bool { return s.src != nil && s.src.CopiesStreamMetada
 // syncMetadata copies the metadata of ev's source stream to stream when it
 // is due (see metadataPoll) and differs from what stream has.
 func (s *Sink) syncMetadata(ctx context.Context, stream string, ev *sinks.Event) error {
-	s.metaMu.Lock()
-	st, seen := s.meta[stream]
-	s.metaMu.Unlock()
+	st, seen := s.meta.get(stream)
 	now := time.Now()
 	if seen && now.Sub(st.checked) < s.metaPoll {
 		return nil
@@ -234,12 +199,7 @@ func (s *Sink) syncMetadata(ctx context.Context, stream string, ev *sinks.Event)
 			return err
 		}
 	}
-	s.metaMu.Lock()
-	defer s.metaMu.Unlock()
-	if s.meta == nil || len(s.meta) >= maxPositions {
-		s.meta = map[string]metaState{}
-	}
-	s.meta[stream] = metaState{revision: md.Revision, checked: now}
+	s.meta.put(stream, metaState{revision: md.Revision, checked: now})
 	return nil
 }
 
