@@ -359,6 +359,42 @@ func readStream(ctx context.Context, client *esdb.Client, stream string, from ui
 	return out, nil
 }
 
+// readLast returns the last event of stream, or nil if it has none.
+func (s *Sink) readLast(ctx context.Context, stream string) (*esdb.RecordedEvent, error) {
+	start := time.Now()
+	defer s.observe("read_stream", start)
+	return esdbconn.Call(ctx, s.client, func(client *esdb.Client, _ func() bool) (*esdb.RecordedEvent, error) {
+		return lastEvent(ctx, client, stream)
+	})
+}
+
+func lastEvent(ctx context.Context, client *esdb.Client, stream string) (*esdb.RecordedEvent, error) {
+	rs, err := client.ReadStream(ctx, stream, esdb.ReadStreamOptions{Direction: esdb.Backwards, From: esdb.End{}}, 1)
+	if err != nil {
+		if hasCode(err, esdb.ErrorCodeResourceNotFound) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	defer rs.Close()
+	ev, err := rs.Recv()
+	switch {
+	case errors.Is(err, io.EOF), hasCode(err, esdb.ErrorCodeResourceNotFound):
+		return nil, nil
+	case err != nil:
+		return nil, err
+	}
+	return ev.OriginalEvent(), nil
+}
+
+func asWriteError(err error, stream string) *sinks.WriteError {
+	var we *sinks.WriteError
+	if errors.As(err, &we) {
+		return we
+	}
+	return classify(err, stream)
+}
+
 func (s *Sink) setTTL(ctx context.Context, stream string) error {
 	var md esdb.StreamMetadata
 	md.SetMaxAge(s.opts.TimeToLive.Truncate(time.Second))
