@@ -174,7 +174,7 @@ func (s *Sink) Write(ctx context.Context, stream string, events []sinks.Event) e
 	if s.seq {
 		return s.writeSequenced(ctx, stream, events)
 	}
-	if s.opts.TimeToLive > 0 && events[0].Number == 0 && !s.copyMeta() {
+	if s.setsTTL() && events[0].Number == 0 {
 		if err := s.setTTL(ctx, stream); err != nil {
 			return err
 		}
@@ -190,9 +190,7 @@ func (s *Sink) Write(ctx context.Context, stream string, events []sinks.Event) e
 		batch := events[written:]
 		if guarded {
 			if err := s.checkBefore(ctx, stream, &batch[0]); err != nil {
-				we := sinks.Classify(err)
-				we.Written = written
-				return we
+				return failedAt(err, stream, written)
 			}
 		}
 		res, err := s.append(ctx, stream, expectedBefore(batch[0].Number), batch)
@@ -204,9 +202,7 @@ func (s *Sink) Write(ctx context.Context, stream string, events []sinks.Event) e
 			return err
 		}
 		if !wrongVersion(err) {
-			we := classify(err, stream)
-			we.Written = written
-			return we
+			return failedAt(err, stream, written)
 		}
 		n, err := s.alreadyWritten(ctx, stream, batch)
 		written += n
@@ -214,12 +210,7 @@ func (s *Sink) Write(ctx context.Context, stream string, events []sinks.Event) e
 			s.known.put(stream, batch[n-1].Number)
 		}
 		if err != nil {
-			var we *sinks.WriteError
-			if !errors.As(err, &we) {
-				we = classify(err, stream)
-			}
-			we.Written = written
-			return we
+			return failedAt(err, stream, written)
 		}
 	}
 	return nil
@@ -294,9 +285,7 @@ func (s *Sink) writeAny(ctx context.Context, stream string, events []sinks.Event
 	}
 	for i := range events {
 		if _, err := s.append(ctx, stream, esdb.Any{}, events[i:i+1]); err != nil {
-			we := classify(err, stream)
-			we.Written = i
-			return we
+			return failedAt(err, stream, i)
 		}
 	}
 	return nil
@@ -387,6 +376,16 @@ func lastEvent(ctx context.Context, client *esdb.Client, stream string) (*esdb.R
 	return ev.OriginalEvent(), nil
 }
 
+// failedAt is err as a Write's error with the batch's first written events
+// durable: every write path stops through it.
+func failedAt(err error, stream string, written int) *sinks.WriteError {
+	we := asWriteError(err, stream)
+	we.Written = written
+	return we
+}
+
+// asWriteError is err as it is if it is a *sinks.WriteError, else as
+// classify says.
 func asWriteError(err error, stream string) *sinks.WriteError {
 	var we *sinks.WriteError
 	if errors.As(err, &we) {
@@ -394,6 +393,11 @@ func asWriteError(err error, stream string) *sinks.WriteError {
 	}
 	return classify(err, stream)
 }
+
+// setsTTL reports whether the sink sets $maxAge on the streams it creates
+// (DITTO_TIME_TO_LIVE) by itself: where it copies stream metadata,
+// setMetadata adds $maxAge to the copy instead.
+func (s *Sink) setsTTL() bool { return s.opts.TimeToLive > 0 && !s.copyMeta() }
 
 func (s *Sink) setTTL(ctx context.Context, stream string) error {
 	var md esdb.StreamMetadata

@@ -38,15 +38,11 @@ const sequencedRounds = 5
 // writeSequenced writes events to stream exactly once by Seq (see above).
 func (s *Sink) writeSequenced(ctx context.Context, stream string, events []sinks.Event) error {
 	written := 0 // leading events on the destination
-	fail := func(we *sinks.WriteError) error {
-		we.Written = written
-		return we
-	}
 	for range sequencedRounds {
 		pos, cached, err := s.position(ctx, stream, &events[0])
 		if err != nil {
 			s.pos.forget(stream)
-			return fail(asWriteError(err, stream))
+			return failedAt(err, stream, written)
 		}
 		for written < len(events) && pos.exists && events[written].Seq <= pos.k {
 			written++
@@ -68,19 +64,19 @@ func (s *Sink) writeSequenced(ctx context.Context, stream string, events []sinks
 			}
 			covered, err := s.src.Covered(ctx, stream, &batch[0], next, from-1)
 			if err != nil {
-				return fail(&sinks.WriteError{Kind: sinks.Transient, Reason: "reading the source to tell whether earlier events are dropped", Err: err})
+				return failedAt(&sinks.WriteError{Kind: sinks.Transient, Reason: "reading the source to tell whether earlier events are dropped", Err: err}, stream, written)
 			}
 			if !covered {
-				return fail(&sinks.WriteError{Kind: sinks.Behind,
-					Reason: fmt.Sprintf("destination stream %s lacks an earlier event of %s (seq %d..%d); it has not been written yet", stream, batch[0].Stream, next, from-1)})
+				return failedAt(&sinks.WriteError{Kind: sinks.Behind,
+					Reason: fmt.Sprintf("destination stream %s lacks an earlier event of %s (seq %d..%d); it has not been written yet", stream, batch[0].Stream, next, from-1)}, stream, written)
 			}
 		}
 		var exp esdb.ExpectedRevision = esdb.NoStream{}
 		if pos.exists {
 			exp = esdb.Revision(pos.rev)
-		} else if s.opts.TimeToLive > 0 && !s.copyMeta() {
+		} else if s.setsTTL() {
 			if err := s.setTTL(ctx, stream); err != nil {
-				return fail(asWriteError(err, stream))
+				return failedAt(err, stream, written)
 			}
 		}
 		res, err := s.append(ctx, stream, exp, batch)
@@ -93,12 +89,12 @@ func (s *Sink) writeSequenced(ctx context.Context, stream string, events []sinks
 			return nil
 		}
 		if !wrongVersion(err) {
-			return fail(classify(err, stream))
+			return failedAt(err, stream, written)
 		}
 		// Another process appended: learn the stream's end again.
 	}
-	return fail(&sinks.WriteError{Kind: sinks.Behind,
-		Reason: fmt.Sprintf("destination stream %s changed under each of %d attempts (other ditto processes write it)", stream, sequencedRounds)})
+	return failedAt(&sinks.WriteError{Kind: sinks.Behind,
+		Reason: fmt.Sprintf("destination stream %s changed under each of %d attempts (other ditto processes write it)", stream, sequencedRounds)}, stream, written)
 }
 
 // position returns what the sink knows of stream, and whether it is cached,
