@@ -156,18 +156,20 @@ func (s *Sink) result(res []outcome, n int) error {
 		return nil
 	}
 	we := res[who].err
-	return &sinks.WriteError{Kind: we.Kind, Written: least, Reason: "destination " + s.dests[who].Name + ": " + s.rename(who, we.Reason), Err: we.Err}
+	return &sinks.WriteError{Kind: we.Kind, Written: least, Reason: s.named(who, we.Reason), Err: we.Err}
 }
 
 func refused(we *sinks.WriteError) bool {
 	return we != nil && (we.Kind == sinks.Permanent || we.Kind == sinks.Conflict)
 }
 
-func (s *Sink) rename(i int, msg string) string {
+// named is msg of destination i with the destination's name in front and
+// its variable names renamed.
+func (s *Sink) named(i int, msg string) string {
 	if r := s.dests[i].Rename; r != nil {
-		return r(msg)
+		msg = r(msg)
 	}
-	return msg
+	return "destination " + s.dests[i].Name + ": " + msg
 }
 
 // held returns, per destination, how many leading events of the batch it is
@@ -297,7 +299,7 @@ func (s *Sink) Ready(ctx context.Context) error {
 			continue
 		}
 		fatal = fatal || sinks.IsFatal(err)
-		out = append(out, &named{msg: "destination " + s.dests[i].Name + ": " + s.rename(i, err.Error()), err: err})
+		out = append(out, &namedError{msg: s.named(i, err.Error()), err: err})
 	}
 	err := errors.Join(out...)
 	if fatal {
@@ -317,7 +319,7 @@ func (s *Sink) Held(ctx context.Context, streams []string) (map[string]int64, er
 		}
 		got, err := h.Held(ctx, streams)
 		if err != nil {
-			return nil, &named{msg: "destination " + d.Name + ": " + s.rename(i, err.Error()), err: err}
+			return nil, &namedError{msg: s.named(i, err.Error()), err: err}
 		}
 		for _, stream := range streams {
 			n, ok := got[stream]
@@ -332,22 +334,22 @@ func (s *Sink) Held(ctx context.Context, streams []string) (map[string]int64, er
 	return out, nil
 }
 
-// named is a destination's error with its name in front (and its variable
-// names renamed); it unwraps to the original.
-type named struct {
+// namedError is a destination's error told by named; it unwraps to the
+// original.
+type namedError struct {
 	msg string
 	err error
 }
 
-func (n *named) Error() string { return n.msg }
-func (n *named) Unwrap() error { return n.err }
+func (n *namedError) Error() string { return n.msg }
+func (n *namedError) Unwrap() error { return n.err }
 
 // Close closes every destination.
 func (s *Sink) Close() error {
 	var errs []error
-	for _, d := range s.dests {
+	for i, d := range s.dests {
 		if err := d.Sink.Close(); err != nil {
-			errs = append(errs, &named{msg: "destination " + d.Name + ": " + err.Error(), err: err})
+			errs = append(errs, &namedError{msg: s.named(i, err.Error()), err: err})
 		}
 	}
 	return errors.Join(errs...)
