@@ -149,12 +149,26 @@ func TestSequencedWritesEachEventOnce(t *testing.T) {
 		}
 	}
 	f.holds(t, 0, 2, 3, 5)
-	// Written counts the events already there.
-	err := b.Write(ctx, f.stream, f.batch(6, 6))
-	if err != nil {
+	if err := b.Write(ctx, f.stream, f.batch(6, 6)); err != nil {
 		t.Fatal(err)
 	}
 	f.holds(t, 0, 2, 3, 5, 6)
+}
+
+// A batch that fails after events already on the destination says so:
+// Written counts them, and they are acked.
+func TestSequencedWrittenCountsEventsAlreadyThere(t *testing.T) {
+	f := newFiltered(t)
+	ctx := context.Background()
+	if err := f.sink(t).Write(ctx, f.stream, f.batch(0, 0, 2, 3)); err != nil {
+		t.Fatal(err)
+	}
+	// 2 and 3 are there; 6 waits for 5, which is kept and not written.
+	err := f.sink(t).Write(ctx, f.stream, append(f.batch(2, 2, 3), f.batch(6, 6)...))
+	if we := sinks.Classify(err); we.Kind != sinks.Behind || we.Written != 2 {
+		t.Fatalf("want Behind with 2 written, got %v (written %d)", err, we.Written)
+	}
+	f.holds(t, 0, 2, 3)
 }
 
 // An event whose predecessors are neither on the destination nor dropped
