@@ -226,22 +226,29 @@ func (s *Sink) Write(ctx context.Context, stream string, events []sinks.Event) e
 			data = make([]byte, 0, n)
 		}
 		data = sinks.AppendEnvelope(data, e, time.Now())
+		var we *sinks.WriteError
 		if n := len(data) + len(key); n > maxRecordBytes {
-			return &sinks.WriteError{Kind: sinks.Permanent, Written: i,
+			we = &sinks.WriteError{Kind: sinks.Permanent,
 				Reason: fmt.Sprintf("event %d of stream %s is %d bytes as a Kinesis record (envelope and partition key), over Kinesis's limit of %d bytes (1 MiB)",
 					e.Number, stream, n, maxRecordBytes)}
+		} else {
+			r.entry.Data, r.size, r.alone = data, len(data)+len(key), false
+			we = s.put(ctx, stream, e, r)
 		}
-		r.entry.Data, r.size, r.alone = data, len(data)+len(key), false
-		if we := s.put(ctx, stream, e, r); we != nil {
+		if we != nil && we.Kind == sinks.Transient {
 			we.Written = i
-			if we.Kind == sinks.Transient {
-				s.holdAt(stream, e.Seq)
-			}
+			s.holdAt(stream, e.Seq)
 			return we
 		}
+		// Written, or refused for good (the replicator parks it): either way
+		// nothing is left for the stream's later events to wait for.
 		if held && e.Seq >= h {
 			s.release(stream, e.Seq)
 			held = false
+		}
+		if we != nil {
+			we.Written = i
+			return we
 		}
 	}
 	return nil

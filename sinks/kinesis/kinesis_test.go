@@ -559,3 +559,44 @@ func TestHoldFollowsSeqInAConsolidatedStream(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A held event that Kinesis then refuses for good is parked by the
+// replicator: its stream's later events go on at once instead of waiting
+// for an event that will never be written. (Regression: the hold stayed
+// until it expired, and the later events were answered Behind meanwhile.)
+func TestParkedHeldRecordReleasesItsStream(t *testing.T) {
+	f := newFixture(t, 1, Options{RecordAttempts: 2})
+	const stuck = "customer-parked"
+	var mu sync.Mutex
+	fault := "throttle"
+	f.proxy.SetRule(func(n int, recs []kinesalite.Entry) kinesalite.Fault {
+		mu.Lock()
+		defer mu.Unlock()
+		for i, r := range recs {
+			var env envelope
+			json.Unmarshal(r.Data, &env)
+			if env.EventNumber != 1 {
+				continue
+			}
+			if fault == "invalid" {
+				return kinesalite.Fault{Call: "InvalidArgumentException"}
+			}
+			return kinesalite.Fault{Reject: map[int]string{i: "ProvisionedThroughputExceededException"}}
+		}
+		return kinesalite.Fault{}
+	})
+	evs := events(stuck, 0, 4)
+	var we *sinks.WriteError
+	if err := f.sink.Write(context.Background(), stuck, evs[:2]); !errors.As(err, &we) || we.Kind != sinks.Transient || we.Written != 1 {
+		t.Fatalf("Write = %v, want transient after 1 event", err)
+	}
+	mu.Lock()
+	fault = "invalid"
+	mu.Unlock()
+	if err := f.sink.Write(context.Background(), stuck, evs[1:2]); !errors.As(err, &we) || we.Kind != sinks.Permanent || we.Written != 0 {
+		t.Fatalf("Write of the held event = %v, want permanent", err)
+	}
+	if err := f.sink.Write(context.Background(), stuck, evs[2:]); err != nil {
+		t.Fatalf("Write after the parked event = %v, want it written", err)
+	}
+}
