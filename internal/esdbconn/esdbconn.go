@@ -176,22 +176,32 @@ func NewClient(cs string, log zerolog.Logger) (*esdb.Client, error) {
 // LastNumber is the number of the last event of stream, or -1 when the
 // stream has none (or does not exist).
 func LastNumber(ctx context.Context, c *esdb.Client, stream string) (int64, error) {
+	ev, err := LastEvent(ctx, c, stream)
+	if ev == nil || err != nil {
+		return -1, err
+	}
+	return int64(ev.EventNumber), nil
+}
+
+// LastEvent is the last event of stream, or nil when the stream has none
+// (or does not exist).
+func LastEvent(ctx context.Context, c *esdb.Client, stream string) (*esdb.RecordedEvent, error) {
 	rs, err := c.ReadStream(ctx, stream, esdb.ReadStreamOptions{Direction: esdb.Backwards, From: esdb.End{}}, 1)
 	if err != nil {
 		if notFound(err) {
-			return -1, nil
+			return nil, nil
 		}
-		return 0, err
+		return nil, err
 	}
 	defer rs.Close()
 	ev, err := rs.Recv()
 	switch {
 	case errors.Is(err, io.EOF), notFound(err):
-		return -1, nil
+		return nil, nil
 	case err != nil:
-		return 0, err
+		return nil, err
 	}
-	return int64(ev.OriginalEvent().EventNumber), nil
+	return ev.OriginalEvent(), nil
 }
 
 func notFound(err error) bool {

@@ -353,27 +353,8 @@ func (s *Sink) readLast(ctx context.Context, stream string) (*esdb.RecordedEvent
 	start := time.Now()
 	defer s.observe("read_stream", start)
 	return esdbconn.Call(ctx, s.client, func(client *esdb.Client, _ func() bool) (*esdb.RecordedEvent, error) {
-		return lastEvent(ctx, client, stream)
+		return esdbconn.LastEvent(ctx, client, stream)
 	})
-}
-
-func lastEvent(ctx context.Context, client *esdb.Client, stream string) (*esdb.RecordedEvent, error) {
-	rs, err := client.ReadStream(ctx, stream, esdb.ReadStreamOptions{Direction: esdb.Backwards, From: esdb.End{}}, 1)
-	if err != nil {
-		if hasCode(err, esdb.ErrorCodeResourceNotFound) {
-			return nil, nil
-		}
-		return nil, err
-	}
-	defer rs.Close()
-	ev, err := rs.Recv()
-	switch {
-	case errors.Is(err, io.EOF), hasCode(err, esdb.ErrorCodeResourceNotFound):
-		return nil, nil
-	case err != nil:
-		return nil, err
-	}
-	return ev.OriginalEvent(), nil
 }
 
 // failedAt is err as a Write's error with the batch's first written events
