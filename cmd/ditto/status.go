@@ -135,7 +135,7 @@ func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	defer src.Close()
 	var holder sinks.Holder
 	if !cfg.ReadOnly {
-		sink, err := openSink(ctx, cfg, metrics.New(), log, io.Discard)
+		sink, err := openSink(ctx, cfg, metrics.New(), log, io.Discard, nil)
 		if err != nil {
 			fmt.Fprintf(stderr, "ditto status: %v\n", err)
 			return 1
@@ -200,19 +200,4 @@ func printStatus(w io.Writer, points []recovery.Point, errs []error) {
 		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%s\n", name, p.Events, oldest, checkpoint, p.SourceLast, note)
 	}
 	tw.Flush()
-}
-
-// openSink opens where events go, as the service does: the sink DITTO_SINK
-// names, or the fan-out over DITTO_DESTINATIONS.
-func openSink(ctx context.Context, cfg *config.Config, m *metrics.Metrics, log zerolog.Logger, out io.Writer) (sinks.Sink, error) {
-	if cfg.Destinations != "" {
-		return openFanout(ctx, cfg, m, log, out)
-	}
-	plugin, _ := sinks.Lookup(cfg.Sink) // config checked the name
-	return plugin.Open(ctx, cfg.SinkSettings, sinks.Env{
-		Log: log, Stdout: out, Metrics: m.Registry,
-		Observe: func(op string, d time.Duration) {
-			m.IODuration.WithLabelValues(metrics.App, plugin.Name, "destination", op).Observe(d.Seconds())
-		},
-	})
 }
