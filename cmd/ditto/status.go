@@ -14,6 +14,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/ditto-replicator/ditto/config"
+	"github.com/ditto-replicator/ditto/internal/esdbconn"
 	"github.com/ditto-replicator/ditto/internal/metrics"
 	"github.com/ditto-replicator/ditto/internal/recovery"
 	"github.com/ditto-replicator/ditto/sinks"
@@ -35,21 +36,20 @@ func measureAll(ctx context.Context, src *esdb.Client, holder sinks.Holder, subs
 
 // recoveryPoints refreshes the recovery-point gauges every
 // DITTO_RECOVERY_POINT_INTERVAL until ctx ends, the first time one interval
-// after the start. It reads the source through
-// a client of its own (the consumer's may be replaced under it) and asks
-// the sink what the destination holds.
+// after the start. It reads the source through a client of its own (the
+// consumer's may be replaced under it), replaced once it has closed itself
+// (see esdbconn), and asks the sink what the destination holds.
 func (s *service) recoveryPoints(ctx context.Context) {
-	var holder sinks.Holder
-	if h, ok := s.sink.(sinks.Holder); ok {
-		holder = h
-	}
+	holder, _ := s.sink.(sinks.Holder)
 	subs := s.cfg.SubscriptionList()
-	var src *esdb.Client
-	defer func() {
-		if src != nil {
-			src.Close()
-		}
-	}()
+	cs := s.cfg.SourceConnectionString
+	first, err := newClient(cs, s.log)
+	if err != nil {
+		s.log.Warn().Err(err).Msg("recovery point not measured")
+		return
+	}
+	src := esdbconn.New(first, func() (*esdb.Client, error) { return newClient(cs, s.log) })
+	defer src.Close()
 	t := time.NewTicker(s.cfg.RecoveryPointInterval)
 	defer t.Stop()
 	// The first measurement waits an interval too, so that a start (a
@@ -60,34 +60,20 @@ func (s *service) recoveryPoints(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		if src == nil {
-			c, err := newClient(s.cfg.SourceConnectionString, s.log)
-			if err == nil {
-				src = c
-			}
+		c := src.Get()
+		mctx, cancel := context.WithTimeout(ctx, measureTimeout)
+		points, errs := measureAll(mctx, c, holder, subs)
+		cancel()
+		if ctx.Err() != nil {
+			return
 		}
-		if src != nil {
-			mctx, cancel := context.WithTimeout(ctx, measureTimeout)
-			points, errs := measureAll(mctx, src, holder, subs)
-			cancel()
-			if ctx.Err() != nil {
-				return
+		for i, p := range points {
+			if errs[i] != nil {
+				s.log.Debug().Err(errs[i]).Str("subscription", subs[i].String()).Msg("recovery point not measured")
+				src.Renew(c, errs[i])
+				continue
 			}
-			failed := false
-			for i, p := range points {
-				if errs[i] != nil {
-					failed = true
-					s.log.Debug().Err(errs[i]).Str("subscription", subs[i].String()).Msg("recovery point not measured")
-					continue
-				}
-				s.setRecoveryPoint(p)
-			}
-			if failed {
-				// The client may have closed itself (see esdbconn): a new
-				// one next time.
-				src.Close()
-				src = nil
-			}
+			s.setRecoveryPoint(p)
 		}
 	}
 }
