@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -98,15 +96,8 @@ func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "Usage: ditto status [--json]\n\nPrints, for every group of DITTO_SUBSCRIPTIONS, the recovery point: the events on the source not yet\non the destination and the age of the oldest, what a failover would lose now. It reads ditto's\nconfiguration (DITTO_* variables) and exits 0, 1 if a group could not be measured, 2 on bad input.")
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "ditto status: unexpected arguments %q\n", fs.Args())
-		return 2
+	if code, ok := parseFlags(fs, args, stderr); !ok {
+		return code
 	}
 	cfg, code := load(stderr)
 	if cfg == nil {
@@ -149,9 +140,7 @@ func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int
 				rows[i].Error = errs[i].Error()
 			}
 		}
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		enc.Encode(rows)
+		printJSON(stdout, rows)
 	} else {
 		printStatus(stdout, points, errs)
 	}
