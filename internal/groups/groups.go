@@ -289,11 +289,6 @@ func Next(info *esdb.PersistentSubscriptionInfo, sourceLast int64) (uint64, *uin
 	return 0, nil // esdb.Start
 }
 
-// LastNumber is the last event number of stream, or -1 if it has none.
-func LastNumber(ctx context.Context, c *esdb.Client, stream string) (int64, error) {
-	return esdbconn.LastNumber(ctx, c, stream)
-}
-
 // original returns the original stream and number an event of a
 // subscription stream stands for: a link's target ("n@stream"), or the
 // event itself.
