@@ -309,22 +309,8 @@ func original(ev *esdb.RecordedEvent) (string, uint64, bool) {
 
 // has reports whether stream holds event number n.
 func has(ctx context.Context, c *esdb.Client, stream string, n uint64) (bool, error) {
-	rs, err := c.ReadStream(ctx, stream, esdb.ReadStreamOptions{From: esdb.Revision(n)}, 1)
-	if err != nil {
-		if hasCode(err, esdb.ErrorCodeResourceNotFound) {
-			return false, nil
-		}
-		return false, err
-	}
-	defer rs.Close()
-	ev, err := rs.Recv()
-	switch {
-	case errors.Is(err, io.EOF), hasCode(err, esdb.ErrorCodeResourceNotFound):
-		return false, nil
-	case err != nil:
-		return false, err
-	}
-	return ev.OriginalEvent().EventNumber == n, nil
+	evs, err := readPage(ctx, c, stream, esdb.ReadStreamOptions{From: esdb.Revision(n)}, 1)
+	return len(evs) == 1 && evs[0].EventNumber == n, err
 }
 
 // readForwards calls fn with the events of stream from number from on, in
