@@ -91,8 +91,11 @@ type StreamResult struct {
 }
 
 // OK reports whether the stream is identical on both sides (a skipped stream counts as OK).
-func (s *StreamResult) OK() bool {
-	return s.Missing+s.Extra+s.Altered+s.OutOfOrder+s.Corrupted == 0
+func (s *StreamResult) OK() bool { return s.divergences() == 0 }
+
+// divergences is how many events of the stream diverge, of every kind.
+func (s *StreamResult) divergences() int {
+	return s.Missing + s.Extra + s.Altered + s.OutOfOrder + s.Corrupted
 }
 
 // Report is the result of Compare. The counters are exact; Divergences holds at most
@@ -120,8 +123,11 @@ type Report struct {
 
 // OK reports whether no divergence was found. Skipped streams do not count as divergences: a
 // source stream that was deleted is, by design, no longer replicated.
-func (r *Report) OK() bool {
-	return r.Missing+r.Extra+r.Altered+r.OutOfOrder+r.Corrupted == 0
+func (r *Report) OK() bool { return r.divergences() == 0 }
+
+// divergences is how many events diverge, of every kind.
+func (r *Report) divergences() int {
+	return r.Missing + r.Extra + r.Altered + r.OutOfOrder + r.Corrupted
 }
 
 func (r *Report) add(d Divergence) {
@@ -289,7 +295,7 @@ func (p *progress) streamDone(done, total int, r *Report) {
 		return
 	}
 	p.printf("%d/%d streams, %d source events, %d destination events, %d divergences",
-		done, total, r.SourceEvents, r.DestinationEvents, r.Missing+r.Extra+r.Altered+r.OutOfOrder+r.Corrupted)
+		done, total, r.SourceEvents, r.DestinationEvents, r.divergences())
 }
 
 func (p *progress) page(stream string, events int) {
@@ -309,5 +315,5 @@ func (p *progress) finish(r *Report) {
 		return
 	}
 	p.printf("done in %s: %d streams, %d divergences", time.Since(p.started).Round(time.Millisecond),
-		r.Streams, r.Missing+r.Extra+r.Altered+r.OutOfOrder+r.Corrupted)
+		r.Streams, r.divergences())
 }
