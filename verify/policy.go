@@ -81,10 +81,7 @@ func compareConsolidated(ctx context.Context, rd readers, pol *policy.Policy, op
 	if rd.srcResolved == nil {
 		return nil, errors.New("verify: consolidated streams need a source reader that resolves links")
 	}
-	if opts.PageSize <= 0 {
-		opts.PageSize = DefaultPageSize
-	}
-	rep := &Report{Divergences: []Divergence{}, Results: []StreamResult{}}
+	rep := newReport()
 	prog := newProgress(opts.Progress)
 	type pair struct{ seq, dest string }
 	var pairs []pair
@@ -125,13 +122,7 @@ func compareConsolidated(ctx context.Context, rd readers, pol *policy.Policy, op
 		if err != nil {
 			return nil, err
 		}
-		rep.Streams++
-		if res.Skipped {
-			rep.Skipped++
-		}
-		rep.SourceEvents += res.SourceEvents
-		rep.DestinationEvents += res.DestinationEvents
-		rep.Results = append(rep.Results, res)
+		rep.addStream(res)
 		prog.streamDone(i+1, len(pairs), rep)
 	}
 	prog.finish(rep)

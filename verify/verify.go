@@ -130,6 +130,20 @@ func (r *Report) divergences() int {
 	return r.Missing + r.Extra + r.Altered + r.OutOfOrder + r.Corrupted
 }
 
+// newReport is an empty report, whose lists are empty rather than null in JSON.
+func newReport() *Report { return &Report{Divergences: []Divergence{}, Results: []StreamResult{}} }
+
+// addStream counts a compared stream's result in the totals.
+func (r *Report) addStream(res StreamResult) {
+	r.Streams++
+	if res.Skipped {
+		r.Skipped++
+	}
+	r.SourceEvents += res.SourceEvents
+	r.DestinationEvents += res.DestinationEvents
+	r.Results = append(r.Results, res)
+}
+
 func (r *Report) add(d Divergence) {
 	switch d.Kind {
 	case KindMissing:
@@ -186,16 +200,16 @@ func compareWith(ctx context.Context, rd readers, opts Options) (*Report, error)
 	if pol != nil && pol.Trivial() {
 		pol = nil
 	}
-	if pol != nil && pol.Mode() == policy.Consolidated {
-		return compareConsolidated(ctx, rd, pol, opts)
-	}
 	if opts.PageSize <= 0 {
 		opts.PageSize = DefaultPageSize
+	}
+	if pol != nil && pol.Mode() == policy.Consolidated {
+		return compareConsolidated(ctx, rd, pol, opts)
 	}
 	if len(opts.Streams) == 0 && len(opts.Categories) == 0 {
 		return nil, errors.New("verify: no streams or categories to compare")
 	}
-	rep := &Report{Divergences: []Divergence{}, Results: []StreamResult{}}
+	rep := newReport()
 	prog := newProgress(opts.Progress)
 
 	streams := dedupe(opts.Streams)
@@ -230,13 +244,7 @@ func compareWith(ctx context.Context, rd readers, opts Options) (*Report, error)
 		if err != nil {
 			return nil, err
 		}
-		rep.Streams++
-		if res.Skipped {
-			rep.Skipped++
-		}
-		rep.SourceEvents += res.SourceEvents
-		rep.DestinationEvents += res.DestinationEvents
-		rep.Results = append(rep.Results, res)
+		rep.addStream(res)
 		prog.streamDone(i+1, len(streams), rep)
 	}
 	prog.finish(rep)
