@@ -324,17 +324,6 @@ func appendEvents(t *testing.T, c *esdb.Client, stream string, exp esdb.Expected
 	}
 }
 
-func readyStatus(addr string) (int, string) {
-	resp, err := http.Get("http://" + addr + "/health/ready")
-	if err != nil {
-		return 0, err.Error()
-	}
-	defer resp.Body.Close()
-	var b bytes.Buffer
-	b.ReadFrom(resp.Body)
-	return resp.StatusCode, b.String()
-}
-
 func stopGracefully(t *testing.T, p *process) {
 	t.Helper()
 	p.cmd.Process.Signal(syscall.SIGTERM)

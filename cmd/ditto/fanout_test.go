@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"net/http"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -31,26 +30,6 @@ func fanOutEnv(src, east, west, metrics string, extra map[string]string) map[str
 		env[k] = v
 	}
 	return env
-}
-
-// sample returns the value of the first sample on /metrics at addr whose
-// line starts with prefix (a name and labels), or -1.
-func sample(t *testing.T, addr, prefix string) float64 {
-	t.Helper()
-	code, body := get(t, "http://"+addr+"/metrics")
-	if code != http.StatusOK {
-		t.Fatalf("/metrics: %d", code)
-	}
-	for _, line := range strings.Split(body, "\n") {
-		if strings.HasPrefix(line, prefix) {
-			f := strings.Fields(line)
-			v, err := strconv.ParseFloat(f[len(f)-1], 64)
-			if err == nil {
-				return v
-			}
-		}
-	}
-	return -1
 }
 
 // TestFanOutToTwoEventStores: one ditto process copies a category to two

@@ -269,7 +269,7 @@ func TestKafkaSinkRaw(t *testing.T) {
 		if code, _ := readyStatus(metrics); code != http.StatusOK {
 			return false
 		}
-		_, body := get(t, "http://"+metrics+"/metrics")
+		body := scrape(t, metrics)
 		return strings.Contains(body, `ditto_io_duration_seconds_count{app="ditto",operation="produce",system="kafka"`) &&
 			strings.Contains(body, `ditto_kafka_records_total{result="ok"} 205`)
 	})
@@ -441,7 +441,7 @@ func TestKafkaSinkStopsWhileClusterAway(t *testing.T) {
 		k.append(t, s, 3, 3)
 	}
 	testutil.Eventually(t, 30*time.Second, "records waiting on the broker", func() bool {
-		_, body := get(t, "http://"+metrics+"/metrics")
+		body := scrape(t, metrics)
 		return strings.Contains(body, "ditto_kafka_buffered_records ") && !strings.Contains(body, "ditto_kafka_buffered_records 0\n")
 	})
 	stopGracefully(t, p)

@@ -11,13 +11,10 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
-	"io"
 	"math/big"
 	"net/http"
 	"os"
 	"path/filepath"
-	"regexp"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -229,32 +226,6 @@ func checkCallsOneRecordPerKey(t *testing.T, calls []kinesalite.Call) int {
 		t.Fatalf("%d refused records never sent again", len(pending))
 	}
 	return refused
-}
-
-// scrape returns ditto's /metrics text.
-func scrape(t *testing.T, addr string) string {
-	t.Helper()
-	resp, err := http.Get("http://" + addr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
-}
-
-// metricSum adds up the samples of a metric in /metrics text.
-func metricSum(text, name string) float64 {
-	sum := 0.0
-	re := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + `(\{[^}]*\})? (\S+)$`)
-	for _, m := range re.FindAllStringSubmatch(text, -1) {
-		v, _ := strconv.ParseFloat(m[2], 64)
-		sum += v
-	}
-	return sum
 }
 
 // writeCABundle writes a self-signed CA certificate for AWS_CA_BUNDLE.

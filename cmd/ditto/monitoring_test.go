@@ -288,7 +288,7 @@ func TestMonitoringNamesOnlyExistingMetrics(t *testing.T) {
 	e.waitIdentical(t, verify.Options{Streams: streams})
 	var scraped map[string]bool
 	testutil.Eventually(t, 30*time.Second, "the written events counted in /metrics", func() bool {
-		_, body := get(t, "http://"+addr+"/metrics")
+		body := scrape(t, addr)
 		scraped = map[string]bool{}
 		for _, line := range strings.Split(body, "\n") {
 			if line == "" || strings.HasPrefix(line, "#") {
