@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"strings"
 	"sync"
 	"testing"
@@ -30,24 +31,14 @@ type link struct {
 // (named to), with provenance and both names, so that the link back is not
 // a loop.
 func linkEnv(t *testing.T, src, dst, from, to string, extra map[string]string) map[string]string {
-	env := map[string]string{
-		"DITTO_SOURCE_CONNECTION_STRING":      src,
-		"DITTO_DESTINATION_CONNECTION_STRING": dst,
-		"DITTO_SUBSCRIPTIONS":                 "$ce-customer:ditto",
-		"DITTO_METRICS_ADDRESS":               testutil.FreeAddr(t),
-		"DITTO_RETRY_BACKOFF_MAX":             "200ms",
-		"DITTO_PROVENANCE":                    "true",
-		"DITTO_ORIGIN_NAME":                   from,
-		"DITTO_DESTINATION_NAME":              to,
-		"DITTO_BATCH_MAX_EVENTS":              "5",
-	}
-	for k, v := range extra {
-		if v == "" {
-			delete(env, k)
-		} else {
-			env[k] = v
-		}
-	}
+	env := baseEnv(src, dst, map[string]string{
+		"DITTO_METRICS_ADDRESS":  testutil.FreeAddr(t),
+		"DITTO_PROVENANCE":       "true",
+		"DITTO_ORIGIN_NAME":      from,
+		"DITTO_DESTINATION_NAME": to,
+		"DITTO_BATCH_MAX_EVENTS": "5",
+	}, extra)
+	maps.DeleteFunc(env, func(_, v string) bool { return v == "" })
 	return env
 }
 

@@ -17,19 +17,12 @@ import (
 // fanOutEnv is the environment of a ditto writing to the destinations
 // east and west.
 func fanOutEnv(src, east, west, metrics string, extra map[string]string) map[string]string {
-	env := map[string]string{
-		"DITTO_SOURCE_CONNECTION_STRING":           src,
-		"DITTO_SUBSCRIPTIONS":                      "$ce-customer:ditto",
+	return baseEnv(src, "", map[string]string{
 		"DITTO_DESTINATIONS":                       "east=eventstore,west=eventstore",
 		"DITTO_EAST_DESTINATION_CONNECTION_STRING": east,
 		"DITTO_WEST_DESTINATION_CONNECTION_STRING": west,
 		"DITTO_METRICS_ADDRESS":                    metrics,
-		"DITTO_RETRY_BACKOFF_MAX":                  "200ms",
-	}
-	for k, v := range extra {
-		env[k] = v
-	}
-	return env
+	}, extra)
 }
 
 // TestFanOutToTwoEventStores: one ditto process copies a category to two

@@ -165,11 +165,7 @@ func TestGroupsCopyPlacesTheGroupAfterTheCheckpoint(t *testing.T) {
 	t.Logf("source checkpoint %d; destination start %d of %d; %d events after the checkpoint, %d replays; %d of %d links elsewhere than on the source (beyond the 2 local events)",
 		acked-1, start, len(dstLinks), len(after), len(replays), differ, len(srcLinks))
 
-	env := map[string]string{
-		"DITTO_SOURCE_CONNECTION_STRING":      e.src.ConnectionString(),
-		"DITTO_DESTINATION_CONNECTION_STRING": e.dst.ConnectionString(),
-		"DITTO_SUBSCRIPTIONS":                 "$ce-customer:ditto",
-	}
+	env := baseEnv(e.src.ConnectionString(), e.dst.ConnectionString())
 	// A dry run creates nothing.
 	p := startProcess(t, env, "groups", "copy", "--dry-run")
 	if code := p.exitCode(t); code != 0 || !strings.Contains(p.output.String(), "$ce-customer::app: dry run, nothing created: destination start "+fmt.Sprint(start)) {

@@ -86,19 +86,11 @@ func (k *kafkaEnv) brokers() string { return strings.Join(k.cluster.ListenAddrs(
 
 // dittoEnv is ditto's environment for the Kafka sink.
 func (k *kafkaEnv) dittoEnv(extra map[string]string) map[string]string {
-	env := map[string]string{
-		"DITTO_SOURCE_CONNECTION_STRING": k.src.ConnectionString(),
-		"DITTO_SUBSCRIPTIONS":            "$ce-customer:ditto",
-		"DITTO_SINK":                     "kafka",
-		"DITTO_KAFKA_BROKERS":            k.brokers(),
-		"DITTO_KAFKA_TOPIC":              "events",
-		"DITTO_METRICS_ADDRESS":          "",
-		"DITTO_RETRY_BACKOFF_MAX":        "200ms",
-	}
-	for key, v := range extra {
-		env[key] = v
-	}
-	return env
+	return baseEnv(k.src.ConnectionString(), "", map[string]string{
+		"DITTO_SINK":          "kafka",
+		"DITTO_KAFKA_BROKERS": k.brokers(),
+		"DITTO_KAFKA_TOPIC":   "events",
+	}, extra)
 }
 
 // topicReader reads topics from the start and keeps every record.

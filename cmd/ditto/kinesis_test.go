@@ -69,21 +69,10 @@ func (k *kenv) endpoint() string {
 // dittoEnv is a process environment for ditto from the source to the
 // stream, with the AWS variables of the SDK's default chain.
 func (k *kenv) dittoEnv(extra map[string]string) map[string]string {
-	env := kinesalite.Env(k.endpoint())
-	for key, v := range map[string]string{
-		"DITTO_SOURCE_CONNECTION_STRING": k.src.ConnectionString(),
-		"DITTO_SUBSCRIPTIONS":            "$ce-customer:ditto",
-		"DITTO_SINK":                     "kinesis",
-		"DITTO_KINESIS_STREAM_NAME":      k.stream,
-		"DITTO_METRICS_ADDRESS":          "",
-		"DITTO_RETRY_BACKOFF_MAX":        "200ms",
-	} {
-		env[key] = v
-	}
-	for key, v := range extra {
-		env[key] = v
-	}
-	return env
+	return baseEnv(k.src.ConnectionString(), "", kinesalite.Env(k.endpoint()), map[string]string{
+		"DITTO_SINK":                "kinesis",
+		"DITTO_KINESIS_STREAM_NAME": k.stream,
+	}, extra)
 }
 
 // records reads the whole stream back, failing t on error.

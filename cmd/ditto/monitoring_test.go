@@ -279,12 +279,7 @@ func TestMonitoringNamesOnlyExistingMetrics(t *testing.T) {
 	e.createGroup(t, "$ce-customer", "ditto", esdb.ConsumerStrategyPinned)
 	streams := e.seed(t, "customer", 3, 4)
 	addr := testutil.FreeAddr(t)
-	startProcess(t, map[string]string{
-		"DITTO_SOURCE_CONNECTION_STRING":      e.src.ConnectionString(),
-		"DITTO_DESTINATION_CONNECTION_STRING": e.dst.ConnectionString(),
-		"DITTO_SUBSCRIPTIONS":                 "$ce-customer:ditto",
-		"DITTO_METRICS_ADDRESS":               addr,
-	})
+	startProcess(t, baseEnv(e.src.ConnectionString(), e.dst.ConnectionString(), map[string]string{"DITTO_METRICS_ADDRESS": addr}))
 	e.waitIdentical(t, verify.Options{Streams: streams})
 	var scraped map[string]bool
 	testutil.Eventually(t, 30*time.Second, "the written events counted in /metrics", func() bool {

@@ -307,20 +307,10 @@ func killMidRun(t *testing.T, settings map[string]string, watch string, processe
 	for i := range names {
 		names[i] = fmt.Sprintf("customer-k%d", i)
 	}
-	env := map[string]string{
-		"DITTO_SOURCE_CONNECTION_STRING":      e.src.ConnectionString(),
-		"DITTO_DESTINATION_CONNECTION_STRING": e.dst.ConnectionString(),
-		"DITTO_SUBSCRIPTIONS":                 "$ce-customer:ditto",
-		"DITTO_METRICS_ADDRESS":               "127.0.0.1:0",
-		"DITTO_BUFFER_SIZE":                   "50",
-		"DITTO_BATCH_MAX_EVENTS":              "7",
-		"DITTO_RETRY_BACKOFF_MAX":             "200ms",
-	}
+	env := baseEnv(e.src.ConnectionString(), e.dst.ConnectionString(),
+		map[string]string{"DITTO_METRICS_ADDRESS": "127.0.0.1:0", "DITTO_BUFFER_SIZE": "50", "DITTO_BATCH_MAX_EVENTS": "7"}, settings)
 	spec := policy.Spec{StreamTemplate: settings["DITTO_STREAM_TEMPLATE"], ExcludeEventTypes: settings["DITTO_EXCLUDE_EVENT_TYPES"],
 		ExcludeMetadata: settings["DITTO_EXCLUDE_METADATA"], Subscriptions: []string{"$ce-customer"}}
-	for k, v := range settings {
-		env[k] = v
-	}
 	pol := policyFor(t, spec)
 	// Every seventh event has binary metadata: parked where provenance is
 	// required, copied where it is not.
