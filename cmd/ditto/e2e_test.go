@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -19,7 +18,6 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/rs/zerolog"
 
-	"github.com/ditto-replicator/ditto/config"
 	"github.com/ditto-replicator/ditto/internal/esdbtest"
 	"github.com/ditto-replicator/ditto/internal/faultproxy"
 	"github.com/ditto-replicator/ditto/internal/metrics"
@@ -148,16 +146,7 @@ func startDitto(t *testing.T, e *env, settings map[string]string) *running {
 		"DITTO_LOG_LEVEL":                     "debug",
 		"DITTO_RETRY_BACKOFF_MAX":             "200ms",
 	}
-	for k, v := range settings {
-		base[k] = v
-	}
-	for _, v := range config.Variables() {
-		t.Setenv(v.Name, base[v.Name])
-		if _, ok := base[v.Name]; !ok {
-			os.Unsetenv(v.Name) // t.Setenv restores it after the test
-		}
-	}
-	cfg, err := config.Load()
+	cfg, err := testutil.LoadConfig(t, base, settings)
 	if err != nil {
 		t.Fatal(err)
 	}
