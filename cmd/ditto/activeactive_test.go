@@ -80,14 +80,11 @@ func (l *link) counts(t *testing.T, policyName string) (processed, origin, confl
 		l.sample(t, "ditto_events_conflicts_total", `policy="`+policyName+`"`)
 }
 
-// writeAt appends evs to stream on c with expected revision from-1.
+// writeAt appends evs to stream on c at number from. It fails t without
+// stopping it, so that it can run in a goroutine of its own.
 func writeAt(t *testing.T, c *esdb.Client, stream string, from int, evs ...esdb.EventData) {
 	t.Helper()
-	var exp esdb.ExpectedRevision = esdb.Revision(uint64(from - 1))
-	if from == 0 {
-		exp = esdb.NoStream{}
-	}
-	if _, err := c.AppendToStream(context.Background(), stream, esdb.AppendToStreamOptions{ExpectedRevision: exp}, evs...); err != nil {
+	if _, err := c.AppendToStream(context.Background(), stream, esdb.AppendToStreamOptions{ExpectedRevision: testutil.ExpectedAt(from)}, evs...); err != nil {
 		t.Errorf("appending %d events to %s at %d: %v", len(evs), stream, from, err)
 	}
 }

@@ -98,15 +98,10 @@ func (e *env) seed(t *testing.T, category string, streams, events int) []string 
 	return names
 }
 
+// append appends testEvents from number from on to stream on the source.
 func (e *env) append(t *testing.T, stream string, from, n int) {
 	t.Helper()
-	var exp esdb.ExpectedRevision = esdb.Revision(uint64(from - 1))
-	if from == 0 {
-		exp = esdb.NoStream{}
-	}
-	if _, err := e.srcC.AppendToStream(context.Background(), stream, esdb.AppendToStreamOptions{ExpectedRevision: exp}, testEvents(stream, from, n)...); err != nil {
-		t.Fatalf("appending to %s: %v", stream, err)
-	}
+	appendEvents(t, e.srcC, stream, testutil.ExpectedAt(from), testEvents(stream, from, n)...)
 }
 
 // running is a ditto service running in this process.

@@ -331,7 +331,7 @@ func TestKafkaSinkKilledMidRunLosesNothing(t *testing.T) {
 	k := newKafkaEnv(t, false, kfake.SeedTopics(4, "events"))
 	k.createGroup(t, "$ce-customer", "ditto", esdb.ConsumerStrategyPinned)
 	const streams, perStream = 40, 60
-	names, writerDone := writeInChunks(k.srcC, streams, perStream, 5)
+	names, writerDone := writeInChunks(k.srcC, streams, perStream, 5, testEvents)
 	env := k.dittoEnv(map[string]string{"DITTO_BUFFER_SIZE": "50", "DITTO_BATCH_MAX_EVENTS": "7"})
 	r := k.read(t, "events")
 	seen := 0

@@ -331,7 +331,7 @@ func TestKinesisKilledMidRunLosesNothing(t *testing.T) {
 	k := newKinesisEnv(t, 4, false)
 	k.createGroup(t, "$ce-customer", "ditto", esdb.ConsumerStrategyPinned)
 	const streams, perStream = 40, 60
-	names, writerDone := writeInChunks(k.srcC, streams, perStream, 5)
+	names, writerDone := writeInChunks(k.srcC, streams, perStream, 5, testEvents)
 	env := k.dittoEnv(map[string]string{"DITTO_BUFFER_SIZE": "50", "DITTO_BATCH_MAX_EVENTS": "7"})
 	seen := 0
 	for kill := 0; kill < 3; kill++ {
