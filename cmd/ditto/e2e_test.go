@@ -356,6 +356,16 @@ func TestDivergedDestinationStreamIsParked(t *testing.T) {
 	}
 }
 
+// sourceEvents reads streams from the source.
+func (e *env) sourceEvents(t *testing.T, streams []string) map[string][]*esdb.RecordedEvent {
+	t.Helper()
+	out := map[string][]*esdb.RecordedEvent{}
+	for _, s := range streams {
+		out[s] = readAll(t, e.srcC, s)
+	}
+	return out
+}
+
 func readAll(t *testing.T, c *esdb.Client, stream string) []*esdb.RecordedEvent {
 	t.Helper()
 	rs, err := c.ReadStream(context.Background(), stream, esdb.ReadStreamOptions{From: esdb.Start{}}, 100000)

@@ -163,16 +163,6 @@ func headerOf(r *kgo.Record, key string) string {
 	return ""
 }
 
-// sourceEvents reads streams from the source.
-func (k *kafkaEnv) sourceEvents(t *testing.T, streams []string) map[string][]*esdb.RecordedEvent {
-	t.Helper()
-	out := map[string][]*esdb.RecordedEvent{}
-	for _, s := range streams {
-		out[s] = readAll(t, k.srcC, s)
-	}
-	return out
-}
-
 // verifyKafka checks the records against the source: every event present,
 // its headers, its value byte for byte (raw: the data; envelope: the
 // envelope of the event), all records of a stream in one partition, and
@@ -227,8 +217,7 @@ func verifyKafka(t *testing.T, recs []*kgo.Record, source map[string][]*esdb.Rec
 			if err := json.Unmarshal(r.Value, &v); err != nil {
 				t.Fatalf("%s@%d: value %q is not an envelope: %v", stream, n, r.Value, err)
 			}
-			e := sinks.Event{Stream: stream, Number: n, ID: ev.EventID, Type: ev.EventType, ContentType: ev.ContentType,
-				Data: ev.Data, Metadata: ev.UserMetadata, Created: ev.CreatedDate}
+			e := sinkEvent(ev)
 			value = sinks.AppendEnvelope(nil, &e, v.ReplicatedOn)
 		}
 		if !bytes.Equal(r.Value, value) {
