@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -109,18 +110,6 @@ func recordedIDs(evs []*esdb.RecordedEvent) []uuid.UUID {
 		out[i] = ev.EventID
 	}
 	return out
-}
-
-func sameIDs(a, b []uuid.UUID) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // TestActiveActive runs two clusters, a and b, and two ditto deployments,
@@ -318,10 +307,10 @@ func activeActive(t *testing.T, policyName string) {
 		t.Fatalf("verify of the diverged streams:\n%s", b.String())
 	}
 	for _, d := range divs {
-		if got := recordedIDs(readAll(t, ac, d.name)); !sameIDs(got, eventIDs(append(append([]esdb.EventData{}, d.prefix...), d.ta...))) {
+		if got := recordedIDs(readAll(t, ac, d.name)); !slices.Equal(got, eventIDs(append(append([]esdb.EventData{}, d.prefix...), d.ta...))) {
 			t.Errorf("%s on a holds %v", d.name, got)
 		}
-		if got := recordedIDs(readAll(t, bc, d.name)); !sameIDs(got, eventIDs(append(append([]esdb.EventData{}, d.prefix...), d.tb...))) {
+		if got := recordedIDs(readAll(t, bc, d.name)); !slices.Equal(got, eventIDs(append(append([]esdb.EventData{}, d.prefix...), d.tb...))) {
 			t.Errorf("%s on b holds %v", d.name, got)
 		}
 	}
@@ -368,7 +357,7 @@ func activeActive(t *testing.T, policyName string) {
 				byStream[md.Stream] = append(byStream[md.Stream], rec.EventID)
 			}
 			for _, d := range divs {
-				if !sameIDs(byStream[d.name], eventIDs(side.tails(d))) {
+				if !slices.Equal(byStream[d.name], eventIDs(side.tails(d))) {
 					t.Errorf("%s: %s's records %v, want its tail %v", side.name, d.name, byStream[d.name], eventIDs(side.tails(d)))
 				}
 			}

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -129,7 +130,7 @@ func failoverDrill(t *testing.T, policyName string) {
 	}
 	// a's tail is where it was: never overwritten.
 	for i, s := range tails {
-		if got := recordedIDs(readAll(t, ac, s)); len(got) != 7 || !sameIDs(got[5:], tailIDs[2*i:2*i+2]) {
+		if got := recordedIDs(readAll(t, ac, s)); len(got) != 7 || !slices.Equal(got[5:], tailIDs[2*i:2*i+2]) {
 			t.Fatalf("%s on a: %v, want a's tail %v at 5..6", s, got, tailIDs[2*i:2*i+2])
 		}
 	}
@@ -154,7 +155,7 @@ func failoverDrill(t *testing.T, policyName string) {
 		return c == 5
 	})
 	for _, s := range tails {
-		if got := recordedIDs(readAll(t, bc, s)); len(got) != 8 || !sameIDs(got[5:], bTail[s]) {
+		if got := recordedIDs(readAll(t, bc, s)); len(got) != 8 || !slices.Equal(got[5:], bTail[s]) {
 			t.Fatalf("%s on b: %v, want b's events %v at 5..7", s, got, bTail[s])
 		}
 	}
@@ -203,7 +204,7 @@ func keptByPolicy(t *testing.T, policyName, link string, src, dst *esdb.Client, 
 	total := 0
 	for s, ids := range want {
 		total += len(ids)
-		if !sameIDs(got[s], ids) {
+		if !slices.Equal(got[s], ids) {
 			t.Errorf("%s: %s kept %v, want %v", link, s, got[s], ids)
 		}
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -293,13 +294,7 @@ func TestMonitoringNamesOnlyExistingMetrics(t *testing.T) {
 		}
 		return strings.Contains(body, `ditto_events_processed_total{app="ditto",group="ditto",stream="$ce-customer"} 12`)
 	})
-	for _, m := range slices.Sorted(func(yield func(string) bool) {
-		for m := range named {
-			if !yield(m) {
-				return
-			}
-		}
-	}) {
+	for _, m := range slices.Sorted(maps.Keys(named)) {
 		if !scraped[m] {
 			t.Errorf("%v name %s, which ditto's /metrics does not have", named[m], m)
 		}
