@@ -14,6 +14,7 @@ import (
 	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
 
 	"github.com/ditto-replicator/ditto/config"
+	"github.com/ditto-replicator/ditto/internal/esdbconn"
 	"github.com/ditto-replicator/ditto/internal/testutil"
 	"github.com/ditto-replicator/ditto/sinks"
 	"github.com/ditto-replicator/ditto/verify"
@@ -91,18 +92,14 @@ func TestConfigCommandListsEveryVariable(t *testing.T) {
 	}
 }
 
-// lastNumber is the last event number of stream on c, or -1.
+// lastNumber is the last event number of stream on c, or -1 (also when it
+// cannot be read), for conditions to poll.
 func lastNumber(c *esdb.Client, stream string) int64 {
-	rs, err := c.ReadStream(context.Background(), stream, esdb.ReadStreamOptions{Direction: esdb.Backwards, From: esdb.End{}}, 1)
+	n, err := esdbconn.LastNumber(context.Background(), c, stream)
 	if err != nil {
 		return -1
 	}
-	defer rs.Close()
-	ev, err := rs.Recv()
-	if err != nil {
-		return -1
-	}
-	return int64(ev.OriginalEvent().EventNumber)
+	return n
 }
 
 // writeInChunks appends perStream events, made by events (such as
