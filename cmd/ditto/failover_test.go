@@ -10,7 +10,6 @@ import (
 
 	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
 	"github.com/google/uuid"
-	"github.com/rs/zerolog"
 
 	"github.com/ditto-replicator/ditto/internal/esdbtest"
 	"github.com/ditto-replicator/ditto/internal/recovery"
@@ -39,15 +38,7 @@ func failoverDrill(t *testing.T, policyName string) {
 	a := startEmulator(t)
 	b := esdbtest.Start(t, esdbtest.Options{Insecure: true})
 	bc := mustClient(t, b.ConnectionString())
-	connect := func() *esdb.Client {
-		c, err := newClient(a.connectionString(), zerolog.Nop())
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c
-	}
-	ac := connect()
-	t.Cleanup(func() { ac.Close() })
+	ac := mustClient(t, a.connectionString())
 	ea := &env{dst: b, srcC: ac, dstC: bc}
 	ea.createGroup(t, "$ce-customer", "ditto", esdb.ConsumerStrategyPinned)
 	conflicts := map[string]string{"DITTO_CONFLICT_POLICY": policyName}
@@ -104,7 +95,7 @@ func failoverDrill(t *testing.T, policyName string) {
 
 	// 4. a comes back, from its data directory, and b→a runs.
 	a.start(t)
-	ac = connect()
+	ac = mustClient(t, a.connectionString())
 	eb := &env{src: b, srcC: bc, dstC: ac}
 	ba := startLink(t, baEnv)
 	// b's own events are written, a's come back dropped, and b's events in
