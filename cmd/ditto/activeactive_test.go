@@ -368,12 +368,3 @@ func activeActive(t *testing.T, policyName string) {
 		}
 	}
 }
-
-// readIfAny is readAll of a stream that may not exist.
-func readIfAny(t *testing.T, c *esdb.Client, stream string) []*esdb.RecordedEvent {
-	t.Helper()
-	if lastNumber(c, stream) < 0 {
-		return nil
-	}
-	return readAll(t, c, stream)
-}

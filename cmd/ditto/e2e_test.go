@@ -366,9 +366,28 @@ func (e *env) sourceEvents(t *testing.T, streams []string) map[string][]*esdb.Re
 	return out
 }
 
+// readAll reads stream on c, links not resolved.
 func readAll(t *testing.T, c *esdb.Client, stream string) []*esdb.RecordedEvent {
 	t.Helper()
+	return readStream(t, c, stream, false)
+}
+
+// readIfAny is readAll of a stream that may not exist: nil then.
+func readIfAny(t *testing.T, c *esdb.Client, stream string) []*esdb.RecordedEvent {
+	t.Helper()
+	return readStream(t, c, stream, true)
+}
+
+func readStream(t *testing.T, c *esdb.Client, stream string, mayBeMissing bool) []*esdb.RecordedEvent {
+	t.Helper()
+	missing := func(err error) bool {
+		var e *esdb.Error
+		return mayBeMissing && errors.As(err, &e) && e.Code() == esdb.ErrorCodeResourceNotFound
+	}
 	rs, err := c.ReadStream(context.Background(), stream, esdb.ReadStreamOptions{From: esdb.Start{}}, 100000)
+	if missing(err) {
+		return nil
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -378,6 +397,9 @@ func readAll(t *testing.T, c *esdb.Client, stream string) []*esdb.RecordedEvent 
 		ev, err := rs.Recv()
 		if errors.Is(err, io.EOF) {
 			return out
+		}
+		if missing(err) {
+			return nil
 		}
 		if err != nil {
 			t.Fatalf("reading %s: %v", stream, err)
