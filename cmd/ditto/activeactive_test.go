@@ -171,18 +171,13 @@ func activeActive(t *testing.T, policyName string) {
 	// their own numbers after the other side's events.
 	const own, perStream, chunk = 6, 12, 4
 	var wg sync.WaitGroup
-	writeOwn := func(c *esdb.Client, side string) {
-		defer wg.Done()
-		for from := 0; from < perStream; from += chunk {
-			for i := range own {
-				s := fmt.Sprintf("customer-%s%d", side, i)
-				writeAt(t, c, s, from, policyEvents(s, from, chunk, 0)...)
-			}
+	for side, c := range map[string]*esdb.Client{"a": ac, "b": bc} {
+		names := make([]string, own)
+		for i := range names {
+			names[i] = fmt.Sprintf("customer-%s%d", side, i)
 		}
+		wg.Go(func() { writeStreams(t, c, names, perStream, chunk) })
 	}
-	wg.Add(2)
-	go writeOwn(ac, "a")
-	go writeOwn(bc, "b")
 	const mixed = 3
 	mixedA, mixedB := 0, 0 // events of the mixed streams native to a, to b
 	for i := range mixed {
