@@ -96,12 +96,10 @@ func newService(ctx context.Context, cfg *config.Config, log zerolog.Logger, out
 // sinks.Source), read through a client of its own, so that these reads never
 // wait behind the consumer's.
 func (s *service) policySource() (sinks.Source, error) {
-	cs := s.cfg.SourceConnectionString
-	first, err := newClient(cs, s.log)
-	if err != nil {
-		return nil, fmt.Errorf("DITTO_SOURCE_CONNECTION_STRING: %w", err)
+	var err error
+	if s.reads, err = s.sourceClient(); err != nil {
+		return nil, err
 	}
-	s.reads = esdbconn.New(first, func() (*esdb.Client, error) { return newClient(cs, s.log) })
 	call := func(ctx context.Context, fn func(*esdb.Client) error) error {
 		_, err := esdbconn.Call(ctx, s.reads, func(c *esdb.Client, _ func() bool) (struct{}, error) { return struct{}{}, fn(c) })
 		return err
@@ -110,6 +108,17 @@ func (s *service) policySource() (sinks.Source, error) {
 		s.metrics.IODuration.WithLabelValues(metrics.App, "eventstore", "source", op).Observe(d.Seconds())
 	})
 	return policy.NewSource(s.cfg.Policy, reader, s.cfg.CopyStreamMetadata, s.cfg.CopyStreamACL), nil
+}
+
+// sourceClient is a client of the source for the caller alone, replaced
+// once it has closed itself (see esdbconn).
+func (s *service) sourceClient() (*esdbconn.Client, error) {
+	dial := func() (*esdb.Client, error) { return newClient(s.cfg.SourceConnectionString, s.log) }
+	first, err := dial()
+	if err != nil {
+		return nil, fmt.Errorf("DITTO_SOURCE_CONNECTION_STRING: %w", err)
+	}
+	return esdbconn.New(first, dial), nil
 }
 
 // ready is /health/ready: every subscription connected and the sink reachable.

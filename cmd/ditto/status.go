@@ -12,7 +12,6 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/ditto-replicator/ditto/config"
-	"github.com/ditto-replicator/ditto/internal/esdbconn"
 	"github.com/ditto-replicator/ditto/internal/metrics"
 	"github.com/ditto-replicator/ditto/internal/recovery"
 	"github.com/ditto-replicator/ditto/sinks"
@@ -40,13 +39,11 @@ func measureAll(ctx context.Context, src *esdb.Client, holder sinks.Holder, subs
 func (s *service) recoveryPoints(ctx context.Context) {
 	holder, _ := s.sink.(sinks.Holder)
 	subs := s.cfg.SubscriptionList()
-	cs := s.cfg.SourceConnectionString
-	first, err := newClient(cs, s.log)
+	src, err := s.sourceClient()
 	if err != nil {
 		s.log.Warn().Err(err).Msg("recovery point not measured")
 		return
 	}
-	src := esdbconn.New(first, func() (*esdb.Client, error) { return newClient(cs, s.log) })
 	defer src.Close()
 	t := time.NewTicker(s.cfg.RecoveryPointInterval)
 	defer t.Stop()
