@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"maps"
 	"slices"
 
@@ -81,10 +80,7 @@ func compareConsolidated(ctx context.Context, rd readers, pol *policy.Policy, op
 	if rd.srcResolved == nil {
 		return nil, errors.New("verify: consolidated streams need a source reader that resolves links")
 	}
-	if opts.PageSize <= 0 {
-		opts.PageSize = DefaultPageSize
-	}
-	rep := &Report{Divergences: []Divergence{}, Results: []StreamResult{}}
+	rep := newReport()
 	prog := newProgress(opts.Progress)
 	type pair struct{ seq, dest string }
 	var pairs []pair
@@ -125,13 +121,7 @@ func compareConsolidated(ctx context.Context, rd readers, pol *policy.Policy, op
 		if err != nil {
 			return nil, err
 		}
-		rep.Streams++
-		if res.Skipped {
-			rep.Skipped++
-		}
-		rep.SourceEvents += res.SourceEvents
-		rep.DestinationEvents += res.DestinationEvents
-		rep.Results = append(rep.Results, res)
+		rep.addStream(res)
 		prog.streamDone(i+1, len(pairs), rep)
 	}
 	prog.finish(rep)
@@ -142,33 +132,16 @@ func compareConsolidated(ctx context.Context, rd readers, pol *policy.Policy, op
 // the linked event, numbered by its link's number in the stream read (an unresolved link is a
 // "$"-stream placeholder, which no policy writes).
 func resolvingReader(c *esdb.Client) readPageFunc {
-	return func(ctx context.Context, stream string, from uint64, count int) ([]*esdb.RecordedEvent, error) {
-		rs, err := c.ReadStream(ctx, stream, esdb.ReadStreamOptions{Direction: esdb.Forwards, From: esdb.Revision(from), ResolveLinkTos: true}, uint64(count))
-		if err != nil {
-			return nil, classifyReadError(stream, from, err)
+	return pageReader(c, true, func(ev *esdb.ResolvedEvent) *esdb.RecordedEvent {
+		orig := ev.OriginalEvent()
+		switch {
+		case orig == nil:
+			return nil
+		case ev.Event == nil:
+			return &esdb.RecordedEvent{StreamID: "$unresolved", EventNumber: orig.EventNumber}
 		}
-		defer rs.Close()
-		events := make([]*esdb.RecordedEvent, 0, min(count, 64))
-		for range count + 1 {
-			ev, err := rs.Recv()
-			if errors.Is(err, io.EOF) {
-				return events, nil
-			}
-			if err != nil {
-				return nil, classifyReadError(stream, from, err)
-			}
-			orig := ev.OriginalEvent()
-			if orig == nil {
-				continue
-			}
-			rec := &esdb.RecordedEvent{StreamID: "$unresolved", EventNumber: orig.EventNumber}
-			if ev.Event != nil {
-				c := *ev.Event
-				c.EventNumber = orig.EventNumber
-				rec = &c
-			}
-			events = append(events, rec)
-		}
-		return nil, fmt.Errorf("read %q from %d: server sent more than the %d events asked for", stream, from, count)
-	}
+		rec := *ev.Event
+		rec.EventNumber = orig.EventNumber
+		return &rec
+	})
 }

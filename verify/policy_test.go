@@ -55,6 +55,23 @@ func copied(t *testing.T, p *policy.Policy, rec *esdb.RecordedEvent, sub string,
 	return esdb.EventData{EventID: rec.EventID, EventType: rec.EventType, ContentType: ct, Data: rec.Data, Metadata: md}
 }
 
+// written is what ditto writes to dest under p of the events of stream on c: those p keeps,
+// with provenance; sub names the subscription stream when stream is one (consolidation).
+func written(t *testing.T, p *policy.Policy, c *esdb.Client, stream, dest, sub string) []esdb.EventData {
+	t.Helper()
+	var out []esdb.EventData
+	for _, re := range recorded(t, c, stream) {
+		if p.Writes(dest, re.Event) {
+			var subNumber uint64
+			if sub != "" {
+				subNumber = re.OriginalEvent().EventNumber
+			}
+			out = append(out, copied(t, p, re.Event, sub, subNumber))
+		}
+	}
+	return out
+}
+
 func typedEvents(types ...string) []esdb.EventData {
 	var evs []esdb.EventData
 	for i, typ := range types {
@@ -67,13 +84,7 @@ func TestFilteredStreamMatchedByProvenance(t *testing.T) {
 	src, dst := servers(t)
 	p := compile(t, policy.Spec{ExcludeEventTypes: "Debug"})
 	appendEvents(t, src, "order-1", typedEvents("Placed", "Debug", "Paid", "Debug", "Shipped")...)
-	var kept []esdb.EventData
-	for _, re := range recorded(t, src, "order-1") {
-		if p.Writes("order-1", re.Event) {
-			kept = append(kept, copied(t, p, re.Event, "", 0))
-		}
-	}
-	appendEvents(t, dst, "order-1", kept...)
+	appendEvents(t, dst, "order-1", written(t, p, src, "order-1", "order-1", "")...)
 	opts := verify.Options{Streams: []string{"order-1"}, Policy: p}
 	checkCounts(t, compare(t, src, dst, opts), counts{streams: 1, src: 3, dst: 3})
 
@@ -85,12 +96,7 @@ func TestFilteredStreamMatchedByProvenance(t *testing.T) {
 	// A kept event lost, an event written twice, one without provenance.
 	src2, dst2 := servers(t)
 	appendEvents(t, src2, "order-1", typedEvents("Placed", "Debug", "Paid", "Debug", "Shipped")...)
-	var k []esdb.EventData
-	for _, re := range recorded(t, src2, "order-1") {
-		if p.Writes("order-1", re.Event) {
-			k = append(k, copied(t, p, re.Event, "", 0))
-		}
-	}
+	k := written(t, p, src2, "order-1", "order-1", "")
 	appendEvents(t, dst2, "order-1", k[0], k[2], k[2], jsonEvent("Foreign", 9))
 	rep := compare(t, src2, dst2, opts)
 	checkCounts(t, rep, counts{streams: 1, src: 3, dst: 4, missing: 1, extra: 2})
@@ -133,12 +139,7 @@ func TestConsolidatedStreamInSubscriptionOrder(t *testing.T) {
 	}
 	appendEvents(t, src, "customer-a", jsonEvent("$system", 9)) // dropped: a $ type
 	waitForLinks(t, src, "$ce-customer", 7)
-	var all []esdb.EventData
-	for _, re := range recorded(t, src, "$ce-customer") {
-		if p.Writes("all-customers", re.Event) {
-			all = append(all, copied(t, p, re.Event, "$ce-customer", re.OriginalEvent().EventNumber))
-		}
-	}
+	all := written(t, p, src, "$ce-customer", "all-customers", "$ce-customer")
 	if len(all) != 6 {
 		t.Fatalf("%d events kept, want 6", len(all))
 	}

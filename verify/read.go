@@ -24,11 +24,19 @@ type readPageFunc func(ctx context.Context, stream string, from uint64, count in
 
 // clientReader reads pages with the official client.
 func clientReader(c *esdb.Client) readPageFunc {
+	// Without link resolution every record comes back as Event; OriginalEvent also covers a
+	// server that fills Link instead.
+	return pageReader(c, false, (*esdb.ResolvedEvent).OriginalEvent)
+}
+
+// pageReader reads pages of a stream with the official client, links resolved or not, and
+// keeps what record makes of each event (nil: nothing).
+func pageReader(c *esdb.Client, resolve bool, record func(*esdb.ResolvedEvent) *esdb.RecordedEvent) readPageFunc {
 	return func(ctx context.Context, stream string, from uint64, count int) ([]*esdb.RecordedEvent, error) {
 		rs, err := c.ReadStream(ctx, stream, esdb.ReadStreamOptions{
 			Direction:      esdb.Forwards,
 			From:           esdb.Revision(from),
-			ResolveLinkTos: false,
+			ResolveLinkTos: resolve,
 		}, uint64(count))
 		if err != nil {
 			return nil, classifyReadError(stream, from, err)
@@ -46,9 +54,7 @@ func clientReader(c *esdb.Client) readPageFunc {
 			if err != nil {
 				return nil, classifyReadError(stream, from, err)
 			}
-			// Without link resolution every record comes back as Event; OriginalEvent also
-			// covers a server that fills Link instead.
-			if rec := ev.OriginalEvent(); rec != nil {
+			if rec := record(ev); rec != nil {
 				events = append(events, rec)
 			}
 		}

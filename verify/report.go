@@ -42,7 +42,7 @@ func (r *Report) WriteText(w io.Writer) error {
 		}
 	}
 	if len(r.Divergences) > 0 {
-		total := r.Missing + r.Extra + r.Altered + r.OutOfOrder + r.Corrupted
+		total := r.divergences()
 		if r.Truncated {
 			ew.printf("divergences (first %d of %d):\n", len(r.Divergences), total)
 		} else {

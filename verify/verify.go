@@ -91,8 +91,11 @@ type StreamResult struct {
 }
 
 // OK reports whether the stream is identical on both sides (a skipped stream counts as OK).
-func (s *StreamResult) OK() bool {
-	return s.Missing+s.Extra+s.Altered+s.OutOfOrder+s.Corrupted == 0
+func (s *StreamResult) OK() bool { return s.divergences() == 0 }
+
+// divergences is how many events of the stream diverge, of every kind.
+func (s *StreamResult) divergences() int {
+	return s.Missing + s.Extra + s.Altered + s.OutOfOrder + s.Corrupted
 }
 
 // Report is the result of Compare. The counters are exact; Divergences holds at most
@@ -120,8 +123,25 @@ type Report struct {
 
 // OK reports whether no divergence was found. Skipped streams do not count as divergences: a
 // source stream that was deleted is, by design, no longer replicated.
-func (r *Report) OK() bool {
-	return r.Missing+r.Extra+r.Altered+r.OutOfOrder+r.Corrupted == 0
+func (r *Report) OK() bool { return r.divergences() == 0 }
+
+// divergences is how many events diverge, of every kind.
+func (r *Report) divergences() int {
+	return r.Missing + r.Extra + r.Altered + r.OutOfOrder + r.Corrupted
+}
+
+// newReport is an empty report, whose lists are empty rather than null in JSON.
+func newReport() *Report { return &Report{Divergences: []Divergence{}, Results: []StreamResult{}} }
+
+// addStream counts a compared stream's result in the totals.
+func (r *Report) addStream(res StreamResult) {
+	r.Streams++
+	if res.Skipped {
+		r.Skipped++
+	}
+	r.SourceEvents += res.SourceEvents
+	r.DestinationEvents += res.DestinationEvents
+	r.Results = append(r.Results, res)
 }
 
 func (r *Report) add(d Divergence) {
@@ -180,16 +200,16 @@ func compareWith(ctx context.Context, rd readers, opts Options) (*Report, error)
 	if pol != nil && pol.Trivial() {
 		pol = nil
 	}
-	if pol != nil && pol.Mode() == policy.Consolidated {
-		return compareConsolidated(ctx, rd, pol, opts)
-	}
 	if opts.PageSize <= 0 {
 		opts.PageSize = DefaultPageSize
+	}
+	if pol != nil && pol.Mode() == policy.Consolidated {
+		return compareConsolidated(ctx, rd, pol, opts)
 	}
 	if len(opts.Streams) == 0 && len(opts.Categories) == 0 {
 		return nil, errors.New("verify: no streams or categories to compare")
 	}
-	rep := &Report{Divergences: []Divergence{}, Results: []StreamResult{}}
+	rep := newReport()
 	prog := newProgress(opts.Progress)
 
 	streams := dedupe(opts.Streams)
@@ -224,13 +244,7 @@ func compareWith(ctx context.Context, rd readers, opts Options) (*Report, error)
 		if err != nil {
 			return nil, err
 		}
-		rep.Streams++
-		if res.Skipped {
-			rep.Skipped++
-		}
-		rep.SourceEvents += res.SourceEvents
-		rep.DestinationEvents += res.DestinationEvents
-		rep.Results = append(rep.Results, res)
+		rep.addStream(res)
 		prog.streamDone(i+1, len(streams), rep)
 	}
 	prog.finish(rep)
@@ -289,7 +303,7 @@ func (p *progress) streamDone(done, total int, r *Report) {
 		return
 	}
 	p.printf("%d/%d streams, %d source events, %d destination events, %d divergences",
-		done, total, r.SourceEvents, r.DestinationEvents, r.Missing+r.Extra+r.Altered+r.OutOfOrder+r.Corrupted)
+		done, total, r.SourceEvents, r.DestinationEvents, r.divergences())
 }
 
 func (p *progress) page(stream string, events int) {
@@ -309,5 +323,5 @@ func (p *progress) finish(r *Report) {
 		return
 	}
 	p.printf("done in %s: %d streams, %d divergences", time.Since(p.started).Round(time.Millisecond),
-		r.Streams, r.Missing+r.Extra+r.Altered+r.OutOfOrder+r.Corrupted)
+		r.Streams, r.divergences())
 }

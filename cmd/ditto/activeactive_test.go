@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -30,24 +32,14 @@ type link struct {
 // (named to), with provenance and both names, so that the link back is not
 // a loop.
 func linkEnv(t *testing.T, src, dst, from, to string, extra map[string]string) map[string]string {
-	env := map[string]string{
-		"DITTO_SOURCE_CONNECTION_STRING":      src,
-		"DITTO_DESTINATION_CONNECTION_STRING": dst,
-		"DITTO_SUBSCRIPTIONS":                 "$ce-customer:ditto",
-		"DITTO_METRICS_ADDRESS":               testutil.FreeAddr(t),
-		"DITTO_RETRY_BACKOFF_MAX":             "200ms",
-		"DITTO_PROVENANCE":                    "true",
-		"DITTO_ORIGIN_NAME":                   from,
-		"DITTO_DESTINATION_NAME":              to,
-		"DITTO_BATCH_MAX_EVENTS":              "5",
-	}
-	for k, v := range extra {
-		if v == "" {
-			delete(env, k)
-		} else {
-			env[k] = v
-		}
-	}
+	env := baseEnv(src, dst, map[string]string{
+		"DITTO_METRICS_ADDRESS":  testutil.FreeAddr(t),
+		"DITTO_PROVENANCE":       "true",
+		"DITTO_ORIGIN_NAME":      from,
+		"DITTO_DESTINATION_NAME": to,
+		"DITTO_BATCH_MAX_EVENTS": "5",
+	}, extra)
+	maps.DeleteFunc(env, func(_, v string) bool { return v == "" })
 	return env
 }
 
@@ -89,14 +81,11 @@ func (l *link) counts(t *testing.T, policyName string) (processed, origin, confl
 		l.sample(t, "ditto_events_conflicts_total", `policy="`+policyName+`"`)
 }
 
-// writeAt appends evs to stream on c with expected revision from-1.
+// writeAt appends evs to stream on c at number from. It fails t without
+// stopping it, so that it can run in a goroutine of its own.
 func writeAt(t *testing.T, c *esdb.Client, stream string, from int, evs ...esdb.EventData) {
 	t.Helper()
-	var exp esdb.ExpectedRevision = esdb.Revision(uint64(from - 1))
-	if from == 0 {
-		exp = esdb.NoStream{}
-	}
-	if _, err := c.AppendToStream(context.Background(), stream, esdb.AppendToStreamOptions{ExpectedRevision: exp}, evs...); err != nil {
+	if _, err := c.AppendToStream(context.Background(), stream, esdb.AppendToStreamOptions{ExpectedRevision: testutil.ExpectedAt(from)}, evs...); err != nil {
 		t.Errorf("appending %d events to %s at %d: %v", len(evs), stream, from, err)
 	}
 }
@@ -121,18 +110,6 @@ func recordedIDs(evs []*esdb.RecordedEvent) []uuid.UUID {
 		out[i] = ev.EventID
 	}
 	return out
-}
-
-func sameIDs(a, b []uuid.UUID) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // TestActiveActive runs two clusters, a and b, and two ditto deployments,
@@ -194,18 +171,13 @@ func activeActive(t *testing.T, policyName string) {
 	// their own numbers after the other side's events.
 	const own, perStream, chunk = 6, 12, 4
 	var wg sync.WaitGroup
-	writeOwn := func(c *esdb.Client, side string) {
-		defer wg.Done()
-		for from := 0; from < perStream; from += chunk {
-			for i := range own {
-				s := fmt.Sprintf("customer-%s%d", side, i)
-				writeAt(t, c, s, from, policyEvents(s, from, chunk, 0)...)
-			}
+	for side, c := range map[string]*esdb.Client{"a": ac, "b": bc} {
+		names := make([]string, own)
+		for i := range names {
+			names[i] = fmt.Sprintf("customer-%s%d", side, i)
 		}
+		wg.Go(func() { writeStreams(t, c, names, perStream, chunk) })
 	}
-	wg.Add(2)
-	go writeOwn(ac, "a")
-	go writeOwn(bc, "b")
 	const mixed = 3
 	mixedA, mixedB := 0, 0 // events of the mixed streams native to a, to b
 	for i := range mixed {
@@ -330,10 +302,10 @@ func activeActive(t *testing.T, policyName string) {
 		t.Fatalf("verify of the diverged streams:\n%s", b.String())
 	}
 	for _, d := range divs {
-		if got := recordedIDs(readAll(t, ac, d.name)); !sameIDs(got, eventIDs(append(append([]esdb.EventData{}, d.prefix...), d.ta...))) {
+		if got := recordedIDs(readAll(t, ac, d.name)); !slices.Equal(got, eventIDs(append(append([]esdb.EventData{}, d.prefix...), d.ta...))) {
 			t.Errorf("%s on a holds %v", d.name, got)
 		}
-		if got := recordedIDs(readAll(t, bc, d.name)); !sameIDs(got, eventIDs(append(append([]esdb.EventData{}, d.prefix...), d.tb...))) {
+		if got := recordedIDs(readAll(t, bc, d.name)); !slices.Equal(got, eventIDs(append(append([]esdb.EventData{}, d.prefix...), d.tb...))) {
 			t.Errorf("%s on b holds %v", d.name, got)
 		}
 	}
@@ -380,7 +352,7 @@ func activeActive(t *testing.T, policyName string) {
 				byStream[md.Stream] = append(byStream[md.Stream], rec.EventID)
 			}
 			for _, d := range divs {
-				if !sameIDs(byStream[d.name], eventIDs(side.tails(d))) {
+				if !slices.Equal(byStream[d.name], eventIDs(side.tails(d))) {
 					t.Errorf("%s: %s's records %v, want its tail %v", side.name, d.name, byStream[d.name], eventIDs(side.tails(d)))
 				}
 			}
@@ -390,13 +362,4 @@ func activeActive(t *testing.T, policyName string) {
 			}
 		}
 	}
-}
-
-// readIfAny is readAll of a stream that may not exist.
-func readIfAny(t *testing.T, c *esdb.Client, stream string) []*esdb.RecordedEvent {
-	t.Helper()
-	if lastNumber(c, stream) < 0 {
-		return nil
-	}
-	return readAll(t, c, stream)
 }

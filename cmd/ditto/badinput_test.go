@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -138,9 +139,7 @@ func fanOutBad(set map[string]string) map[string]string {
 		"DITTO_EAST_DESTINATION_CONNECTION_STRING": "esdb://127.0.0.1:2?tls=false",
 		"DITTO_WEST_DESTINATION_CONNECTION_STRING": "esdb://127.0.0.1:3?tls=false",
 	}
-	for k, v := range set {
-		out[k] = v
-	}
+	maps.Copy(out, set)
 	return out
 }
 
@@ -265,17 +264,20 @@ func TestBadInputCatalogIsDocumented(t *testing.T) {
 
 // --- helpers ---------------------------------------------------------------
 
-// baseEnv is a process environment for ditto against src and dst.
-func baseEnv(src, dst string, extra map[string]string) map[string]string {
+// baseEnv is a process environment for ditto from src to dst (none when
+// ""), with the maps of extra on top, in order.
+func baseEnv(src, dst string, extra ...map[string]string) map[string]string {
 	env := map[string]string{
-		"DITTO_SOURCE_CONNECTION_STRING":      src,
-		"DITTO_DESTINATION_CONNECTION_STRING": dst,
-		"DITTO_SUBSCRIPTIONS":                 "$ce-customer:ditto",
-		"DITTO_METRICS_ADDRESS":               "",
-		"DITTO_RETRY_BACKOFF_MAX":             "200ms",
+		"DITTO_SOURCE_CONNECTION_STRING": src,
+		"DITTO_SUBSCRIPTIONS":            "$ce-customer:ditto",
+		"DITTO_METRICS_ADDRESS":          "",
+		"DITTO_RETRY_BACKOFF_MAX":        "200ms",
 	}
-	for k, v := range extra {
-		env[k] = v
+	if dst != "" {
+		env["DITTO_DESTINATION_CONNECTION_STRING"] = dst
+	}
+	for _, m := range extra {
+		maps.Copy(env, m)
 	}
 	return env
 }
@@ -322,17 +324,6 @@ func appendEvents(t *testing.T, c *esdb.Client, stream string, exp esdb.Expected
 	if _, err := c.AppendToStream(context.Background(), stream, esdb.AppendToStreamOptions{ExpectedRevision: exp}, evs...); err != nil {
 		t.Fatalf("appending to %s: %v", stream, err)
 	}
-}
-
-func readyStatus(addr string) (int, string) {
-	resp, err := http.Get("http://" + addr + "/health/ready")
-	if err != nil {
-		return 0, err.Error()
-	}
-	defer resp.Body.Close()
-	var b bytes.Buffer
-	b.ReadFrom(resp.Body)
-	return resp.StatusCode, b.String()
 }
 
 func stopGracefully(t *testing.T, p *process) {

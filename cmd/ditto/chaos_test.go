@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math/rand"
 	"os"
@@ -235,7 +234,7 @@ func TestChaos(t *testing.T) {
 		}
 		t.Fatalf("destination not identical to source after %s:\n%s\nlast ditto output:\n%s", prof.settle, head, tail(p.output.String(), 4000))
 	}
-	if parked := readAllOrNone(t, srcC, "$persistentsubscription-$ce-chaos::ditto-parked"); parked != 0 {
+	if parked := len(readIfAny(t, srcC, "$persistentsubscription-$ce-chaos::ditto-parked")); parked != 0 {
 		t.Fatalf("%d events were parked during the chaos run", parked)
 	}
 	// The last ditto stops cleanly after all that (no hang, no panic).
@@ -322,10 +321,7 @@ func appendWithRetry(c *esdb.Client, stream string, from, n int) error {
 		return nil
 	}
 	evs := testEvents(stream, from, n)
-	var exp esdb.ExpectedRevision = esdb.Revision(uint64(from - 1))
-	if from == 0 {
-		exp = esdb.NoStream{}
-	}
+	exp := testutil.ExpectedAt(from)
 	var err error
 	for attempt := 0; attempt < 10; attempt++ {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -337,28 +333,6 @@ func appendWithRetry(c *esdb.Client, stream string, from, n int) error {
 		time.Sleep(100 * time.Millisecond)
 	}
 	return fmt.Errorf("appending %d events to %s at %d: %w", n, stream, from, err)
-}
-
-// readAllOrNone counts the events of stream, 0 if it does not exist.
-func readAllOrNone(t *testing.T, c *esdb.Client, stream string) int {
-	t.Helper()
-	rs, err := c.ReadStream(context.Background(), stream, esdb.ReadStreamOptions{From: esdb.Start{}}, 1<<20)
-	if err != nil {
-		return 0
-	}
-	defer rs.Close()
-	n := 0
-	for {
-		_, err := rs.Recv()
-		if err != nil {
-			var ee *esdb.Error
-			if errors.As(err, &ee) && ee.Code() != esdb.ErrorCodeResourceNotFound {
-				t.Fatalf("reading %s: %v", stream, err)
-			}
-			return n
-		}
-		n++
-	}
 }
 
 func tail(s string, n int) string {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"maps"
 	"net"
 	"net/url"
 	"os"
@@ -82,13 +83,7 @@ func composeService(t *testing.T, p *types.Project, name string) types.ServiceCo
 func TestComposeDittoVariables(t *testing.T) {
 	p := loadCompose(t)
 	dittos := dittoServices(t, p)
-	names := slices.Sorted(func(yield func(string) bool) {
-		for n := range dittos {
-			if !yield(n) {
-				return
-			}
-		}
-	})
+	names := slices.Sorted(maps.Keys(dittos))
 	if !slices.Equal(names, []string{"ditto", "ditto-kinesis"}) {
 		t.Fatalf("services built as ditto: %v, want ditto and ditto-kinesis", names)
 	}

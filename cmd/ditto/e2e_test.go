@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -19,7 +18,6 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/rs/zerolog"
 
-	"github.com/ditto-replicator/ditto/config"
 	"github.com/ditto-replicator/ditto/internal/esdbtest"
 	"github.com/ditto-replicator/ditto/internal/faultproxy"
 	"github.com/ditto-replicator/ditto/internal/metrics"
@@ -100,15 +98,10 @@ func (e *env) seed(t *testing.T, category string, streams, events int) []string 
 	return names
 }
 
+// append appends testEvents from number from on to stream on the source.
 func (e *env) append(t *testing.T, stream string, from, n int) {
 	t.Helper()
-	var exp esdb.ExpectedRevision = esdb.Revision(uint64(from - 1))
-	if from == 0 {
-		exp = esdb.NoStream{}
-	}
-	if _, err := e.srcC.AppendToStream(context.Background(), stream, esdb.AppendToStreamOptions{ExpectedRevision: exp}, testEvents(stream, from, n)...); err != nil {
-		t.Fatalf("appending to %s: %v", stream, err)
-	}
+	appendEvents(t, e.srcC, stream, testutil.ExpectedAt(from), testEvents(stream, from, n)...)
 }
 
 // running is a ditto service running in this process.
@@ -148,16 +141,7 @@ func startDitto(t *testing.T, e *env, settings map[string]string) *running {
 		"DITTO_LOG_LEVEL":                     "debug",
 		"DITTO_RETRY_BACKOFF_MAX":             "200ms",
 	}
-	for k, v := range settings {
-		base[k] = v
-	}
-	for _, v := range config.Variables() {
-		t.Setenv(v.Name, base[v.Name])
-		if _, ok := base[v.Name]; !ok {
-			os.Unsetenv(v.Name) // t.Setenv restores it after the test
-		}
-	}
-	cfg, err := config.Load()
+	cfg, err := testutil.LoadConfig(t, base, settings)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -372,9 +356,38 @@ func TestDivergedDestinationStreamIsParked(t *testing.T) {
 	}
 }
 
+// sourceEvents reads streams from the source.
+func (e *env) sourceEvents(t *testing.T, streams []string) map[string][]*esdb.RecordedEvent {
+	t.Helper()
+	out := map[string][]*esdb.RecordedEvent{}
+	for _, s := range streams {
+		out[s] = readAll(t, e.srcC, s)
+	}
+	return out
+}
+
+// readAll reads stream on c, links not resolved.
 func readAll(t *testing.T, c *esdb.Client, stream string) []*esdb.RecordedEvent {
 	t.Helper()
+	return readStream(t, c, stream, false)
+}
+
+// readIfAny is readAll of a stream that may not exist: nil then.
+func readIfAny(t *testing.T, c *esdb.Client, stream string) []*esdb.RecordedEvent {
+	t.Helper()
+	return readStream(t, c, stream, true)
+}
+
+func readStream(t *testing.T, c *esdb.Client, stream string, mayBeMissing bool) []*esdb.RecordedEvent {
+	t.Helper()
+	missing := func(err error) bool {
+		var e *esdb.Error
+		return mayBeMissing && errors.As(err, &e) && e.Code() == esdb.ErrorCodeResourceNotFound
+	}
 	rs, err := c.ReadStream(context.Background(), stream, esdb.ReadStreamOptions{From: esdb.Start{}}, 100000)
+	if missing(err) {
+		return nil
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -384,6 +397,9 @@ func readAll(t *testing.T, c *esdb.Client, stream string) []*esdb.RecordedEvent 
 		ev, err := rs.Recv()
 		if errors.Is(err, io.EOF) {
 			return out
+		}
+		if missing(err) {
+			return nil
 		}
 		if err != nil {
 			t.Fatalf("reading %s: %v", stream, err)

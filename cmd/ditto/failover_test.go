@@ -3,13 +3,13 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
 	"github.com/google/uuid"
-	"github.com/rs/zerolog"
 
 	"github.com/ditto-replicator/ditto/internal/esdbtest"
 	"github.com/ditto-replicator/ditto/internal/recovery"
@@ -38,15 +38,7 @@ func failoverDrill(t *testing.T, policyName string) {
 	a := startEmulator(t)
 	b := esdbtest.Start(t, esdbtest.Options{Insecure: true})
 	bc := mustClient(t, b.ConnectionString())
-	connect := func() *esdb.Client {
-		c, err := newClient(a.connectionString(), zerolog.Nop())
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c
-	}
-	ac := connect()
-	t.Cleanup(func() { ac.Close() })
+	ac := mustClient(t, a.connectionString())
 	ea := &env{dst: b, srcC: ac, dstC: bc}
 	ea.createGroup(t, "$ce-customer", "ditto", esdb.ConsumerStrategyPinned)
 	conflicts := map[string]string{"DITTO_CONFLICT_POLICY": policyName}
@@ -103,7 +95,7 @@ func failoverDrill(t *testing.T, policyName string) {
 
 	// 4. a comes back, from its data directory, and b→a runs.
 	a.start(t)
-	ac = connect()
+	ac = mustClient(t, a.connectionString())
 	eb := &env{src: b, srcC: bc, dstC: ac}
 	ba := startLink(t, baEnv)
 	// b's own events are written, a's come back dropped, and b's events in
@@ -129,7 +121,7 @@ func failoverDrill(t *testing.T, policyName string) {
 	}
 	// a's tail is where it was: never overwritten.
 	for i, s := range tails {
-		if got := recordedIDs(readAll(t, ac, s)); len(got) != 7 || !sameIDs(got[5:], tailIDs[2*i:2*i+2]) {
+		if got := recordedIDs(readAll(t, ac, s)); len(got) != 7 || !slices.Equal(got[5:], tailIDs[2*i:2*i+2]) {
 			t.Fatalf("%s on a: %v, want a's tail %v at 5..6", s, got, tailIDs[2*i:2*i+2])
 		}
 	}
@@ -154,7 +146,7 @@ func failoverDrill(t *testing.T, policyName string) {
 		return c == 5
 	})
 	for _, s := range tails {
-		if got := recordedIDs(readAll(t, bc, s)); len(got) != 8 || !sameIDs(got[5:], bTail[s]) {
+		if got := recordedIDs(readAll(t, bc, s)); len(got) != 8 || !slices.Equal(got[5:], bTail[s]) {
 			t.Fatalf("%s on b: %v, want b's events %v at 5..7", s, got, bTail[s])
 		}
 	}
@@ -203,7 +195,7 @@ func keptByPolicy(t *testing.T, policyName, link string, src, dst *esdb.Client, 
 	total := 0
 	for s, ids := range want {
 		total += len(ids)
-		if !sameIDs(got[s], ids) {
+		if !slices.Equal(got[s], ids) {
 			t.Errorf("%s: %s kept %v, want %v", link, s, got[s], ids)
 		}
 	}

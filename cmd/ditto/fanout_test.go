@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"net/http"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -18,39 +17,12 @@ import (
 // fanOutEnv is the environment of a ditto writing to the destinations
 // east and west.
 func fanOutEnv(src, east, west, metrics string, extra map[string]string) map[string]string {
-	env := map[string]string{
-		"DITTO_SOURCE_CONNECTION_STRING":           src,
-		"DITTO_SUBSCRIPTIONS":                      "$ce-customer:ditto",
+	return baseEnv(src, "", map[string]string{
 		"DITTO_DESTINATIONS":                       "east=eventstore,west=eventstore",
 		"DITTO_EAST_DESTINATION_CONNECTION_STRING": east,
 		"DITTO_WEST_DESTINATION_CONNECTION_STRING": west,
 		"DITTO_METRICS_ADDRESS":                    metrics,
-		"DITTO_RETRY_BACKOFF_MAX":                  "200ms",
-	}
-	for k, v := range extra {
-		env[k] = v
-	}
-	return env
-}
-
-// sample returns the value of the first sample on /metrics at addr whose
-// line starts with prefix (a name and labels), or -1.
-func sample(t *testing.T, addr, prefix string) float64 {
-	t.Helper()
-	code, body := get(t, "http://"+addr+"/metrics")
-	if code != http.StatusOK {
-		t.Fatalf("/metrics: %d", code)
-	}
-	for _, line := range strings.Split(body, "\n") {
-		if strings.HasPrefix(line, prefix) {
-			f := strings.Fields(line)
-			v, err := strconv.ParseFloat(f[len(f)-1], 64)
-			if err == nil {
-				return v
-			}
-		}
-	}
-	return -1
+	}, extra)
 }
 
 // TestFanOutToTwoEventStores: one ditto process copies a category to two

@@ -2,14 +2,10 @@ package main
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
-
-	"github.com/rs/zerolog"
 
 	"github.com/ditto-replicator/ditto/config"
 	"github.com/ditto-replicator/ditto/internal/groups"
@@ -43,38 +39,17 @@ func groupsCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	dryRun := fs.Bool("dry-run", false, "compute and print where each group would start; create nothing")
 	replace := fs.Bool("replace", false, "delete a group that exists on the destination and create it anew")
 	asJSON := fs.Bool("json", false, "print the results as JSON")
-	if err := fs.Parse(args[1:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
+	if code, ok := parseFlags(fs, args[1:], stderr); !ok {
+		return code
 	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "ditto groups copy: unexpected arguments %q\n", fs.Args())
-		return 2
-	}
-	var problems []string
-	need := func(name string) string {
-		v := os.Getenv(name)
-		if v == "" {
-			problems = append(problems, name+" is required by ditto groups copy")
-		}
-		return v
-	}
-	srcCS, dstCS := need("DITTO_SOURCE_CONNECTION_STRING"), need("DITTO_DESTINATION_CONNECTION_STRING")
+	srcCS, dstCS, subs, problems := clusterVariables("ditto groups copy")
 	opts := groups.Options{DryRun: *dryRun, Replace: *replace}
-	if s := os.Getenv("DITTO_SUBSCRIPTIONS"); s != "" {
-		subs, err := config.ParseSubscriptions(s)
-		if err != nil {
-			problems = append(problems, fmt.Sprintf("DITTO_SUBSCRIPTIONS=%q: %v", s, err))
-		}
-		seen := map[string]bool{}
-		for _, sub := range subs {
-			opts.Exclude = append(opts.Exclude, groups.Group{Stream: sub.Stream, Name: sub.Group})
-			if !seen[sub.Stream] {
-				seen[sub.Stream] = true
-				opts.Streams = append(opts.Streams, sub.Stream)
-			}
+	seen := map[string]bool{}
+	for _, sub := range subs {
+		opts.Exclude = append(opts.Exclude, groups.Group{Stream: sub.Stream, Name: sub.Group})
+		if !seen[sub.Stream] {
+			seen[sub.Stream] = true
+			opts.Streams = append(opts.Streams, sub.Stream)
 		}
 	}
 	if *only != "" {
@@ -85,24 +60,18 @@ func groupsCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		for _, sub := range subs {
 			opts.Groups = append(opts.Groups, groups.Group{Stream: sub.Stream, Name: sub.Group})
 		}
-	} else if len(opts.Streams) == 0 && os.Getenv("DITTO_SUBSCRIPTIONS") == "" {
+	} else if os.Getenv("DITTO_SUBSCRIPTIONS") == "" {
 		problems = append(problems, "DITTO_SUBSCRIPTIONS or --groups is required by ditto groups copy: it says which streams' groups to copy")
 	}
 	if len(problems) > 0 {
 		fmt.Fprintln(stderr, "ditto groups copy: "+(&config.Error{Problems: problems}).Error())
 		return 2
 	}
-	src, err := newClient(srcCS, zerolog.Nop())
-	if err != nil {
-		fmt.Fprintf(stderr, "ditto groups copy: DITTO_SOURCE_CONNECTION_STRING: %v\n", err)
+	src, dst, ok := connectClusters("ditto groups copy", srcCS, dstCS, stderr)
+	if !ok {
 		return 2
 	}
 	defer src.Close()
-	dst, err := newClient(dstCS, zerolog.Nop())
-	if err != nil {
-		fmt.Fprintf(stderr, "ditto groups copy: DITTO_DESTINATION_CONNECTION_STRING: %v\n", err)
-		return 2
-	}
 	defer dst.Close()
 	results, err := groups.Copy(ctx, src, dst, opts)
 	if err != nil {
@@ -110,9 +79,7 @@ func groupsCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		return 1
 	}
 	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		enc.Encode(results)
+		printJSON(stdout, results)
 	} else {
 		printGroups(stdout, results, opts)
 	}

@@ -77,14 +77,6 @@ func consume(t *testing.T, c *esdb.Client, stream, group string, n int, done fun
 	return out
 }
 
-// checkpointAt is a condition: $ce-customer::group on c has checkpointed n.
-func checkpointAt(c *esdb.Client, group string, n uint64) func() bool {
-	return func() bool {
-		info, err := c.GetPersistentSubscriptionInfo(context.Background(), "$ce-customer", group, esdb.GetPersistentSubscriptionOptions{})
-		return err == nil && info.Stats.LastCheckpointedEventRevision != nil && *info.Stats.LastCheckpointedEventRevision == n
-	}
-}
-
 // TestGroupsCopyPlacesTheGroupAfterTheCheckpoint: a consumer acks part of
 // its group on the source and a checkpoint is written; ditto copies the
 // category to a destination that interleaves the streams differently (and
@@ -119,7 +111,7 @@ func TestGroupsCopyPlacesTheGroupAfterTheCheckpoint(t *testing.T) {
 	}
 	// The consumer acks the first 37 events in order; 10 more stay in
 	// flight unacked when it leaves.
-	consumed := consume(t, e.srcC, "$ce-customer", "app", acked, checkpointAt(e.srcC, "app", acked-1))
+	consumed := consume(t, e.srcC, "$ce-customer", "app", acked, testutil.Checkpointed(e.srcC, "$ce-customer", "app", acked-1))
 
 	// ditto copies the category; one writer and whole-stream batches
 	// interleave the streams on the destination otherwise than on the source.
@@ -165,11 +157,7 @@ func TestGroupsCopyPlacesTheGroupAfterTheCheckpoint(t *testing.T) {
 	t.Logf("source checkpoint %d; destination start %d of %d; %d events after the checkpoint, %d replays; %d of %d links elsewhere than on the source (beyond the 2 local events)",
 		acked-1, start, len(dstLinks), len(after), len(replays), differ, len(srcLinks))
 
-	env := map[string]string{
-		"DITTO_SOURCE_CONNECTION_STRING":      e.src.ConnectionString(),
-		"DITTO_DESTINATION_CONNECTION_STRING": e.dst.ConnectionString(),
-		"DITTO_SUBSCRIPTIONS":                 "$ce-customer:ditto",
-	}
+	env := baseEnv(e.src.ConnectionString(), e.dst.ConnectionString())
 	// A dry run creates nothing.
 	p := startProcess(t, env, "groups", "copy", "--dry-run")
 	if code := p.exitCode(t); code != 0 || !strings.Contains(p.output.String(), "$ce-customer::app: dry run, nothing created: destination start "+fmt.Sprint(start)) {
@@ -207,7 +195,7 @@ func TestGroupsCopyPlacesTheGroupAfterTheCheckpoint(t *testing.T) {
 	}
 
 	// The consumer fails over: it receives exactly the predicted events.
-	delivered := consume(t, e.dstC, "$ce-customer", "app", len(wantKeys), checkpointAt(e.dstC, "app", uint64(len(dstLinks)-1)))
+	delivered := consume(t, e.dstC, "$ce-customer", "app", len(wantKeys), testutil.Checkpointed(e.dstC, "$ce-customer", "app", uint64(len(dstLinks)-1)))
 	seen := map[string]int{}
 	for i, d := range delivered {
 		seen[d.key]++

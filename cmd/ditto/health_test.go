@@ -37,12 +37,7 @@ func TestHealthCommandFollowsReadiness(t *testing.T) {
 	e.createGroup(t, "$ce-customer", "ditto", esdb.ConsumerStrategyPinned)
 	e.seed(t, "customer", 2, 3)
 	addr := testutil.FreeAddr(t)
-	p := startProcess(t, map[string]string{
-		"DITTO_SOURCE_CONNECTION_STRING":      e.src.ConnectionString(),
-		"DITTO_DESTINATION_CONNECTION_STRING": e.dst.ConnectionString(),
-		"DITTO_SUBSCRIPTIONS":                 "$ce-customer:ditto",
-		"DITTO_METRICS_ADDRESS":               addr,
-	})
+	p := startProcess(t, baseEnv(e.src.ConnectionString(), e.dst.ConnectionString(), map[string]string{"DITTO_METRICS_ADDRESS": addr}))
 	var code int
 	var out string
 	testutil.Eventually(t, 60*time.Second, "ditto health exits 0", func() bool {

@@ -86,19 +86,11 @@ func (k *kafkaEnv) brokers() string { return strings.Join(k.cluster.ListenAddrs(
 
 // dittoEnv is ditto's environment for the Kafka sink.
 func (k *kafkaEnv) dittoEnv(extra map[string]string) map[string]string {
-	env := map[string]string{
-		"DITTO_SOURCE_CONNECTION_STRING": k.src.ConnectionString(),
-		"DITTO_SUBSCRIPTIONS":            "$ce-customer:ditto",
-		"DITTO_SINK":                     "kafka",
-		"DITTO_KAFKA_BROKERS":            k.brokers(),
-		"DITTO_KAFKA_TOPIC":              "events",
-		"DITTO_METRICS_ADDRESS":          "",
-		"DITTO_RETRY_BACKOFF_MAX":        "200ms",
-	}
-	for key, v := range extra {
-		env[key] = v
-	}
-	return env
+	return baseEnv(k.src.ConnectionString(), "", map[string]string{
+		"DITTO_SINK":          "kafka",
+		"DITTO_KAFKA_BROKERS": k.brokers(),
+		"DITTO_KAFKA_TOPIC":   "events",
+	}, extra)
 }
 
 // topicReader reads topics from the start and keeps every record.
@@ -171,16 +163,6 @@ func headerOf(r *kgo.Record, key string) string {
 	return ""
 }
 
-// sourceEvents reads streams from the source.
-func (k *kafkaEnv) sourceEvents(t *testing.T, streams []string) map[string][]*esdb.RecordedEvent {
-	t.Helper()
-	out := map[string][]*esdb.RecordedEvent{}
-	for _, s := range streams {
-		out[s] = readAll(t, k.srcC, s)
-	}
-	return out
-}
-
 // verifyKafka checks the records against the source: every event present,
 // its headers, its value byte for byte (raw: the data; envelope: the
 // envelope of the event), all records of a stream in one partition, and
@@ -235,8 +217,7 @@ func verifyKafka(t *testing.T, recs []*kgo.Record, source map[string][]*esdb.Rec
 			if err := json.Unmarshal(r.Value, &v); err != nil {
 				t.Fatalf("%s@%d: value %q is not an envelope: %v", stream, n, r.Value, err)
 			}
-			e := sinks.Event{Stream: stream, Number: n, ID: ev.EventID, Type: ev.EventType, ContentType: ev.ContentType,
-				Data: ev.Data, Metadata: ev.UserMetadata, Created: ev.CreatedDate}
+			e := sinkEvent(ev)
 			value = sinks.AppendEnvelope(nil, &e, v.ReplicatedOn)
 		}
 		if !bytes.Equal(r.Value, value) {
@@ -269,7 +250,7 @@ func TestKafkaSinkRaw(t *testing.T) {
 		if code, _ := readyStatus(metrics); code != http.StatusOK {
 			return false
 		}
-		_, body := get(t, "http://"+metrics+"/metrics")
+		body := scrape(t, metrics)
 		return strings.Contains(body, `ditto_io_duration_seconds_count{app="ditto",operation="produce",system="kafka"`) &&
 			strings.Contains(body, `ditto_kafka_records_total{result="ok"} 205`)
 	})
@@ -339,7 +320,7 @@ func TestKafkaSinkKilledMidRunLosesNothing(t *testing.T) {
 	k := newKafkaEnv(t, false, kfake.SeedTopics(4, "events"))
 	k.createGroup(t, "$ce-customer", "ditto", esdb.ConsumerStrategyPinned)
 	const streams, perStream = 40, 60
-	names, writerDone := writeInChunks(k.srcC, streams, perStream, 5)
+	names, writerDone := writeInChunks(k.srcC, streams, perStream, 5, testEvents)
 	env := k.dittoEnv(map[string]string{"DITTO_BUFFER_SIZE": "50", "DITTO_BATCH_MAX_EVENTS": "7"})
 	r := k.read(t, "events")
 	seen := 0
@@ -441,7 +422,7 @@ func TestKafkaSinkStopsWhileClusterAway(t *testing.T) {
 		k.append(t, s, 3, 3)
 	}
 	testutil.Eventually(t, 30*time.Second, "records waiting on the broker", func() bool {
-		_, body := get(t, "http://"+metrics+"/metrics")
+		body := scrape(t, metrics)
 		return strings.Contains(body, "ditto_kafka_buffered_records ") && !strings.Contains(body, "ditto_kafka_buffered_records 0\n")
 	})
 	stopGracefully(t, p)

@@ -11,13 +11,10 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
-	"io"
 	"math/big"
 	"net/http"
 	"os"
 	"path/filepath"
-	"regexp"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -72,21 +69,10 @@ func (k *kenv) endpoint() string {
 // dittoEnv is a process environment for ditto from the source to the
 // stream, with the AWS variables of the SDK's default chain.
 func (k *kenv) dittoEnv(extra map[string]string) map[string]string {
-	env := kinesalite.Env(k.endpoint())
-	for key, v := range map[string]string{
-		"DITTO_SOURCE_CONNECTION_STRING": k.src.ConnectionString(),
-		"DITTO_SUBSCRIPTIONS":            "$ce-customer:ditto",
-		"DITTO_SINK":                     "kinesis",
-		"DITTO_KINESIS_STREAM_NAME":      k.stream,
-		"DITTO_METRICS_ADDRESS":          "",
-		"DITTO_RETRY_BACKOFF_MAX":        "200ms",
-	} {
-		env[key] = v
-	}
-	for key, v := range extra {
-		env[key] = v
-	}
-	return env
+	return baseEnv(k.src.ConnectionString(), "", kinesalite.Env(k.endpoint()), map[string]string{
+		"DITTO_SINK":                "kinesis",
+		"DITTO_KINESIS_STREAM_NAME": k.stream,
+	}, extra)
 }
 
 // records reads the whole stream back, failing t on error.
@@ -110,17 +96,22 @@ func (k *kenv) waitRecords(t *testing.T, n int, timeout time.Duration) []kinesal
 	return recs
 }
 
-// sourceEvents reads streams from the source as the sink sees them.
-func (k *kenv) sourceEvents(t *testing.T, streams []string) map[string][]sinks.Event {
+// sinkEvents reads streams from the source as the sink sees them.
+func (k *kenv) sinkEvents(t *testing.T, streams []string) map[string][]sinks.Event {
 	t.Helper()
 	out := map[string][]sinks.Event{}
-	for _, s := range streams {
-		for _, r := range readAll(t, k.srcC, s) {
-			out[s] = append(out[s], sinks.Event{Stream: r.StreamID, Number: r.EventNumber, ID: r.EventID, Type: r.EventType,
-				ContentType: r.ContentType, Data: r.Data, Metadata: r.UserMetadata, Created: r.CreatedDate})
+	for s, evs := range k.sourceEvents(t, streams) {
+		for _, r := range evs {
+			out[s] = append(out[s], sinkEvent(r))
 		}
 	}
 	return out
+}
+
+// sinkEvent is a source event as a sink gets it (of a plain copy).
+func sinkEvent(r *esdb.RecordedEvent) sinks.Event {
+	return sinks.Event{Stream: r.StreamID, Number: r.EventNumber, ID: r.EventID, Type: r.EventType,
+		ContentType: r.ContentType, Data: r.Data, Metadata: r.UserMetadata, Created: r.CreatedDate}
 }
 
 // recordEnvelope is the part of a record's JSON the checks read.
@@ -231,32 +222,6 @@ func checkCallsOneRecordPerKey(t *testing.T, calls []kinesalite.Call) int {
 	return refused
 }
 
-// scrape returns ditto's /metrics text.
-func scrape(t *testing.T, addr string) string {
-	t.Helper()
-	resp, err := http.Get("http://" + addr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
-}
-
-// metricSum adds up the samples of a metric in /metrics text.
-func metricSum(text, name string) float64 {
-	sum := 0.0
-	re := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + `(\{[^}]*\})? (\S+)$`)
-	for _, m := range re.FindAllStringSubmatch(text, -1) {
-		v, _ := strconv.ParseFloat(m[2], 64)
-		sum += v
-	}
-	return sum
-}
-
 // writeCABundle writes a self-signed CA certificate for AWS_CA_BUNDLE.
 func writeCABundle(t *testing.T) string {
 	t.Helper()
@@ -289,7 +254,7 @@ func TestKinesisEndToEnd(t *testing.T) {
 	k.append(t, streams[len(streams)-1], 0, 4)
 	metrics := testutil.FreeAddr(t)
 	p := startProcess(t, k.dittoEnv(map[string]string{"DITTO_METRICS_ADDRESS": metrics, "AWS_CA_BUNDLE": writeCABundle(t)}))
-	src := k.sourceEvents(t, streams)
+	src := k.sinkEvents(t, streams)
 	recs := k.waitRecords(t, 40*15+4, 60*time.Second)
 	checkRecords(t, recs, src, true)
 	shards := map[string]bool{}
@@ -342,7 +307,7 @@ func TestKinesisFaultsLoseAndReorderNothing(t *testing.T) {
 	streams := k.seed(t, "customer", 30, 20)
 	metrics := testutil.FreeAddr(t)
 	p := startProcess(t, k.dittoEnv(map[string]string{"DITTO_METRICS_ADDRESS": metrics, "DITTO_WRITE_RETRIES": "100"}))
-	src := k.sourceEvents(t, streams)
+	src := k.sinkEvents(t, streams)
 	testutil.Eventually(t, 120*time.Second, "600 events processed", func() bool {
 		// ditto may not listen yet.
 		code, _ := readyStatus(metrics)
@@ -371,7 +336,7 @@ func TestKinesisKilledMidRunLosesNothing(t *testing.T) {
 	k := newKinesisEnv(t, 4, false)
 	k.createGroup(t, "$ce-customer", "ditto", esdb.ConsumerStrategyPinned)
 	const streams, perStream = 40, 60
-	names, writerDone := writeInChunks(k.srcC, streams, perStream, 5)
+	names, writerDone := writeInChunks(k.srcC, streams, perStream, 5, testEvents)
 	env := k.dittoEnv(map[string]string{"DITTO_BUFFER_SIZE": "50", "DITTO_BATCH_MAX_EVENTS": "7"})
 	seen := 0
 	for kill := 0; kill < 3; kill++ {
@@ -384,7 +349,7 @@ func TestKinesisKilledMidRunLosesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := startProcess(t, env)
-	src := k.sourceEvents(t, names)
+	src := k.sinkEvents(t, names)
 	var c kinesisCheck
 	testutil.Eventually(t, 90*time.Second, "every event on Kinesis", func() bool {
 		recs := k.records(t)
@@ -456,7 +421,7 @@ func testKinesisStreamDeletedMidRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The new stream holds what was written after the deletion: events 3-6.
-	src := k.sourceEvents(t, streams)
+	src := k.sinkEvents(t, streams)
 	for s := range src {
 		src[s] = src[s][3:]
 	}
@@ -491,7 +456,7 @@ func testKinesisCredentialsRejected(t *testing.T) {
 		return strings.Contains(p.output.String(), `"message":"retrying write"`)
 	})
 	k.proxy.Refuse(nil)
-	checkRecords(t, k.waitRecords(t, 15, 60*time.Second), k.sourceEvents(t, streams), true)
+	checkRecords(t, k.waitRecords(t, 15, 60*time.Second), k.sinkEvents(t, streams), true)
 	if strings.Contains(p.output.String(), kinesalite.SecretKey) {
 		t.Fatal("the output holds the secret key")
 	}
@@ -519,7 +484,7 @@ func testKinesisRecordTooLarge(t *testing.T) {
 	if !strings.Contains(reasons[0], "over Kinesis's limit of 1048576 bytes (1 MiB)") {
 		t.Fatalf("park reason %q", reasons[0])
 	}
-	src := k.sourceEvents(t, append(others, big))
+	src := k.sinkEvents(t, append(others, big))
 	src[big] = []sinks.Event{src[big][0], src[big][2]}
 	checkRecords(t, k.waitRecords(t, 11, 60*time.Second), src, true)
 	stopGracefully(t, p)

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -279,16 +280,11 @@ func TestMonitoringNamesOnlyExistingMetrics(t *testing.T) {
 	e.createGroup(t, "$ce-customer", "ditto", esdb.ConsumerStrategyPinned)
 	streams := e.seed(t, "customer", 3, 4)
 	addr := testutil.FreeAddr(t)
-	startProcess(t, map[string]string{
-		"DITTO_SOURCE_CONNECTION_STRING":      e.src.ConnectionString(),
-		"DITTO_DESTINATION_CONNECTION_STRING": e.dst.ConnectionString(),
-		"DITTO_SUBSCRIPTIONS":                 "$ce-customer:ditto",
-		"DITTO_METRICS_ADDRESS":               addr,
-	})
+	startProcess(t, baseEnv(e.src.ConnectionString(), e.dst.ConnectionString(), map[string]string{"DITTO_METRICS_ADDRESS": addr}))
 	e.waitIdentical(t, verify.Options{Streams: streams})
 	var scraped map[string]bool
 	testutil.Eventually(t, 30*time.Second, "the written events counted in /metrics", func() bool {
-		_, body := get(t, "http://"+addr+"/metrics")
+		body := scrape(t, addr)
 		scraped = map[string]bool{}
 		for _, line := range strings.Split(body, "\n") {
 			if line == "" || strings.HasPrefix(line, "#") {
@@ -298,13 +294,7 @@ func TestMonitoringNamesOnlyExistingMetrics(t *testing.T) {
 		}
 		return strings.Contains(body, `ditto_events_processed_total{app="ditto",group="ditto",stream="$ce-customer"} 12`)
 	})
-	for _, m := range slices.Sorted(func(yield func(string) bool) {
-		for m := range named {
-			if !yield(m) {
-				return
-			}
-		}
-	}) {
+	for _, m := range slices.Sorted(maps.Keys(named)) {
 		if !scraped[m] {
 			t.Errorf("%v name %s, which ditto's /metrics does not have", named[m], m)
 		}

@@ -10,6 +10,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/ditto-replicator/ditto/config"
+	"github.com/ditto-replicator/ditto/internal/testutil"
 )
 
 // Shared by the tests of the compose files and of deploy/: the DITTO_*
@@ -43,13 +44,7 @@ func checkDittoEnv(t *testing.T, where string, env map[string]string) {
 		return
 	}
 	t.Run(where, func(t *testing.T) {
-		for _, v := range config.Variables() {
-			t.Setenv(v.Name, env[v.Name])
-			if _, ok := env[v.Name]; !ok {
-				os.Unsetenv(v.Name) // t.Setenv restores it after the test
-			}
-		}
-		if _, err := config.Load(); err != nil {
+		if _, err := testutil.LoadConfig(t, env, nil); err != nil {
 			t.Errorf("%s: ditto would not start: %v", where, err)
 		}
 	})

@@ -47,15 +47,11 @@ func policyEvents(stream string, from, n, binaryEvery int) []esdb.EventData {
 	return evs
 }
 
+// appendPolicyEvents appends policyEvents from number from on to stream on
+// the source.
 func (e *env) appendPolicyEvents(t *testing.T, stream string, from, n, binaryEvery int) {
 	t.Helper()
-	var exp esdb.ExpectedRevision = esdb.Revision(uint64(from - 1))
-	if from == 0 {
-		exp = esdb.NoStream{}
-	}
-	if _, err := e.srcC.AppendToStream(context.Background(), stream, esdb.AppendToStreamOptions{ExpectedRevision: exp}, policyEvents(stream, from, n, binaryEvery)...); err != nil {
-		t.Fatalf("appending to %s: %v", stream, err)
-	}
+	appendEvents(t, e.srcC, stream, testutil.ExpectedAt(from), policyEvents(stream, from, n, binaryEvery)...)
 }
 
 // loadedPolicy is the policy of the variables startDitto has set.
@@ -303,28 +299,17 @@ func killMidRun(t *testing.T, settings map[string]string, watch string, processe
 	e := newEnv(t)
 	e.createGroup(t, "$ce-customer", "ditto", strategy)
 	const streams, perStream, chunk = 30, 40, 5
-	names := make([]string, streams)
-	for i := range names {
-		names[i] = fmt.Sprintf("customer-k%d", i)
-	}
-	env := map[string]string{
-		"DITTO_SOURCE_CONNECTION_STRING":      e.src.ConnectionString(),
-		"DITTO_DESTINATION_CONNECTION_STRING": e.dst.ConnectionString(),
-		"DITTO_SUBSCRIPTIONS":                 "$ce-customer:ditto",
-		"DITTO_METRICS_ADDRESS":               "127.0.0.1:0",
-		"DITTO_BUFFER_SIZE":                   "50",
-		"DITTO_BATCH_MAX_EVENTS":              "7",
-		"DITTO_RETRY_BACKOFF_MAX":             "200ms",
-	}
-	spec := policy.Spec{StreamTemplate: settings["DITTO_STREAM_TEMPLATE"], ExcludeEventTypes: settings["DITTO_EXCLUDE_EVENT_TYPES"],
-		ExcludeMetadata: settings["DITTO_EXCLUDE_METADATA"], Subscriptions: []string{"$ce-customer"}}
-	for k, v := range settings {
-		env[k] = v
-	}
-	pol := policyFor(t, spec)
 	// Every seventh event has binary metadata: parked where provenance is
 	// required, copied where it is not.
 	const binaryEvery = 7
+	env := baseEnv(e.src.ConnectionString(), e.dst.ConnectionString(),
+		map[string]string{"DITTO_METRICS_ADDRESS": "127.0.0.1:0", "DITTO_BUFFER_SIZE": "50", "DITTO_BATCH_MAX_EVENTS": "7"}, settings)
+	spec := policy.Spec{StreamTemplate: settings["DITTO_STREAM_TEMPLATE"], ExcludeEventTypes: settings["DITTO_EXCLUDE_EVENT_TYPES"],
+		ExcludeMetadata: settings["DITTO_EXCLUDE_METADATA"], Subscriptions: []string{"$ce-customer"}}
+	pol := policyFor(t, spec)
+	names, writerDone := writeInChunks(e.srcC, streams, perStream, chunk, func(s string, from, n int) []esdb.EventData {
+		return policyEvents(s, from, n, binaryEvery)
+	})
 	kept := 0
 	for _, s := range names {
 		for _, ev := range policyEvents(s, 0, perStream, binaryEvery) {
@@ -334,22 +319,6 @@ func killMidRun(t *testing.T, settings map[string]string, watch string, processe
 			}
 		}
 	}
-	writerDone := make(chan error, 1)
-	go func() {
-		for from := 0; from < perStream; from += chunk {
-			for _, s := range names {
-				var exp esdb.ExpectedRevision = esdb.Revision(uint64(from - 1))
-				if from == 0 {
-					exp = esdb.NoStream{}
-				}
-				if _, err := e.srcC.AppendToStream(context.Background(), s, esdb.AppendToStreamOptions{ExpectedRevision: exp}, policyEvents(s, from, chunk, binaryEvery)...); err != nil {
-					writerDone <- err
-					return
-				}
-			}
-		}
-		writerDone <- nil
-	}()
 	ps := make([]*process, processes)
 	for i := range ps {
 		ps[i] = startProcess(t, env)

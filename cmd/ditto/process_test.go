@@ -14,6 +14,7 @@ import (
 	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
 
 	"github.com/ditto-replicator/ditto/config"
+	"github.com/ditto-replicator/ditto/internal/esdbconn"
 	"github.com/ditto-replicator/ditto/internal/testutil"
 	"github.com/ditto-replicator/ditto/sinks"
 	"github.com/ditto-replicator/ditto/verify"
@@ -91,25 +92,21 @@ func TestConfigCommandListsEveryVariable(t *testing.T) {
 	}
 }
 
-// lastNumber is the last event number of stream on c, or -1.
+// lastNumber is the last event number of stream on c, or -1 (also when it
+// cannot be read), for conditions to poll.
 func lastNumber(c *esdb.Client, stream string) int64 {
-	rs, err := c.ReadStream(context.Background(), stream, esdb.ReadStreamOptions{Direction: esdb.Backwards, From: esdb.End{}}, 1)
+	n, err := esdbconn.LastNumber(context.Background(), c, stream)
 	if err != nil {
 		return -1
 	}
-	defer rs.Close()
-	ev, err := rs.Recv()
-	if err != nil {
-		return -1
-	}
-	return int64(ev.OriginalEvent().EventNumber)
+	return n
 }
 
-// writeInChunks appends perStream events to each of the streams
-// customer-k0, customer-k1, … in rounds of chunk events per stream, in the
-// background, as clients would while ditto is killed; the channel says
-// when it is done.
-func writeInChunks(c *esdb.Client, streams, perStream, chunk int) ([]string, <-chan error) {
+// writeInChunks appends perStream events, made by events (such as
+// testEvents), to each of the streams customer-k0, customer-k1, … in rounds
+// of chunk events per stream, in the background, as clients would while
+// ditto is killed; the channel says when it is done.
+func writeInChunks(c *esdb.Client, streams, perStream, chunk int, events func(stream string, from, n int) []esdb.EventData) ([]string, <-chan error) {
 	names := make([]string, streams)
 	for i := range names {
 		names[i] = fmt.Sprintf("customer-k%d", i)
@@ -118,11 +115,7 @@ func writeInChunks(c *esdb.Client, streams, perStream, chunk int) ([]string, <-c
 	go func() {
 		for from := 0; from < perStream; from += chunk {
 			for _, s := range names {
-				var exp esdb.ExpectedRevision = esdb.Revision(uint64(from - 1))
-				if from == 0 {
-					exp = esdb.NoStream{}
-				}
-				if _, err := c.AppendToStream(context.Background(), s, esdb.AppendToStreamOptions{ExpectedRevision: exp}, testEvents(s, from, chunk)...); err != nil {
+				if _, err := c.AppendToStream(context.Background(), s, esdb.AppendToStreamOptions{ExpectedRevision: testutil.ExpectedAt(from)}, events(s, from, chunk)...); err != nil {
 					done <- err
 					return
 				}
@@ -140,7 +133,7 @@ func TestKilledMidReplicationLosesAndDuplicatesNothing(t *testing.T) {
 	e := newEnv(t)
 	e.createGroup(t, "$ce-customer", "ditto", esdb.ConsumerStrategyPinned)
 	const streams, perStream = 40, 60
-	names, writerDone := writeInChunks(e.srcC, streams, perStream, 5)
+	names, writerDone := writeInChunks(e.srcC, streams, perStream, 5, testEvents)
 	env := map[string]string{
 		"DITTO_SOURCE_CONNECTION_STRING":      e.src.ConnectionString(),
 		"DITTO_DESTINATION_CONNECTION_STRING": e.dst.ConnectionString(),

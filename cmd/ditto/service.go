@@ -50,45 +50,15 @@ func newService(ctx context.Context, cfg *config.Config, log zerolog.Logger, out
 	if s.source, err = newClient(cfg.SourceConnectionString, log); err != nil {
 		return nil, fmt.Errorf("DITTO_SOURCE_CONNECTION_STRING: %w", err)
 	}
-	if !cfg.ReadOnly && cfg.Destinations != "" {
-		if s.sink, err = openFanout(ctx, cfg, s.metrics, log, out); err != nil {
-			s.close()
-			return nil, err
-		}
-		s.readier, _ = s.sink.(sinks.Readier)
-	} else if !cfg.ReadOnly {
-		plugin, _ := sinks.Lookup(cfg.Sink) // config checked the name
-		io := s.metrics.IODuration
+	if !cfg.ReadOnly {
 		var src sinks.Source
-		if cfg.Policy.Sequenced() || cfg.CopyStreamMetadata || cfg.Policy.DestinationName() != "" {
-			// A client of its own, so that these reads never wait behind
-			// the consumer's.
-			first, err := newClient(cfg.SourceConnectionString, log)
-			if err != nil {
+		if cfg.Destinations == "" && (cfg.Policy.Sequenced() || cfg.CopyStreamMetadata || cfg.Policy.DestinationName() != "") {
+			if src, err = s.policySource(); err != nil {
 				s.close()
-				return nil, fmt.Errorf("DITTO_SOURCE_CONNECTION_STRING: %w", err)
+				return nil, err
 			}
-			s.reads = esdbconn.New(first, func() (*esdb.Client, error) { return newClient(cfg.SourceConnectionString, log) })
-			reads := s.reads
-			call := func(ctx context.Context, fn func(*esdb.Client) error) error {
-				_, err := esdbconn.Call(ctx, reads, func(c *esdb.Client, _ func() bool) (struct{}, error) { return struct{}{}, fn(c) })
-				return err
-			}
-			reader := policy.ClientReader(call, func(op string, d time.Duration) {
-				io.WithLabelValues(metrics.App, "eventstore", "source", op).Observe(d.Seconds())
-			})
-			src = policy.NewSource(cfg.Policy, reader, cfg.CopyStreamMetadata, cfg.CopyStreamACL)
 		}
-		s.sink, err = plugin.Open(ctx, cfg.SinkSettings, sinks.Env{
-			Log:     log.With().Str("sink", plugin.Name).Logger(),
-			Stdout:  out,
-			Metrics: s.metrics.Registry,
-			Observe: func(op string, d time.Duration) {
-				io.WithLabelValues(metrics.App, plugin.Name, "destination", op).Observe(d.Seconds())
-			},
-			Source: src,
-		})
-		if err != nil {
+		if s.sink, err = openSink(ctx, cfg, s.metrics, log, out, src); err != nil {
 			s.close()
 			return nil, err
 		}
@@ -120,6 +90,35 @@ func newService(ctx context.Context, cfg *config.Config, log zerolog.Logger, out
 		s.sinkErr.Store(&notYet)
 	}
 	return s, nil
+}
+
+// policySource is what the sink may ask of the source and the policy (see
+// sinks.Source), read through a client of its own, so that these reads never
+// wait behind the consumer's.
+func (s *service) policySource() (sinks.Source, error) {
+	var err error
+	if s.reads, err = s.sourceClient(); err != nil {
+		return nil, err
+	}
+	call := func(ctx context.Context, fn func(*esdb.Client) error) error {
+		_, err := esdbconn.Call(ctx, s.reads, func(c *esdb.Client, _ func() bool) (struct{}, error) { return struct{}{}, fn(c) })
+		return err
+	}
+	reader := policy.ClientReader(call, func(op string, d time.Duration) {
+		s.metrics.IODuration.WithLabelValues(metrics.App, "eventstore", "source", op).Observe(d.Seconds())
+	})
+	return policy.NewSource(s.cfg.Policy, reader, s.cfg.CopyStreamMetadata, s.cfg.CopyStreamACL), nil
+}
+
+// sourceClient is a client of the source for the caller alone, replaced
+// once it has closed itself (see esdbconn).
+func (s *service) sourceClient() (*esdbconn.Client, error) {
+	dial := func() (*esdb.Client, error) { return newClient(s.cfg.SourceConnectionString, s.log) }
+	first, err := dial()
+	if err != nil {
+		return nil, fmt.Errorf("DITTO_SOURCE_CONNECTION_STRING: %w", err)
+	}
+	return esdbconn.New(first, dial), nil
 }
 
 // ready is /health/ready: every subscription connected and the sink reachable.

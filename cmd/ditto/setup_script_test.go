@@ -1,66 +1,16 @@
 package main
 
 import (
-	"bufio"
 	"context"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
 
 	"github.com/ditto-replicator/ditto/internal/esdbtest"
+	"github.com/ditto-replicator/ditto/internal/kinesalite"
 )
-
-// kinesaliteDir is where .ci/setup installs kinesalite (npm).
-const kinesaliteDir = "../../.ci/npm/node_modules/kinesalite"
-
-// startKinesalite runs kinesalite on a free 127.0.0.1 port (its CLI would
-// listen on every interface) and returns its URL.
-func startKinesalite(t *testing.T) string {
-	t.Helper()
-	dir, err := filepath.Abs(kinesaliteDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(filepath.Join(dir, "package.json")); err != nil {
-		t.Fatalf("kinesalite is not installed in %s: bash .ci/setup installs it (npm install --prefix .ci/npm kinesalite@3.3.3)", kinesaliteDir)
-	}
-	const script = `require(process.argv[1])({createStreamMs: 50, deleteStreamMs: 50, updateStreamMs: 50})
-  .listen(0, '127.0.0.1', function () { console.log('listening ' + this.address().port) })`
-	cmd := exec.Command("node", "-e", script, dir)
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting kinesalite: %v", err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-	})
-	port := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			if p, ok := strings.CutPrefix(sc.Text(), "listening "); ok {
-				port <- p
-			}
-		}
-	}()
-	select {
-	case p := <-port:
-		return "http://127.0.0.1:" + p
-	case <-time.After(30 * time.Second):
-		t.Fatal("kinesalite did not start within 30s")
-		return ""
-	}
-}
 
 // docker/setup.sh is what docker-compose runs against a real node and
 // kinesalite; it uses the classic HTTP API, which the test server also
@@ -70,7 +20,7 @@ func TestDockerSetupScript(t *testing.T) {
 		t.Fatal("curl is needed to run docker/setup.sh; .ci/setup installs it")
 	}
 	srv := esdbtest.Start(t, esdbtest.Options{Insecure: true})
-	kinesis := startKinesalite(t)
+	kinesis := kinesalite.Start(t).Endpoint()
 	setup := func() string {
 		t.Helper()
 		cmd := exec.Command("sh", "../../docker/setup.sh")

@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -35,21 +33,18 @@ func measureAll(ctx context.Context, src *esdb.Client, holder sinks.Holder, subs
 
 // recoveryPoints refreshes the recovery-point gauges every
 // DITTO_RECOVERY_POINT_INTERVAL until ctx ends, the first time one interval
-// after the start. It reads the source through
-// a client of its own (the consumer's may be replaced under it) and asks
-// the sink what the destination holds.
+// after the start. It reads the source through a client of its own (the
+// consumer's may be replaced under it), replaced once it has closed itself
+// (see esdbconn), and asks the sink what the destination holds.
 func (s *service) recoveryPoints(ctx context.Context) {
-	var holder sinks.Holder
-	if h, ok := s.sink.(sinks.Holder); ok {
-		holder = h
-	}
+	holder, _ := s.sink.(sinks.Holder)
 	subs := s.cfg.SubscriptionList()
-	var src *esdb.Client
-	defer func() {
-		if src != nil {
-			src.Close()
-		}
-	}()
+	src, err := s.sourceClient()
+	if err != nil {
+		s.log.Warn().Err(err).Msg("recovery point not measured")
+		return
+	}
+	defer src.Close()
 	t := time.NewTicker(s.cfg.RecoveryPointInterval)
 	defer t.Stop()
 	// The first measurement waits an interval too, so that a start (a
@@ -60,34 +55,20 @@ func (s *service) recoveryPoints(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		if src == nil {
-			c, err := newClient(s.cfg.SourceConnectionString, s.log)
-			if err == nil {
-				src = c
-			}
+		c := src.Get()
+		mctx, cancel := context.WithTimeout(ctx, measureTimeout)
+		points, errs := measureAll(mctx, c, holder, subs)
+		cancel()
+		if ctx.Err() != nil {
+			return
 		}
-		if src != nil {
-			mctx, cancel := context.WithTimeout(ctx, measureTimeout)
-			points, errs := measureAll(mctx, src, holder, subs)
-			cancel()
-			if ctx.Err() != nil {
-				return
+		for i, p := range points {
+			if errs[i] != nil {
+				s.log.Debug().Err(errs[i]).Str("subscription", subs[i].String()).Msg("recovery point not measured")
+				src.Renew(c, errs[i])
+				continue
 			}
-			failed := false
-			for i, p := range points {
-				if errs[i] != nil {
-					failed = true
-					s.log.Debug().Err(errs[i]).Str("subscription", subs[i].String()).Msg("recovery point not measured")
-					continue
-				}
-				s.setRecoveryPoint(p)
-			}
-			if failed {
-				// The client may have closed itself (see esdbconn): a new
-				// one next time.
-				src.Close()
-				src = nil
-			}
+			s.setRecoveryPoint(p)
 		}
 	}
 }
@@ -112,15 +93,8 @@ func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "Usage: ditto status [--json]\n\nPrints, for every group of DITTO_SUBSCRIPTIONS, the recovery point: the events on the source not yet\non the destination and the age of the oldest, what a failover would lose now. It reads ditto's\nconfiguration (DITTO_* variables) and exits 0, 1 if a group could not be measured, 2 on bad input.")
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "ditto status: unexpected arguments %q\n", fs.Args())
-		return 2
+	if code, ok := parseFlags(fs, args, stderr); !ok {
+		return code
 	}
 	cfg, code := load(stderr)
 	if cfg == nil {
@@ -135,7 +109,7 @@ func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	defer src.Close()
 	var holder sinks.Holder
 	if !cfg.ReadOnly {
-		sink, err := openSink(ctx, cfg, metrics.New(), log, io.Discard)
+		sink, err := openSink(ctx, cfg, metrics.New(), log, io.Discard, nil)
 		if err != nil {
 			fmt.Fprintf(stderr, "ditto status: %v\n", err)
 			return 1
@@ -163,9 +137,7 @@ func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int
 				rows[i].Error = errs[i].Error()
 			}
 		}
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		enc.Encode(rows)
+		printJSON(stdout, rows)
 	} else {
 		printStatus(stdout, points, errs)
 	}
@@ -200,19 +172,4 @@ func printStatus(w io.Writer, points []recovery.Point, errs []error) {
 		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%s\n", name, p.Events, oldest, checkpoint, p.SourceLast, note)
 	}
 	tw.Flush()
-}
-
-// openSink opens where events go, as the service does: the sink DITTO_SINK
-// names, or the fan-out over DITTO_DESTINATIONS.
-func openSink(ctx context.Context, cfg *config.Config, m *metrics.Metrics, log zerolog.Logger, out io.Writer) (sinks.Sink, error) {
-	if cfg.Destinations != "" {
-		return openFanout(ctx, cfg, m, log, out)
-	}
-	plugin, _ := sinks.Lookup(cfg.Sink) // config checked the name
-	return plugin.Open(ctx, cfg.SinkSettings, sinks.Env{
-		Log: log, Stdout: out, Metrics: m.Registry,
-		Observe: func(op string, d time.Duration) {
-			m.IODuration.WithLabelValues(metrics.App, plugin.Name, "destination", op).Observe(d.Seconds())
-		},
-	})
 }

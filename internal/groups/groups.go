@@ -289,11 +289,6 @@ func Next(info *esdb.PersistentSubscriptionInfo, sourceLast int64) (uint64, *uin
 	return 0, nil // esdb.Start
 }
 
-// LastNumber is the last event number of stream, or -1 if it has none.
-func LastNumber(ctx context.Context, c *esdb.Client, stream string) (int64, error) {
-	return esdbconn.LastNumber(ctx, c, stream)
-}
-
 // original returns the original stream and number an event of a
 // subscription stream stands for: a link's target ("n@stream"), or the
 // event itself.
@@ -314,22 +309,8 @@ func original(ev *esdb.RecordedEvent) (string, uint64, bool) {
 
 // has reports whether stream holds event number n.
 func has(ctx context.Context, c *esdb.Client, stream string, n uint64) (bool, error) {
-	rs, err := c.ReadStream(ctx, stream, esdb.ReadStreamOptions{From: esdb.Revision(n)}, 1)
-	if err != nil {
-		if hasCode(err, esdb.ErrorCodeResourceNotFound) {
-			return false, nil
-		}
-		return false, err
-	}
-	defer rs.Close()
-	ev, err := rs.Recv()
-	switch {
-	case errors.Is(err, io.EOF), hasCode(err, esdb.ErrorCodeResourceNotFound):
-		return false, nil
-	case err != nil:
-		return false, err
-	}
-	return ev.OriginalEvent().EventNumber == n, nil
+	evs, err := readPage(ctx, c, stream, esdb.ReadStreamOptions{From: esdb.Revision(n)}, 1)
+	return len(evs) == 1 && evs[0].EventNumber == n, err
 }
 
 // readForwards calls fn with the events of stream from number from on, in

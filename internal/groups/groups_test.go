@@ -2,13 +2,10 @@ package groups_test
 
 import (
 	"context"
-	"fmt"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
-	"github.com/google/uuid"
 
 	"github.com/ditto-replicator/ditto/internal/esdbtest"
 	"github.com/ditto-replicator/ditto/internal/groups"
@@ -23,16 +20,7 @@ type side struct {
 func start(t *testing.T) side {
 	t.Helper()
 	srv := esdbtest.Start(t, esdbtest.Options{Insecure: true})
-	conf, err := esdb.ParseConnectionString(srv.ConnectionString())
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := esdb.NewClient(conf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return side{srv, c}
+	return side{srv, esdbtest.Connect(t, esdbtest.Config(t, srv.ConnectionString()))}
 }
 
 // write appends one event to each "stream:n" in order (n must be the
@@ -40,53 +28,14 @@ func start(t *testing.T) side {
 // order.
 func (s side) write(t *testing.T, order ...string) {
 	t.Helper()
-	for _, o := range order {
-		stream, num, _ := strings.Cut(o, ":")
-		var n uint64
-		fmt.Sscan(num, &n)
-		var exp esdb.ExpectedRevision = esdb.Revision(n - 1)
-		if n == 0 {
-			exp = esdb.NoStream{}
-		}
-		if _, err := s.c.AppendToStream(context.Background(), stream, esdb.AppendToStreamOptions{ExpectedRevision: exp},
-			esdb.EventData{EventID: uuid.New(), EventType: "t", ContentType: esdb.ContentTypeJson, Data: []byte("{}")}); err != nil {
-			t.Fatalf("appending %s: %v", o, err)
-		}
-	}
+	testutil.AppendInOrder(t, s.c, order...)
 }
 
 // group creates $ce-c::app with a checkpoint after every ack and acks the
 // first n events, waiting for the checkpoint.
 func (s side) group(t *testing.T, from esdb.StreamPosition, acks int) {
 	t.Helper()
-	st := esdb.SubscriptionSettingsDefault()
-	st.ResolveLinkTos = true
-	st.ConsumerStrategyName = esdb.ConsumerStrategyDispatchToSingle
-	st.CheckpointLowerBound, st.CheckpointUpperBound = 1, 1
-	if err := s.c.CreatePersistentSubscription(context.Background(), "$ce-c", "app", esdb.PersistentStreamSubscriptionOptions{Settings: &st, StartFrom: from}); err != nil {
-		t.Fatal(err)
-	}
-	if acks == 0 {
-		return
-	}
-	sub, err := s.c.SubscribeToPersistentSubscription(context.Background(), "$ce-c", "app", esdb.SubscribeToPersistentSubscriptionOptions{BufferSize: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Close()
-	for i := 0; i < acks; i++ {
-		e := sub.Recv()
-		if e.EventAppeared == nil {
-			t.Fatalf("no event: %+v", e)
-		}
-		if err := sub.Ack(e.EventAppeared.Event); err != nil {
-			t.Fatal(err)
-		}
-	}
-	testutil.Eventually(t, 30*time.Second, fmt.Sprintf("checkpoint at %d", acks-1), func() bool {
-		info, err := s.c.GetPersistentSubscriptionInfo(context.Background(), "$ce-c", "app", esdb.GetPersistentSubscriptionOptions{})
-		return err == nil && info.Stats.LastCheckpointedEventRevision != nil && *info.Stats.LastCheckpointedEventRevision == uint64(acks-1)
-	})
+	testutil.AckFirst(t, s.c, "$ce-c", "app", from, acks)
 }
 
 func copyOne(t *testing.T, src, dst side, opts groups.Options) groups.Result {

@@ -23,6 +23,7 @@ import (
 
 	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
 
+	"github.com/ditto-replicator/ditto/internal/esdbconn"
 	"github.com/ditto-replicator/ditto/internal/groups"
 	"github.com/ditto-replicator/ditto/sinks"
 )
@@ -88,7 +89,7 @@ func Measure(ctx context.Context, src *esdb.Client, holder sinks.Holder, stream,
 	if err != nil {
 		return p, fmt.Errorf("reading the group %s::%s on the source: %w", stream, group, err)
 	}
-	if p.SourceLast, err = groups.LastNumber(ctx, src, stream); err != nil {
+	if p.SourceLast, err = esdbconn.LastNumber(ctx, src, stream); err != nil {
 		return p, fmt.Errorf("reading %s on the source: %w", stream, err)
 	}
 	var next uint64

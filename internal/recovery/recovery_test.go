@@ -2,13 +2,11 @@ package recovery_test
 
 import (
 	"context"
-	"fmt"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
-	"github.com/google/uuid"
 	"github.com/rs/zerolog"
 
 	"github.com/ditto-replicator/ditto/internal/esdbtest"
@@ -20,65 +18,13 @@ import (
 
 func client(t *testing.T, srv *esdbtest.Server) *esdb.Client {
 	t.Helper()
-	conf, err := esdb.ParseConnectionString(srv.ConnectionString())
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := esdb.NewClient(conf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
-}
-
-// appendTo appends one event to each "stream:n" in order.
-func appendTo(t *testing.T, c *esdb.Client, order ...string) {
-	t.Helper()
-	for _, o := range order {
-		stream, num, _ := strings.Cut(o, ":")
-		var n uint64
-		fmt.Sscan(num, &n)
-		var exp esdb.ExpectedRevision = esdb.Revision(n - 1)
-		if n == 0 {
-			exp = esdb.NoStream{}
-		}
-		if _, err := c.AppendToStream(context.Background(), stream, esdb.AppendToStreamOptions{ExpectedRevision: exp},
-			esdb.EventData{EventID: uuid.New(), EventType: "t", ContentType: esdb.ContentTypeJson, Data: []byte("{}")}); err != nil {
-			t.Fatalf("appending %s: %v", o, err)
-		}
-	}
+	return esdbtest.Connect(t, esdbtest.Config(t, srv.ConnectionString()))
 }
 
 // checkpointAt creates $ce-c::ditto (a checkpoint after every ack) and
 // acks its first n events.
 func checkpointAt(t *testing.T, c *esdb.Client, n int) {
-	t.Helper()
-	st := esdb.SubscriptionSettingsDefault()
-	st.ResolveLinkTos = true
-	st.ConsumerStrategyName = esdb.ConsumerStrategyDispatchToSingle
-	st.CheckpointLowerBound, st.CheckpointUpperBound = 1, 1
-	if err := c.CreatePersistentSubscription(context.Background(), "$ce-c", "ditto", esdb.PersistentStreamSubscriptionOptions{Settings: &st, StartFrom: esdb.Start{}}); err != nil {
-		t.Fatal(err)
-	}
-	sub, err := c.SubscribeToPersistentSubscription(context.Background(), "$ce-c", "ditto", esdb.SubscribeToPersistentSubscriptionOptions{BufferSize: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Close()
-	for i := 0; i < n; i++ {
-		e := sub.Recv()
-		if e.EventAppeared == nil {
-			t.Fatalf("no event: %+v", e)
-		}
-		if err := sub.Ack(e.EventAppeared.Event); err != nil {
-			t.Fatal(err)
-		}
-	}
-	testutil.Eventually(t, 30*time.Second, fmt.Sprintf("checkpoint at %d", n-1), func() bool {
-		info, err := c.GetPersistentSubscriptionInfo(context.Background(), "$ce-c", "ditto", esdb.GetPersistentSubscriptionOptions{})
-		return err == nil && info.Stats.LastCheckpointedEventRevision != nil && *info.Stats.LastCheckpointedEventRevision == uint64(n-1)
-	})
+	testutil.AckFirst(t, c, "$ce-c", "ditto", esdb.Start{}, n)
 }
 
 // created is the creation time of event n of stream on c.
@@ -114,7 +60,7 @@ var sourceOrder = []string{"c-a:0", "c-b:0", "c-a:1", "c-b:1", "c-a:2", "c-b:2",
 func TestRecoveryPoint(t *testing.T) {
 	srcSrv := esdbtest.Start(t, esdbtest.Options{Insecure: true})
 	src := client(t, srcSrv)
-	appendTo(t, src, sourceOrder...)
+	testutil.AppendInOrder(t, src, sourceOrder...)
 	checkpointAt(t, src, 3)
 	now := time.Now().Add(time.Hour)
 	opts := recovery.Options{Now: func() time.Time { return now }}
@@ -133,7 +79,7 @@ func TestRecoveryPoint(t *testing.T) {
 	// The destination holds c-a up to 2 and c-b up to 0: c-b:1, c-b:2 and
 	// c-a:3 are missing, c-b:1 the oldest.
 	dstSrv := esdbtest.Start(t, esdbtest.Options{Insecure: true})
-	appendTo(t, client(t, dstSrv), "c-a:0", "c-a:1", "c-b:0", "c-a:2")
+	testutil.AppendInOrder(t, client(t, dstSrv), "c-a:0", "c-a:1", "c-b:0", "c-a:2")
 	h := holder(t, dstSrv)
 	if p, err = recovery.Measure(context.Background(), src, h, "$ce-c", "ditto", opts); err != nil {
 		t.Fatal(err)
@@ -142,7 +88,7 @@ func TestRecoveryPoint(t *testing.T) {
 		t.Fatalf("partly copied: %+v", p)
 	}
 	// Only c-a:3 missing: it is the oldest.
-	appendTo(t, client(t, dstSrv), "c-b:1", "c-b:2")
+	testutil.AppendInOrder(t, client(t, dstSrv), "c-b:1", "c-b:2")
 	if p, err = recovery.Measure(context.Background(), src, h, "$ce-c", "ditto", opts); err != nil {
 		t.Fatal(err)
 	}
@@ -159,7 +105,7 @@ func TestRecoveryPoint(t *testing.T) {
 		t.Fatalf("capped: %+v", p)
 	}
 	// Everything copied: nothing lost.
-	appendTo(t, client(t, dstSrv), "c-a:3")
+	testutil.AppendInOrder(t, client(t, dstSrv), "c-a:3")
 	if p, err = recovery.Measure(context.Background(), src, h, "$ce-c", "ditto", opts); err != nil {
 		t.Fatal(err)
 	}
@@ -176,7 +122,7 @@ func TestRecoveryPoint(t *testing.T) {
 // whatever the destination.
 func TestRecoveryPointCaughtUp(t *testing.T) {
 	src := client(t, esdbtest.Start(t, esdbtest.Options{Insecure: true}))
-	appendTo(t, src, sourceOrder...)
+	testutil.AppendInOrder(t, src, sourceOrder...)
 	checkpointAt(t, src, len(sourceOrder))
 	p, err := recovery.Measure(context.Background(), src, nil, "$ce-c", "ditto", recovery.Options{})
 	if err != nil || p.Events != 0 || p.AfterCheckpoint != 0 || !p.Exact {
