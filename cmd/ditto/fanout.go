@@ -16,9 +16,9 @@ import (
 )
 
 // openFanout opens every destination of DITTO_DESTINATIONS with its own
-// sink, labelled with its name in logs (destinationName) and in ditto_io_duration_seconds'
+// sink, each asking the policy's questions of src, labelled with its name in logs (destinationName) and in ditto_io_duration_seconds'
 // target, behind one fan-out sink.
-func openFanout(ctx context.Context, cfg *config.Config, m *metrics.Metrics, log zerolog.Logger, out io.Writer) (sinks.Sink, error) {
+func openFanout(ctx context.Context, cfg *config.Config, m *metrics.Metrics, log zerolog.Logger, out io.Writer, src sinks.Source) (sinks.Sink, error) {
 	var dests []fanout.Destination
 	closeAll := func() {
 		for _, d := range dests {
@@ -37,6 +37,7 @@ func openFanout(ctx context.Context, cfg *config.Config, m *metrics.Metrics, log
 			Observe: func(op string, took time.Duration) {
 				m.IODuration.WithLabelValues(metrics.App, plugin.Name, name, op).Observe(took.Seconds())
 			},
+			Source: src,
 		})
 		if err != nil {
 			closeAll()

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -138,4 +139,33 @@ func testFanOutWrongPassword(t *testing.T) {
 	if n := len(parked(t, e.srcC, "$ce-customer", "ditto")); n != 0 {
 		t.Fatalf("%d events parked", n)
 	}
+}
+
+// TestFanOutWithAFilter: where a filter inside streams makes destination
+// numbers the destination's own, every destination of a fan-out gets the
+// policy's source reads and writes each kept event once. (Regression: the
+// destinations were opened without them, so the kept events were written
+// and then parked as a divergence.)
+func TestFanOutWithAFilter(t *testing.T) {
+	e := newEnv(t)
+	west := esdbtest.Start(t, esdbtest.Options{Insecure: true})
+	w := &env{src: e.src, dst: west, srcC: e.srcC, dstC: mustClient(t, west.ConnectionString())}
+	e.createGroup(t, "$ce-customer", "ditto", esdb.ConsumerStrategyPinned)
+	var streams []string
+	for i := range 4 {
+		s := fmt.Sprintf("customer-f%d", i)
+		e.appendPolicyEvents(t, s, 0, 20, 0)
+		streams = append(streams, s)
+	}
+	filter := map[string]string{"DITTO_EXCLUDE_EVENT_TYPES": "/^customer_event_1$/"}
+	p := startProcess(t, fanOutEnv(e.src.ConnectionString(), e.dst.ConnectionString(), west.ConnectionString(), testutil.FreeAddr(t), filter))
+	t.Setenv("DITTO_EXCLUDE_EVENT_TYPES", filter["DITTO_EXCLUDE_EVENT_TYPES"])
+	pol := loadedPolicy(t)
+	for _, d := range []*env{e, w} {
+		d.waitIdentical(t, verify.Options{Streams: streams, Policy: pol})
+	}
+	if n := len(parked(t, e.srcC, "$ce-customer", "ditto")); n != 0 {
+		t.Fatalf("%d events parked", n)
+	}
+	stopGracefully(t, p)
 }

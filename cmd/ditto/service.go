@@ -52,7 +52,7 @@ func newService(ctx context.Context, cfg *config.Config, log zerolog.Logger, out
 	}
 	if !cfg.ReadOnly {
 		var src sinks.Source
-		if cfg.Destinations == "" && (cfg.Policy.Sequenced() || cfg.CopyStreamMetadata || cfg.Policy.DestinationName() != "") {
+		if cfg.Policy.Sequenced() || cfg.CopyStreamMetadata || cfg.Policy.DestinationName() != "" {
 			if src, err = s.policySource(); err != nil {
 				s.close()
 				return nil, err

@@ -19,11 +19,11 @@ import (
 )
 
 // openSink opens where events go: the sink DITTO_SINK names, or the fan-out
-// over DITTO_DESTINATIONS. src is handed to the sink DITTO_SINK names (nil:
-// the policy needs no source reads).
+// over DITTO_DESTINATIONS. src is handed to every sink opened (nil: the
+// policy needs no source reads).
 func openSink(ctx context.Context, cfg *config.Config, m *metrics.Metrics, log zerolog.Logger, out io.Writer, src sinks.Source) (sinks.Sink, error) {
 	if cfg.Destinations != "" {
-		return openFanout(ctx, cfg, m, log, out)
+		return openFanout(ctx, cfg, m, log, out, src)
 	}
 	plugin, _ := sinks.Lookup(cfg.Sink) // config checked the name
 	return plugin.Open(ctx, cfg.SinkSettings, sinks.Env{
