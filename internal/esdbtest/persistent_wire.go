@@ -67,51 +67,14 @@ func psProtoUUID(id uuid.UUID, asString bool) *shared.UUID {
 	}}}
 }
 
-// psUUIDFromProto decodes an ack/nack id; ok is false for garbage.
-func psUUIDFromProto(u *shared.UUID) (uuid.UUID, bool) {
-	var id uuid.UUID
-	switch v := u.GetValue().(type) {
-	case *shared.UUID_Structured_:
-		binary.BigEndian.PutUint64(id[:8], uint64(v.Structured.GetMostSignificantBits()))
-		binary.BigEndian.PutUint64(id[8:], uint64(v.Structured.GetLeastSignificantBits()))
-		return id, true
-	case *shared.UUID_String_:
-		parsed, err := uuid.Parse(v.String_)
-		return parsed, err == nil
-	}
-	return id, false
-}
-
-func psUUIDsFromProto(us []*shared.UUID) []uuid.UUID {
-	ids := make([]uuid.UUID, 0, len(us))
-	for _, u := range us {
-		if id, ok := psUUIDFromProto(u); ok {
-			ids = append(ids, id)
-		}
-	}
-	return ids
-}
-
 // psUUIDsFromWire decodes the ids of an ack or nack received as the
-// generated message; garbage ids are dropped, as psUUIDsFromProto does.
+// generated message; garbage ids are dropped.
 func psUUIDsFromWire(us []*sharedpb.UUID) []uuid.UUID {
 	ids := make([]uuid.UUID, 0, len(us))
 	for _, u := range us {
-		var id uuid.UUID
-		switch v := u.GetValue().(type) {
-		case *sharedpb.UUID_Structured_:
-			binary.BigEndian.PutUint64(id[:8], uint64(v.Structured.GetMostSignificantBits()))
-			binary.BigEndian.PutUint64(id[8:], uint64(v.Structured.GetLeastSignificantBits()))
-		case *sharedpb.UUID_String_:
-			parsed, err := uuid.Parse(v.String_)
-			if err != nil {
-				continue
-			}
-			id = parsed
-		default:
-			continue
+		if id, ok := strictUUID(u); ok {
+			ids = append(ids, id)
 		}
-		ids = append(ids, id)
 	}
 	return ids
 }
