@@ -2,7 +2,6 @@ package esdbtest
 
 import (
 	"context"
-	"encoding/binary"
 	"fmt"
 	"strconv"
 
@@ -40,7 +39,7 @@ func psEventResp(ev ResolvedRecord, retry int32, stringIDs bool) *persistent.Rea
 // when created is missing (§0 hard requirement 1).
 func psRecorded(r *Record, pos uint64, stringIDs bool) *persistent.ReadResp_ReadEvent_RecordedEvent {
 	return &persistent.ReadResp_ReadEvent_RecordedEvent{
-		Id:               psProtoUUID(r.ID, stringIDs),
+		Id:               uuidToProto(r.ID, stringIDs),
 		StreamIdentifier: &shared.StreamIdentifier{StreamName: []byte(r.Stream)},
 		StreamRevision:   uint64(r.Number),
 		PreparePosition:  pos,
@@ -53,18 +52,6 @@ func psRecorded(r *Record, pos uint64, stringIDs bool) *persistent.ReadResp_Read
 		CustomMetadata: r.Metadata,
 		Data:           r.Data,
 	}
-}
-
-// psProtoUUID encodes an id as the client asked: structured (two big-endian
-// int64 halves) or the hyphenated string.
-func psProtoUUID(id uuid.UUID, asString bool) *shared.UUID {
-	if asString {
-		return &shared.UUID{Value: &shared.UUID_String_{String_: id.String()}}
-	}
-	return &shared.UUID{Value: &shared.UUID_Structured_{Structured: &shared.UUID_Structured{
-		MostSignificantBits:  int64(binary.BigEndian.Uint64(id[:8])),
-		LeastSignificantBits: int64(binary.BigEndian.Uint64(id[8:])),
-	}}}
 }
 
 // psUUIDsFromWire decodes the ids of an ack or nack received as the
