@@ -229,10 +229,10 @@ func startDittoWith(bin, logDir, source, group string, sinkVars []string, pass f
 			env = append(env, kv)
 		}
 	}
-	// Last, so that they win over any value passed through.
-	env = append(env, extra...)
 	cmd := exec.Command(bin)
-	cmd.Env = append(env, extra...) // the last of a repeated variable counts
+	// extra last, so that it wins over any value passed through: the last of
+	// a repeated variable counts.
+	cmd.Env = append(env, extra...)
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
