@@ -161,12 +161,12 @@ func TestParseProc(t *testing.T) {
 	}
 }
 
-func TestMeanFromMetrics(t *testing.T) {
-	text := []byte("# HELP ditto_batch_size x\n# TYPE ditto_batch_size histogram\nditto_batch_size_bucket{le=\"1\"} 3\nditto_batch_size_sum 120\nditto_batch_size_count 12\n")
-	if got := meanFromMetrics(text, "ditto_batch_size"); got != 10 {
+func TestPromMean(t *testing.T) {
+	text := ("# HELP ditto_batch_size x\n# TYPE ditto_batch_size histogram\nditto_batch_size_bucket{le=\"1\"} 3\nditto_batch_size_sum 120\nditto_batch_size_count 12\n")
+	if got := promMean(text, "ditto_batch_size"); got != 10 {
 		t.Errorf("mean = %g, want 10", got)
 	}
-	if got := meanFromMetrics([]byte("other_sum 1\n"), "ditto_batch_size"); got != 0 {
+	if got := promMean("other_sum 1\n", "ditto_batch_size"); got != 0 {
 		t.Errorf("mean without the metric = %g, want 0", got)
 	}
 }

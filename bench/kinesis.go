@@ -3,12 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
-	"net/http"
-	"os"
-	"regexp"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -102,7 +96,7 @@ func (e *env) kinesisRaw(ctx context.Context, res *result, kin *kinesalite.Serve
 	}
 	close(calls)
 	e.collect()
-	selfStart, kinStart := selfCPU(), procCPU(kin.Pid())
+	selfStart, kinStart := selfCPU(), procUsage(kin.Pid()).cpu
 	var wg sync.WaitGroup
 	var firstErr atomic.Pointer[error]
 	start := time.Now()
@@ -129,7 +123,7 @@ func (e *env) kinesisRaw(ctx context.Context, res *result, kin *kinesalite.Serve
 		return *err
 	}
 	m := &measured{Events: w.events, Seconds: took.Seconds(), EventsPerSec: rate(w.events, took),
-		CPUMicrosPerEvent: perEvent(selfCPU()-selfStart+procCPU(kin.Pid())-kinStart, w.events)}
+		CPUMicrosPerEvent: perEvent(selfCPU()-selfStart+procUsage(kin.Pid()).cpu-kinStart, w.events)}
 	m.CoresBusy = coresBusy(m.CPUMicrosPerEvent, m.EventsPerSec)
 	m.Note = fmt.Sprintf("the records put straight to kinesalite, %d per PutRecords call, %d calls at once; CPU per event (client and kinesalite) %.1f µs, cores busy %.2f",
 		kinesisRawBatch, kinesisRawCalls, m.CPUMicrosPerEvent, m.CoresBusy)
@@ -150,7 +144,7 @@ func (e *env) kinesisDitto(ctx context.Context, res *result, src *server, kin *k
 	e.collect()
 	stopProfile := e.profile()
 	defer stopProfile()
-	selfStart, kinStart := selfCPU(), procCPU(kin.Pid())
+	selfStart, kinStart := selfCPU(), procUsage(kin.Pid()).cpu
 	start := time.Now()
 	d, err := startDitto(e.bin, e.dir, src.conn(), "", "ditto-bench", extra...)
 	if err != nil {
@@ -184,7 +178,7 @@ func (e *env) kinesisDitto(ctx context.Context, res *result, src *server, kin *k
 	}
 	took := time.Since(start)
 	servers := selfCPU() - selfStart
-	kinCPU := procCPU(kin.Pid()) - kinStart
+	kinCPU := procUsage(kin.Pid()).cpu - kinStart
 	stopProfile()
 	res.PeakRSSMB = float64(d.PeakRSS()) / (1 << 20)
 	u := d.usage()
@@ -263,47 +257,4 @@ func (e *env) kinesisReference(ctx context.Context, res *result, src *server, cl
 	res.Baseline1 = m
 	e.logf("baseline 1 (one PutRecord per event): %d events in %s: %.0f events/s", n, took.Round(time.Millisecond), m.EventsPerSec)
 	return nil
-}
-
-// scrape returns ditto's /metrics text, or "".
-func (d *ditto) scrape(ctx context.Context) string {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+d.metrics+"/metrics", nil)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return ""
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
-	return string(b)
-}
-
-// promSum adds up the samples of metric name in Prometheus text whose
-// labels contain labels.
-func promSum(text, name, labels string) float64 {
-	re := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + `(\{[^}]*\})? (\S+)$`)
-	sum := 0.0
-	for _, m := range re.FindAllStringSubmatch(text, -1) {
-		if !strings.Contains(m[1], labels) {
-			continue
-		}
-		if v, err := strconv.ParseFloat(m[2], 64); err == nil {
-			sum += v
-		}
-	}
-	return sum
-}
-
-// procCPU is a process's CPU time so far, 0 if unknown.
-func procCPU(pid int) time.Duration {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0
-	}
-	u, err := parseStat(b)
-	if err != nil {
-		return 0
-	}
-	return u.cpu
 }
