@@ -239,7 +239,12 @@ func TestBaselinesReplicate(t *testing.T) {
 	}
 
 	dst1 := esdbtest.Start(t, esdbtest.Options{Insecure: true})
-	b1, err := baseline1(ctx, src.ConnectionString(), dst1.ConnectionString(), "baseline-1", w.events, 30*time.Second)
+	dc, err := newClient(dst1.ConnectionString())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dc.Close()
+	b1, err := baseline1(ctx, src.ConnectionString(), "baseline-1", w.events, 30*time.Second, appendEach(dc))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -67,7 +67,7 @@ func kinesisThroughput(ctx context.Context, e *env, delay time.Duration) (*resul
 	if err := e.kinesisDitto(ctx, res, src, kin, endpoint, direct, w); err != nil {
 		return res, err
 	}
-	if err := e.kinesisReference(ctx, res, src, client, w); err != nil {
+	if err := e.reference(ctx, res, src, w, "one PutRecord per event", putEach(client)); err != nil {
 		return res, err
 	}
 	return res, nil
@@ -206,55 +206,17 @@ func (e *env) kinesisDitto(ctx context.Context, res *result, src *server, kin *k
 	return nil
 }
 
-// kinesisReference measures baseline 1, benfoster/ditto's Kinesis image:
-// one persistent subscription connection with buffer size 10; for each
-// event, in order, one PutRecord of its envelope to stream "baseline"
-// (partition key: its stream), then an ack; nothing concurrent. It runs
-// on a sample, as baseline 1 of the other scenarios.
-func (e *env) kinesisReference(ctx context.Context, res *result, src *server, client *kinesis.Client, w workload) error {
-	sample := min(w.events, b1MaxSample)
-	maxTime := time.Duration(float64(15*time.Second) * min(1, max(e.scale, 0.2)))
-	c, err := newClient(src.conn())
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	ctx, cancel := context.WithTimeout(ctx, maxTime+30*time.Second)
-	defer cancel()
-	start := time.Now()
-	sub, err := c.SubscribeToPersistentSubscription(ctx, "$ce-"+category, "baseline-1", esdb.SubscribeToPersistentSubscriptionOptions{BufferSize: 10})
-	if err != nil {
-		return fmt.Errorf("baseline 1: subscribing: %w", err)
-	}
-	defer sub.Close()
-	n := 0
-	for n < sample && time.Since(start) < maxTime {
-		ev := sub.Recv()
-		if ev.SubscriptionDropped != nil {
-			return fmt.Errorf("baseline 1: subscription dropped after %d events: %w", n, ev.SubscriptionDropped.Error)
-		}
-		if ev.EventAppeared == nil || ev.EventAppeared.Event.Event == nil {
-			continue
-		}
-		rec := ev.EventAppeared.Event.Event
+// putEach is baseline 1's write in benfoster/ditto's Kinesis image: one
+// PutRecord of the event's envelope to stream "baseline", its stream the
+// partition key.
+func putEach(client *kinesis.Client) func(context.Context, *esdb.RecordedEvent) error {
+	return func(ctx context.Context, rec *esdb.RecordedEvent) error {
 		se := sinks.Event{Stream: rec.StreamID, Number: rec.EventNumber, ID: rec.EventID, Type: rec.EventType, ContentType: rec.ContentType,
 			Data: rec.Data, Metadata: rec.UserMetadata, Created: rec.CreatedDate}
 		if _, err := client.PutRecord(ctx, &kinesis.PutRecordInput{StreamName: aws.String("baseline"), PartitionKey: aws.String(rec.StreamID),
 			Data: sinks.AppendEnvelope(nil, &se, time.Now())}); err != nil {
-			return fmt.Errorf("baseline 1: PutRecord: %w", err)
+			return fmt.Errorf("PutRecord: %w", err)
 		}
-		if err := sub.Ack(ev.EventAppeared.Event); err != nil {
-			return fmt.Errorf("baseline 1: ack: %w", err)
-		}
-		n++
+		return nil
 	}
-	took := time.Since(start)
-	m := &measured{Events: n, Seconds: took.Seconds(), EventsPerSec: rate(n, took)}
-	if n < w.events {
-		m.Sampled = true
-		m.Note = fmt.Sprintf("sample of %d of %d events in %s, extrapolated as a rate", n, w.events, took.Round(time.Millisecond))
-	}
-	res.Baseline1 = m
-	e.logf("baseline 1 (one PutRecord per event): %d events in %s: %.0f events/s", n, took.Round(time.Millisecond), m.EventsPerSec)
-	return nil
 }

@@ -9,6 +9,8 @@ import (
 	"runtime/pprof"
 	"sync"
 	"time"
+
+	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
 )
 
 // env is what every scenario needs.
@@ -165,7 +167,7 @@ func throughput(ctx context.Context, e *env, events, streams int, delay time.Dur
 		return res, err
 	}
 	if baselines {
-		if err := e.reference(ctx, res, src, w, delay); err != nil {
+		if err := e.eventStoreReference(ctx, res, src, w, delay); err != nil {
 			return res, err
 		}
 	}
@@ -323,16 +325,27 @@ func (e *env) dittoRun(ctx context.Context, src *server, w workload, delay time.
 	return run, nil
 }
 
-// reference measures baseline 1 on a sample of the events.
-func (e *env) reference(ctx context.Context, res *result, src *server, w workload, delay time.Duration) error {
+// eventStoreReference measures baseline 1 into a fresh destination.
+func (e *env) eventStoreReference(ctx context.Context, res *result, src *server, w workload, delay time.Duration) error {
 	dst, err := startServer(delay)
 	if err != nil {
 		return err
 	}
 	defer dst.Close()
+	c, err := newClient(dst.conn())
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return e.reference(ctx, res, src, w, "reference", appendEach(c))
+}
+
+// reference measures baseline 1 on a sample of the events, each written
+// with write; what names it in the log.
+func (e *env) reference(ctx context.Context, res *result, src *server, w workload, what string, write func(context.Context, *esdb.RecordedEvent) error) error {
 	sample := min(w.events, b1MaxSample)
 	maxTime := time.Duration(float64(15*time.Second) * min(1, max(e.scale, 0.2)))
-	b1, err := baseline1(ctx, src.conn(), dst.conn(), "baseline-1", sample, maxTime)
+	b1, err := baseline1(ctx, src.conn(), "baseline-1", sample, maxTime, write)
 	if err != nil {
 		return err
 	}
@@ -342,7 +355,7 @@ func (e *env) reference(ctx context.Context, res *result, src *server, w workloa
 		m.Note = fmt.Sprintf("sample of %d of %d events in %s, extrapolated as a rate", b1.events, w.events, b1.elapsed.Round(time.Millisecond))
 	}
 	res.Baseline1 = m
-	e.logf("baseline 1 (reference): %d events in %s: %.0f events/s", b1.events, b1.elapsed.Round(time.Millisecond), m.EventsPerSec)
+	e.logf("baseline 1 (%s): %d events in %s: %.0f events/s", what, b1.events, b1.elapsed.Round(time.Millisecond), m.EventsPerSec)
 	return nil
 }
 
