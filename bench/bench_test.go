@@ -252,8 +252,8 @@ func TestBaselinesReplicate(t *testing.T) {
 		t.Errorf("baseline 1 wrote %d events (sampled %v), want all %d", b1.events, b1.sampled, w.events)
 	}
 	checkCopy(t, dst1.Store(), w)
-	if _, err := waitDestination(ctx, dst1.Store(), w.events, time.Second, time.Second, nil, nil); err != nil {
-		t.Errorf("waitDestination on a complete destination: %v", err)
+	if _, err := waitCount(ctx, func() int64 { return destinationEvents(dst1.Store()) }, w.events, time.Second, time.Second, nil, nil); err != nil {
+		t.Errorf("waitCount on a complete destination: %v", err)
 	}
 
 	for _, batchAppend := range []bool{false, true} {
@@ -276,8 +276,8 @@ func TestBaselinesReplicate(t *testing.T) {
 
 	// A destination that never fills up is reported, not waited on forever.
 	empty := esdbtest.Start(t, esdbtest.Options{Insecure: true})
-	if _, err := waitDestination(ctx, empty.Store(), 1, time.Second, 100*time.Millisecond, nil, nil); err == nil {
-		t.Error("waitDestination on an empty destination must fail")
+	if _, err := waitCount(ctx, func() int64 { return destinationEvents(empty.Store()) }, 1, time.Second, 100*time.Millisecond, nil, nil); err == nil {
+		t.Error("waitCount on an empty destination must fail")
 	}
 }
 

@@ -132,6 +132,10 @@ func (e *env) kinesisRaw(ctx context.Context, res *result, kin *kinesalite.Serve
 	return nil
 }
 
+// kinesisPollEvery is how often the Kinesis run reads ditto's /metrics for
+// its acks: serving them costs ditto CPU, so not at every poll.
+const kinesisPollEvery = 20 * time.Millisecond
+
 // kinesisDitto runs ditto with DITTO_SINK=kinesis from the source's start
 // until it has acked every event, then checks that the stream "ditto"
 // holds them all. The time runs from starting the process to the last ack
@@ -141,55 +145,35 @@ func (e *env) kinesisDitto(ctx context.Context, res *result, src *server, kin *k
 	for k, v := range kinesalite.Env(endpoint) {
 		extra = append(extra, k+"="+v)
 	}
-	e.collect()
-	stopProfile := e.profile()
-	defer stopProfile()
-	selfStart, kinStart := selfCPU(), procUsage(kin.Pid()).cpu
-	start := time.Now()
-	d, err := startDitto(e.bin, e.dir, src.conn(), "", "ditto-bench", extra...)
+	var d *ditto
+	var text string // ditto's /metrics, as last read
+	var acked int64
+	var read time.Time
+	f, err := e.measure(ctx, runSpec{events: w.events, want: w.events,
+		start: func() ([]*ditto, error) {
+			var err error
+			d, err = startDitto(e.bin, e.dir, src.conn(), "", "ditto-bench", extra...)
+			return []*ditto{d}, err
+		},
+		count: func() int64 {
+			if time.Since(read) >= kinesisPollEvery {
+				text, read = d.scrape(ctx), time.Now()
+				acked = int64(promSum(text, "ditto_events_processed_total", ""))
+			}
+			return acked
+		},
+		others: func() time.Duration { return procUsage(kin.Pid()).cpu },
+	})
 	if err != nil {
-		return err
+		return fmt.Errorf("ditto: %w", err)
 	}
-	defer d.stop()
-	limit := time.Minute + time.Duration(w.events/200)*time.Second
-	var text string
-	last, lastMove := 0.0, time.Now()
-	for {
-		if err := d.alive(); err != nil {
-			return fmt.Errorf("ditto: %w", err)
-		}
-		text = d.scrape(ctx)
-		n := promSum(text, "ditto_events_processed_total", "")
-		if n >= float64(w.events) {
-			break
-		}
-		now := time.Now()
-		if n != last {
-			last, lastMove = n, now
-		}
-		if now.Sub(lastMove) > time.Minute || now.Sub(start) > limit {
-			return fmt.Errorf("ditto: %v of %d events acked after %s; log:\n%s", n, w.events, now.Sub(start).Round(time.Second), tail(d.log, 20))
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-	took := time.Since(start)
-	servers := selfCPU() - selfStart
-	kinCPU := procUsage(kin.Pid()).cpu - kinStart
-	stopProfile()
-	res.PeakRSSMB = float64(d.PeakRSS()) / (1 << 20)
-	u := d.usage()
+	m := f.m
+	res.PeakRSSMB = f.rss
 	calls := promSum(text, "ditto_io_duration_seconds_count", `operation="put_records"`)
-	d.stop()
-	m := &measured{Events: w.events, Seconds: took.Seconds(), EventsPerSec: rate(w.events, took),
-		CPUMicrosPerEvent: perEvent(u.cpu, w.events), ServersCPUMicrosPerEvent: perEvent(servers+kinCPU, w.events), PageFaults: u.faults}
+	m.MeanBatch = 0
 	if calls > 0 {
 		m.MeanBatch = float64(w.events) / calls
 	}
-	m.CoresBusy = coresBusy(m.CPUMicrosPerEvent+m.ServersCPUMicrosPerEvent, m.EventsPerSec)
 	t := time.Now()
 	recs, err := kinesalite.ReadAll(ctx, direct, "ditto")
 	if err != nil {
@@ -199,10 +183,10 @@ func (e *env) kinesisDitto(ctx context.Context, res *result, src *server, kin *k
 		return fmt.Errorf("ditto acked %d events but the stream holds %d records", w.events, len(recs))
 	}
 	m.Note = fmt.Sprintf("%.0f PutRecords calls, %.1f records per call; CPU per event: ditto %.1f µs, source server %.1f µs, kinesalite %.1f µs; cores busy %.2f; %d records read back",
-		calls, m.MeanBatch, m.CPUMicrosPerEvent, perEvent(servers, w.events), perEvent(kinCPU, w.events), m.CoresBusy, len(recs))
+		calls, m.MeanBatch, m.CPUMicrosPerEvent, perEvent(f.servers, w.events), perEvent(f.others, w.events), m.CoresBusy, len(recs))
 	res.Ditto = m
 	e.logf("ditto: %d events in %s: %.0f events/s, %.1f records per PutRecords call, peak RSS %.1f MiB (read back %d records in %s)",
-		w.events, took.Round(time.Millisecond), m.EventsPerSec, m.MeanBatch, res.PeakRSSMB, len(recs), time.Since(t).Round(time.Millisecond))
+		w.events, time.Duration(m.Seconds*float64(time.Second)).Round(time.Millisecond), m.EventsPerSec, m.MeanBatch, res.PeakRSSMB, len(recs), time.Since(t).Round(time.Millisecond))
 	return nil
 }
 

@@ -26,21 +26,21 @@ import (
 // measured time is late by at most this much.
 const pollEvery = 5 * time.Millisecond
 
-// progress is what waitDestination observed.
+// progress is what waitCount observed.
 type progress struct {
 	first time.Time // first event visible
 	done  time.Time // all events visible
 }
 
-// waitDestination polls the destination's $ce-bench (which the test server
-// maintains in the same commit as the appended event) until it holds want
-// events. It fails when check returns an error (ditto exited), when nothing
-// moves for stall, or after limit. poll, if not nil, sees every count.
-func waitDestination(ctx context.Context, store *esdbtest.Store, want int, limit, stall time.Duration, check func() error, poll func(time.Time, int64)) (progress, error) {
-	return waitCount(ctx, func() int64 { return store.LastEventNumber("$ce-"+category) + 1 }, want, limit, stall, check, poll)
+// destinationEvents is the number of events in the destination's $ce-bench,
+// which the test server maintains in the same commit as the appended event.
+func destinationEvents(store *esdbtest.Store) int64 {
+	return store.LastEventNumber("$ce-"+category) + 1
 }
 
-// waitCount is waitDestination over any count of events written.
+// waitCount polls count, the events written so far, until it reaches want.
+// It fails when check returns an error (ditto exited), when nothing moves
+// for stall, or after limit. poll, if not nil, sees every count.
 func waitCount(ctx context.Context, count func() int64, want int, limit, stall time.Duration, check func() error, poll func(time.Time, int64)) (progress, error) {
 	var p progress
 	start := time.Now()
