@@ -262,7 +262,7 @@ func marshal(t *testing.T, m proto.Message) []byte {
 
 // generatedFor returns an empty generated message of m's type: the same
 // message under ditto's proto package.
-func generatedFor(t *testing.T, m proto.Message) proto.Message {
+func generatedFor(t testing.TB, m proto.Message) proto.Message {
 	t.Helper()
 	switch m.(type) {
 	case *persistent.ReadResp:
