@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math"
 	"strings"
-	"time"
 
 	dittoconfig "github.com/ditto-replicator/ditto/config"
 )
@@ -121,7 +120,7 @@ func (e *env) copies(ctx context.Context, src *server, w workload, what string, 
 	m := f.m
 	m.PeakRSSMB = f.rss
 	m.Note = fmt.Sprintf("%s: every event on %d destination(s) after %s; %.0f events/s; %.1f events per append; CPU per event: ditto %.1f µs (all processes), test servers %.1f µs; peak RSS %.1f MiB (all processes)",
-		what, n, time.Duration(m.Seconds*float64(time.Second)).Round(time.Millisecond), m.EventsPerSec, m.MeanBatch, m.CPUMicrosPerEvent, m.ServersCPUMicrosPerEvent, m.PeakRSSMB)
+		what, n, m.took(), m.EventsPerSec, m.MeanBatch, m.CPUMicrosPerEvent, m.ServersCPUMicrosPerEvent, m.PeakRSSMB)
 	e.logf("%s", m.Note)
 	return m, nil
 }

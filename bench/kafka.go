@@ -103,33 +103,35 @@ func (e *env) kafkaRaw(ctx context.Context, res *result, w workload) error {
 	if err != nil {
 		return fmt.Errorf("baseline 2 (Kafka): warm-up: %w", err)
 	}
-	e.collect()
-	selfStart := selfCPU()
-	created := time.Now().UTC()
-	var wg sync.WaitGroup
-	var firstErr atomic.Pointer[error]
-	start := time.Now()
-	for i := 0; i < w.events; i++ {
-		wg.Add(1)
-		cl.Produce(ctx, kafkaRecord(w, i, created), func(_ *kgo.Record, err error) {
-			if err != nil {
-				firstErr.CompareAndSwap(nil, &err)
-			}
-			wg.Done()
-		})
+	m, err := e.measureLimit(w.events, nil, func() (time.Duration, error) {
+		created := time.Now().UTC()
+		var wg sync.WaitGroup
+		var firstErr atomic.Pointer[error]
+		start := time.Now()
+		for i := 0; i < w.events; i++ {
+			wg.Add(1)
+			cl.Produce(ctx, kafkaRecord(w, i, created), func(_ *kgo.Record, err error) {
+				if err != nil {
+					firstErr.CompareAndSwap(nil, &err)
+				}
+				wg.Done()
+			})
+		}
+		wg.Wait()
+		took := time.Since(start)
+		if err := firstErr.Load(); err != nil {
+			return 0, fmt.Errorf("baseline 2 (Kafka): %w", *err)
+		}
+		return took, nil
+	})
+	if err != nil {
+		return err
 	}
-	wg.Wait()
-	took := time.Since(start)
-	if err := firstErr.Load(); err != nil {
-		return fmt.Errorf("baseline 2 (Kafka): %w", *err)
-	}
-	m := &measured{Events: w.events, Seconds: took.Seconds(), EventsPerSec: rate(w.events, took),
-		CPUMicrosPerEvent: perEvent(selfCPU()-selfStart, w.events)}
-	m.CoresBusy = coresBusy(m.CPUMicrosPerEvent, m.EventsPerSec)
 	m.Note = fmt.Sprintf("franz-go producing the same records (key, data, seven headers) straight into kfake, %d partitions, acks all, idempotent, zstd; its CPU per event (client and broker) %.1f µs, cores busy %.2f",
 		kafkaPartitions, m.CPUMicrosPerEvent, m.CoresBusy)
 	res.Baseline2 = m
-	e.logf("baseline 2 (franz-go into kfake): %d events in %s: %.0f events/s, CPU/event %.1f µs", w.events, took.Round(time.Millisecond), m.EventsPerSec, m.CPUMicrosPerEvent)
+	e.logf("baseline 2 (franz-go into kfake): %d events in %s: %.0f events/s, CPU/event %.1f µs",
+		w.events, m.took(), m.EventsPerSec, m.CPUMicrosPerEvent)
 	return nil
 }
 
@@ -161,7 +163,7 @@ func (e *env) kafkaDitto(ctx context.Context, src *server, w workload) (*dittoFi
 	m.Note = fmt.Sprintf("DITTO_SINK=kafka; first record in Kafka after %s; %.1f events per write; CPU per event: ditto %.1f µs, source and kfake %.1f µs; cores busy %.2f",
 		f.first.Round(time.Millisecond), m.MeanBatch, m.CPUMicrosPerEvent, m.ServersCPUMicrosPerEvent, m.CoresBusy)
 	e.logf("ditto into Kafka: %d events in %s: %.0f events/s, %.1f events per write, peak RSS %.1f MiB, CPU/event ditto %.1f µs, servers %.1f µs",
-		w.events, time.Duration(m.Seconds*float64(time.Second)).Round(time.Millisecond), m.EventsPerSec, m.MeanBatch, f.rss, m.CPUMicrosPerEvent, m.ServersCPUMicrosPerEvent)
+		w.events, m.took(), m.EventsPerSec, m.MeanBatch, f.rss, m.CPUMicrosPerEvent, m.ServersCPUMicrosPerEvent)
 	return f, nil
 }
 

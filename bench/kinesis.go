@@ -95,40 +95,41 @@ func (e *env) kinesisRaw(ctx context.Context, res *result, kin *kinesalite.Serve
 		calls <- batch
 	}
 	close(calls)
-	e.collect()
-	selfStart, kinStart := selfCPU(), procUsage(kin.Pid()).cpu
-	var wg sync.WaitGroup
-	var firstErr atomic.Pointer[error]
-	start := time.Now()
-	for range kinesisRawCalls {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for batch := range calls {
-				out, err := client.PutRecords(ctx, &kinesis.PutRecordsInput{StreamName: aws.String("raw"), Records: batch})
-				if err == nil && aws.ToInt32(out.FailedRecordCount) > 0 {
-					err = fmt.Errorf("%d records rejected", aws.ToInt32(out.FailedRecordCount))
+	m, err := e.measureLimit(w.events, func() time.Duration { return procUsage(kin.Pid()).cpu }, func() (time.Duration, error) {
+		var wg sync.WaitGroup
+		var firstErr atomic.Pointer[error]
+		start := time.Now()
+		for range kinesisRawCalls {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for batch := range calls {
+					out, err := client.PutRecords(ctx, &kinesis.PutRecordsInput{StreamName: aws.String("raw"), Records: batch})
+					if err == nil && aws.ToInt32(out.FailedRecordCount) > 0 {
+						err = fmt.Errorf("%d records rejected", aws.ToInt32(out.FailedRecordCount))
+					}
+					if err != nil {
+						err = fmt.Errorf("baseline 2: PutRecords: %w", err)
+						firstErr.CompareAndSwap(nil, &err)
+						return
+					}
 				}
-				if err != nil {
-					err = fmt.Errorf("baseline 2: PutRecords: %w", err)
-					firstErr.CompareAndSwap(nil, &err)
-					return
-				}
-			}
-		}()
+			}()
+		}
+		wg.Wait()
+		took := time.Since(start)
+		if err := firstErr.Load(); err != nil {
+			return 0, *err
+		}
+		return took, nil
+	})
+	if err != nil {
+		return err
 	}
-	wg.Wait()
-	took := time.Since(start)
-	if err := firstErr.Load(); err != nil {
-		return *err
-	}
-	m := &measured{Events: w.events, Seconds: took.Seconds(), EventsPerSec: rate(w.events, took),
-		CPUMicrosPerEvent: perEvent(selfCPU()-selfStart+procUsage(kin.Pid()).cpu-kinStart, w.events)}
-	m.CoresBusy = coresBusy(m.CPUMicrosPerEvent, m.EventsPerSec)
 	m.Note = fmt.Sprintf("the records put straight to kinesalite, %d per PutRecords call, %d calls at once; CPU per event (client and kinesalite) %.1f µs, cores busy %.2f",
 		kinesisRawBatch, kinesisRawCalls, m.CPUMicrosPerEvent, m.CoresBusy)
 	res.Baseline2 = m
-	e.logf("baseline 2 (kinesalite's limit): %d records in %s: %.0f records/s", w.events, took.Round(time.Millisecond), m.EventsPerSec)
+	e.logf("baseline 2 (kinesalite's limit): %d records in %s: %.0f records/s", w.events, m.took(), m.EventsPerSec)
 	return nil
 }
 
@@ -186,7 +187,7 @@ func (e *env) kinesisDitto(ctx context.Context, res *result, src *server, kin *k
 		calls, m.MeanBatch, m.CPUMicrosPerEvent, perEvent(f.servers, w.events), perEvent(f.others, w.events), m.CoresBusy, len(recs))
 	res.Ditto = m
 	e.logf("ditto: %d events in %s: %.0f events/s, %.1f records per PutRecords call, peak RSS %.1f MiB (read back %d records in %s)",
-		w.events, time.Duration(m.Seconds*float64(time.Second)).Round(time.Millisecond), m.EventsPerSec, m.MeanBatch, res.PeakRSSMB, len(recs), time.Since(t).Round(time.Millisecond))
+		w.events, m.took(), m.EventsPerSec, m.MeanBatch, res.PeakRSSMB, len(recs), time.Since(t).Round(time.Millisecond))
 	return nil
 }
 

@@ -53,6 +53,11 @@ type measured struct {
 	PeakRSSMB float64 `json:"peak_rss_mib,omitempty"`
 }
 
+// took is the time the run took, to the millisecond, for the log.
+func (m *measured) took() time.Duration {
+	return time.Duration(m.Seconds * float64(time.Second)).Round(time.Millisecond)
+}
+
 type lagFigures struct {
 	Samples       int     `json:"samples"` // events measured (sent after the warm-up)
 	Sent          int     `json:"sent"`

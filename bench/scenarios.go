@@ -202,6 +202,25 @@ func (e *env) collect() {
 // maxCollections bounds collect; two are enough in practice.
 const maxCollections = 10
 
+// measureLimit measures a run without ditto (a limit, baseline 2 or 3):
+// run does it and returns the time it took; the CPU is this process's (the
+// servers and the client) over the call, plus, if set, others' (kinesalite).
+func (e *env) measureLimit(events int, others func() time.Duration, run func() (time.Duration, error)) (*measured, error) {
+	if others == nil {
+		others = func() time.Duration { return 0 }
+	}
+	e.collect()
+	selfStart, othersStart := selfCPU(), others()
+	took, err := run()
+	if err != nil {
+		return nil, err
+	}
+	m := &measured{Events: events, Seconds: took.Seconds(), EventsPerSec: rate(events, took),
+		CPUMicrosPerEvent: perEvent(selfCPU()-selfStart+others()-othersStart, events)}
+	m.CoresBusy = coresBusy(m.CPUMicrosPerEvent, m.EventsPerSec)
+	return m, nil
+}
+
 // raw measures baseline 2: the workload appended through Append and through
 // BatchAppend, each into a fresh destination; the faster is the limit.
 func (e *env) raw(ctx context.Context, res *result, w workload, delay time.Duration) error {
@@ -212,23 +231,22 @@ func (e *env) raw(ctx context.Context, res *result, w workload, delay time.Durat
 		if err != nil {
 			return err
 		}
-		e.collect()
-		selfStart := selfCPU()
-		took, err := baseline2(ctx, dst.conn(), w, rawBatch, writers, batchAppend, 10*time.Minute)
-		dst.Close()
+		m, err := e.measureLimit(w.events, nil, func() (time.Duration, error) {
+			defer dst.Close()
+			return baseline2(ctx, dst.conn(), w, rawBatch, writers, batchAppend, 10*time.Minute)
+		})
 		if err != nil {
 			return err
 		}
-		cpu := perEvent(selfCPU()-selfStart, w.events)
-		rates[i] = rate(w.events, took)
+		rates[i] = m.EventsPerSec
 		call := []string{"Append", "BatchAppend"}[i]
-		e.logf("baseline 2 (raw limit) through %s: %d events in %s: %.0f events/s, CPU/event %.1f µs", call, w.events, took.Round(time.Millisecond), rates[i], cpu)
+		e.logf("baseline 2 (raw limit) through %s: %d events in %s: %.0f events/s, CPU/event %.1f µs",
+			call, w.events, m.took(), rates[i], m.CPUMicrosPerEvent)
 		if res.Baseline2 == nil || rates[i] > res.Baseline2.EventsPerSec {
-			res.Baseline2 = &measured{Events: w.events, Seconds: took.Seconds(), EventsPerSec: rates[i], CPUMicrosPerEvent: cpu}
+			res.Baseline2 = m
 		}
 	}
 	b2 := res.Baseline2
-	b2.CoresBusy = coresBusy(b2.CPUMicrosPerEvent, b2.EventsPerSec)
 	b2.Note = fmt.Sprintf("%d per append, %d writer(s); Append %.0f events/s, BatchAppend %.0f events/s, the faster counts; its CPU per event (client and server) %.1f µs, cores busy %.2f",
 		rawBatch, writers, rates[0], rates[1], b2.CPUMicrosPerEvent, b2.CoresBusy)
 	return nil
@@ -237,19 +255,17 @@ func (e *env) raw(ctx context.Context, res *result, w workload, delay time.Durat
 // source measures baseline 3, the source's own limit, on a group of its
 // own with ditto's buffer size.
 func (e *env) source(ctx context.Context, res *result, src *server, w workload) error {
-	e.collect()
-	selfStart := selfCPU()
-	took, err := sourceLimit(ctx, src.conn(), "source-limit", w.events, e.buffer, 10*time.Minute)
+	m, err := e.measureLimit(w.events, nil, func() (time.Duration, error) {
+		return sourceLimit(ctx, src.conn(), "source-limit", w.events, e.buffer, 10*time.Minute)
+	})
 	if err != nil {
 		return err
 	}
-	m := &measured{Events: w.events, Seconds: took.Seconds(), EventsPerSec: rate(w.events, took),
-		CPUMicrosPerEvent: perEvent(selfCPU()-selfStart, w.events)}
-	m.CoresBusy = coresBusy(m.CPUMicrosPerEvent, m.EventsPerSec)
 	m.Note = fmt.Sprintf("read with ditto's consumer, %d in flight, acked in hundreds, written nowhere; its CPU per event (source and reader) %.1f µs, cores busy %.2f",
 		e.buffer, m.CPUMicrosPerEvent, m.CoresBusy)
 	res.Baseline3 = m
-	e.logf("baseline 3 (source limit): %d events in %s: %.0f events/s, CPU/event %.1f µs", w.events, took.Round(time.Millisecond), m.EventsPerSec, m.CPUMicrosPerEvent)
+	e.logf("baseline 3 (source limit): %d events in %s: %.0f events/s, CPU/event %.1f µs",
+		w.events, m.took(), m.EventsPerSec, m.CPUMicrosPerEvent)
 	return nil
 }
 
@@ -262,7 +278,7 @@ func (e *env) ditto(ctx context.Context, src *server, w workload, delay time.Dur
 	}
 	m := f.m
 	e.logf("ditto: %d events in %s: %.0f events/s, %.1f events per append, peak RSS %.1f MiB, CPU/event ditto %.1f µs, servers %.1f µs, page faults %d",
-		w.events, time.Duration(m.Seconds*float64(time.Second)).Round(time.Millisecond), m.EventsPerSec, m.MeanBatch, f.rss, m.CPUMicrosPerEvent, m.ServersCPUMicrosPerEvent, m.PageFaults)
+		w.events, m.took(), m.EventsPerSec, m.MeanBatch, f.rss, m.CPUMicrosPerEvent, m.ServersCPUMicrosPerEvent, m.PageFaults)
 	return f, nil
 }
 
