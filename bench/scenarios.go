@@ -326,7 +326,7 @@ type dittoFigures struct {
 	m        *measured     // per source event, without a note
 	first    time.Duration // from starting ditto to the first event written
 	servers  time.Duration // CPU time of this process (the test servers)
-	others   time.Duration // CPU time of the other servers (run.others)
+	others   time.Duration // CPU time of the other servers (runSpec.others)
 	rss      float64       // peak RSS, MiB; with several processes, the sum
 	timeline []tlWindow
 }
