@@ -170,6 +170,7 @@ func (e *env) kinesisDitto(ctx context.Context, res *result, src *server, kin *k
 	}
 	m := f.m
 	res.PeakRSSMB = f.rss
+	// Records per PutRecords call rather than events per lane write.
 	calls := promSum(text, "ditto_io_duration_seconds_count", `operation="put_records"`)
 	m.MeanBatch = 0
 	if calls > 0 {
