@@ -161,12 +161,12 @@ func TestParseProc(t *testing.T) {
 	}
 }
 
-func TestMeanFromMetrics(t *testing.T) {
-	text := []byte("# HELP ditto_batch_size x\n# TYPE ditto_batch_size histogram\nditto_batch_size_bucket{le=\"1\"} 3\nditto_batch_size_sum 120\nditto_batch_size_count 12\n")
-	if got := meanFromMetrics(text, "ditto_batch_size"); got != 10 {
+func TestPromMean(t *testing.T) {
+	text := ("# HELP ditto_batch_size x\n# TYPE ditto_batch_size histogram\nditto_batch_size_bucket{le=\"1\"} 3\nditto_batch_size_sum 120\nditto_batch_size_count 12\n")
+	if got := promMean(text, "ditto_batch_size"); got != 10 {
 		t.Errorf("mean = %g, want 10", got)
 	}
-	if got := meanFromMetrics([]byte("other_sum 1\n"), "ditto_batch_size"); got != 0 {
+	if got := promMean("other_sum 1\n", "ditto_batch_size"); got != 0 {
 		t.Errorf("mean without the metric = %g, want 0", got)
 	}
 }
@@ -239,7 +239,12 @@ func TestBaselinesReplicate(t *testing.T) {
 	}
 
 	dst1 := esdbtest.Start(t, esdbtest.Options{Insecure: true})
-	b1, err := baseline1(ctx, src.ConnectionString(), dst1.ConnectionString(), "baseline-1", w.events, 30*time.Second)
+	dc, err := newClient(dst1.ConnectionString())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dc.Close()
+	b1, err := baseline1(ctx, src.ConnectionString(), "baseline-1", w.events, 30*time.Second, appendEach(dc))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -247,8 +252,8 @@ func TestBaselinesReplicate(t *testing.T) {
 		t.Errorf("baseline 1 wrote %d events (sampled %v), want all %d", b1.events, b1.sampled, w.events)
 	}
 	checkCopy(t, dst1.Store(), w)
-	if _, err := waitDestination(ctx, dst1.Store(), w.events, time.Second, time.Second, nil, nil); err != nil {
-		t.Errorf("waitDestination on a complete destination: %v", err)
+	if _, err := waitCount(ctx, func() int64 { return destinationEvents(dst1.Store()) }, w.events, time.Second, time.Second, nil, nil); err != nil {
+		t.Errorf("waitCount on a complete destination: %v", err)
 	}
 
 	for _, batchAppend := range []bool{false, true} {
@@ -271,8 +276,8 @@ func TestBaselinesReplicate(t *testing.T) {
 
 	// A destination that never fills up is reported, not waited on forever.
 	empty := esdbtest.Start(t, esdbtest.Options{Insecure: true})
-	if _, err := waitDestination(ctx, empty.Store(), 1, time.Second, 100*time.Millisecond, nil, nil); err == nil {
-		t.Error("waitDestination on an empty destination must fail")
+	if _, err := waitCount(ctx, func() int64 { return destinationEvents(empty.Store()) }, 1, time.Second, 100*time.Millisecond, nil, nil); err == nil {
+		t.Error("waitCount on an empty destination must fail")
 	}
 }
 

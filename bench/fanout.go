@@ -3,8 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
+	"math"
 	"strings"
-	"time"
 
 	dittoconfig "github.com/ditto-replicator/ditto/config"
 )
@@ -103,54 +103,24 @@ func (e *env) copies(ctx context.Context, src *server, w workload, what string, 
 		}
 		dsts = append(dsts, d)
 	}
-	e.collect()
-	selfStart := selfCPU()
-	began := time.Now()
-	ds, err := start(dsts)
-	if err != nil {
-		return nil, err
-	}
-	defer func() {
-		for _, d := range ds {
-			d.stop()
-		}
-	}()
-	limit := time.Minute + time.Duration(w.events/200)*time.Second
-	check := func() error {
-		for _, d := range ds {
-			d.sampleRSS()
-			if err := d.alive(); err != nil {
-				return err
+	f, err := e.measure(ctx, runSpec{events: w.events, want: w.events,
+		start: func() ([]*ditto, error) { return start(dsts) },
+		// The least complete destination's events.
+		count: func() int64 {
+			least := int64(math.MaxInt64)
+			for _, d := range dsts {
+				least = min(least, destinationEvents(d.Store()))
 			}
-		}
-		return nil
+			return least
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
 	}
-	var done time.Time
-	for i, dst := range dsts {
-		p, err := waitDestination(ctx, dst.Store(), w.events, limit, time.Minute, check, nil)
-		if err != nil {
-			return nil, fmt.Errorf("%s, destination %d: %w", what, i+1, err)
-		}
-		done = p.done
-	}
-	took := done.Sub(began)
-	servers := selfCPU() - selfStart
-	m := &measured{Events: w.events, Seconds: took.Seconds(), EventsPerSec: rate(w.events, took),
-		ServersCPUMicrosPerEvent: perEvent(servers, w.events)}
-	var cpu time.Duration
-	var faults int64
-	for _, d := range ds {
-		m.PeakRSSMB += float64(d.PeakRSS()) / (1 << 20)
-		m.MeanBatch += d.meanBatch(ctx) / float64(len(ds))
-		u := d.usage()
-		cpu += u.cpu
-		faults += u.faults
-	}
-	m.CPUMicrosPerEvent = perEvent(cpu, w.events)
-	m.PageFaults = faults
-	m.CoresBusy = coresBusy(m.CPUMicrosPerEvent+m.ServersCPUMicrosPerEvent, m.EventsPerSec)
+	m := f.m
+	m.PeakRSSMB = f.rss
 	m.Note = fmt.Sprintf("%s: every event on %d destination(s) after %s; %.0f events/s; %.1f events per append; CPU per event: ditto %.1f µs (all processes), test servers %.1f µs; peak RSS %.1f MiB (all processes)",
-		what, n, took.Round(time.Millisecond), m.EventsPerSec, m.MeanBatch, m.CPUMicrosPerEvent, m.ServersCPUMicrosPerEvent, m.PeakRSSMB)
+		what, n, m.took(), m.EventsPerSec, m.MeanBatch, m.CPUMicrosPerEvent, m.ServersCPUMicrosPerEvent, m.PeakRSSMB)
 	e.logf("%s", m.Note)
 	return m, nil
 }

@@ -36,17 +36,17 @@ func kafkaScenario(ctx context.Context, e *env) (*result, error) {
 	if err := e.kafkaRaw(ctx, res, w); err != nil {
 		return res, err
 	}
-	if err := e.kafkaDitto(ctx, res, src, w); err != nil {
+	k, err := e.kafkaDitto(ctx, src, w)
+	if err != nil {
 		return res, err
 	}
+	res.Ditto, res.PeakRSSMB, res.Timeline = k.m, k.rss, k.timeline
 	// The EventStore sink, for comparison; the table shows the Kafka run.
-	kd, rss, tl := res.Ditto, res.PeakRSSMB, res.Timeline
-	res.Ditto = nil
-	if err := e.ditto(ctx, res, src, w, 0); err != nil {
+	es, err := e.ditto(ctx, src, w, 0)
+	if err != nil {
 		return res, fmt.Errorf("EventStore sink: %w", err)
 	}
-	res.EventStoreSink = res.Ditto
-	res.Ditto, res.PeakRSSMB, res.Timeline = kd, rss, tl
+	res.EventStoreSink = es.m
 	return res, nil
 }
 
@@ -103,93 +103,68 @@ func (e *env) kafkaRaw(ctx context.Context, res *result, w workload) error {
 	if err != nil {
 		return fmt.Errorf("baseline 2 (Kafka): warm-up: %w", err)
 	}
-	e.collect()
-	selfStart := selfCPU()
-	created := time.Now().UTC()
-	var wg sync.WaitGroup
-	var firstErr atomic.Pointer[error]
-	start := time.Now()
-	for i := 0; i < w.events; i++ {
-		wg.Add(1)
-		cl.Produce(ctx, kafkaRecord(w, i, created), func(_ *kgo.Record, err error) {
-			if err != nil {
-				firstErr.CompareAndSwap(nil, &err)
-			}
-			wg.Done()
-		})
+	m, err := e.measureLimit(w.events, nil, func() (time.Duration, error) {
+		created := time.Now().UTC()
+		var wg sync.WaitGroup
+		var firstErr atomic.Pointer[error]
+		start := time.Now()
+		for i := 0; i < w.events; i++ {
+			wg.Add(1)
+			cl.Produce(ctx, kafkaRecord(w, i, created), func(_ *kgo.Record, err error) {
+				if err != nil {
+					firstErr.CompareAndSwap(nil, &err)
+				}
+				wg.Done()
+			})
+		}
+		wg.Wait()
+		took := time.Since(start)
+		if err := firstErr.Load(); err != nil {
+			return 0, fmt.Errorf("baseline 2 (Kafka): %w", *err)
+		}
+		return took, nil
+	})
+	if err != nil {
+		return err
 	}
-	wg.Wait()
-	took := time.Since(start)
-	if err := firstErr.Load(); err != nil {
-		return fmt.Errorf("baseline 2 (Kafka): %w", *err)
-	}
-	m := &measured{Events: w.events, Seconds: took.Seconds(), EventsPerSec: rate(w.events, took),
-		CPUMicrosPerEvent: perEvent(selfCPU()-selfStart, w.events)}
-	m.CoresBusy = coresBusy(m.CPUMicrosPerEvent, m.EventsPerSec)
 	m.Note = fmt.Sprintf("franz-go producing the same records (key, data, seven headers) straight into kfake, %d partitions, acks all, idempotent, zstd; its CPU per event (client and broker) %.1f µs, cores busy %.2f",
 		kafkaPartitions, m.CPUMicrosPerEvent, m.CoresBusy)
 	res.Baseline2 = m
-	e.logf("baseline 2 (franz-go into kfake): %d events in %s: %.0f events/s, CPU/event %.1f µs", w.events, took.Round(time.Millisecond), m.EventsPerSec, m.CPUMicrosPerEvent)
+	e.logf("baseline 2 (franz-go into kfake): %d events in %s: %.0f events/s, CPU/event %.1f µs",
+		w.events, m.took(), m.EventsPerSec, m.CPUMicrosPerEvent)
 	return nil
 }
 
 // kafkaDitto runs ditto with DITTO_SINK=kafka from the source's start into a
 // fresh cluster until the topic holds every event.
-func (e *env) kafkaDitto(ctx context.Context, res *result, src *server, w workload) error {
+func (e *env) kafkaDitto(ctx context.Context, src *server, w workload) (*dittoFigures, error) {
 	c, err := startKafka()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer c.Close()
 	cl, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer cl.Close()
-	e.collect()
-	stopProfile := e.profile()
-	defer stopProfile()
-	selfStart := selfCPU()
-	start := time.Now()
-	d, err := startDitto(e.bin, e.dir, src.conn(), "", "ditto-kafka",
-		"DITTO_SINK=kafka", "DITTO_KAFKA_BROKERS="+c.ListenAddrs()[0], "DITTO_KAFKA_TOPIC="+kafkaTopic)
+	f, err := e.measure(ctx, runSpec{events: w.events, want: w.events, timeline: true,
+		start: func() ([]*ditto, error) {
+			d, err := startDitto(e.bin, e.dir, src.conn(), "", "ditto-kafka",
+				"DITTO_SINK=kafka", "DITTO_KAFKA_BROKERS="+c.ListenAddrs()[0], "DITTO_KAFKA_TOPIC="+kafkaTopic)
+			return []*ditto{d}, err
+		},
+		count: func() int64 { return endOffsets(ctx, cl) },
+	})
 	if err != nil {
-		return err
+		return nil, fmt.Errorf("ditto into Kafka: %w", err)
 	}
-	defer d.stop()
-	var tl *timeline
-	var poll func(time.Time, int64)
-	if e.timeline {
-		tl = newTimeline(d.cmd.Process.Pid, start)
-		poll = tl.record
-	}
-	limit := time.Minute + time.Duration(w.events/200)*time.Second
-	p, err := waitCount(ctx, func() int64 { return endOffsets(ctx, cl) }, w.events, limit, time.Minute, func() error {
-		d.sampleRSS()
-		return d.alive()
-	}, poll)
-	if err != nil {
-		return fmt.Errorf("ditto into Kafka: %w", err)
-	}
-	took := p.done.Sub(start)
-	servers := selfCPU() - selfStart
-	stopProfile()
-	res.PeakRSSMB = float64(d.PeakRSS()) / (1 << 20)
-	if tl != nil {
-		res.Timeline = tl.windows(timelineWindow)
-	}
-	u := d.usage()
-	batch := d.meanBatch(ctx)
-	d.stop()
-	m := &measured{Events: w.events, Seconds: took.Seconds(), EventsPerSec: rate(w.events, took), MeanBatch: batch,
-		CPUMicrosPerEvent: perEvent(u.cpu, w.events), ServersCPUMicrosPerEvent: perEvent(servers, w.events), PageFaults: u.faults}
-	m.CoresBusy = coresBusy(m.CPUMicrosPerEvent+m.ServersCPUMicrosPerEvent, m.EventsPerSec)
+	m := f.m
 	m.Note = fmt.Sprintf("DITTO_SINK=kafka; first record in Kafka after %s; %.1f events per write; CPU per event: ditto %.1f µs, source and kfake %.1f µs; cores busy %.2f",
-		p.first.Sub(start).Round(time.Millisecond), batch, m.CPUMicrosPerEvent, m.ServersCPUMicrosPerEvent, m.CoresBusy)
-	res.Ditto = m
+		f.first.Round(time.Millisecond), m.MeanBatch, m.CPUMicrosPerEvent, m.ServersCPUMicrosPerEvent, m.CoresBusy)
 	e.logf("ditto into Kafka: %d events in %s: %.0f events/s, %.1f events per write, peak RSS %.1f MiB, CPU/event ditto %.1f µs, servers %.1f µs",
-		w.events, took.Round(time.Millisecond), m.EventsPerSec, batch, res.PeakRSSMB, m.CPUMicrosPerEvent, m.ServersCPUMicrosPerEvent)
-	return nil
+		w.events, m.took(), m.EventsPerSec, m.MeanBatch, f.rss, m.CPUMicrosPerEvent, m.ServersCPUMicrosPerEvent)
+	return f, nil
 }
 
 // endOffsets is the number of records in the bench topic (the sum of its

@@ -3,12 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
-	"net/http"
-	"os"
-	"regexp"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -73,7 +67,7 @@ func kinesisThroughput(ctx context.Context, e *env, delay time.Duration) (*resul
 	if err := e.kinesisDitto(ctx, res, src, kin, endpoint, direct, w); err != nil {
 		return res, err
 	}
-	if err := e.kinesisReference(ctx, res, src, client, w); err != nil {
+	if err := e.reference(ctx, res, src, w, "one PutRecord per event", putEach(client)); err != nil {
 		return res, err
 	}
 	return res, nil
@@ -101,42 +95,47 @@ func (e *env) kinesisRaw(ctx context.Context, res *result, kin *kinesalite.Serve
 		calls <- batch
 	}
 	close(calls)
-	e.collect()
-	selfStart, kinStart := selfCPU(), procCPU(kin.Pid())
-	var wg sync.WaitGroup
-	var firstErr atomic.Pointer[error]
-	start := time.Now()
-	for range kinesisRawCalls {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for batch := range calls {
-				out, err := client.PutRecords(ctx, &kinesis.PutRecordsInput{StreamName: aws.String("raw"), Records: batch})
-				if err == nil && aws.ToInt32(out.FailedRecordCount) > 0 {
-					err = fmt.Errorf("%d records rejected", aws.ToInt32(out.FailedRecordCount))
+	m, err := e.measureLimit(w.events, func() time.Duration { return procUsage(kin.Pid()).cpu }, func() (time.Duration, error) {
+		var wg sync.WaitGroup
+		var firstErr atomic.Pointer[error]
+		start := time.Now()
+		for range kinesisRawCalls {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for batch := range calls {
+					out, err := client.PutRecords(ctx, &kinesis.PutRecordsInput{StreamName: aws.String("raw"), Records: batch})
+					if err == nil && aws.ToInt32(out.FailedRecordCount) > 0 {
+						err = fmt.Errorf("%d records rejected", aws.ToInt32(out.FailedRecordCount))
+					}
+					if err != nil {
+						err = fmt.Errorf("baseline 2: PutRecords: %w", err)
+						firstErr.CompareAndSwap(nil, &err)
+						return
+					}
 				}
-				if err != nil {
-					err = fmt.Errorf("baseline 2: PutRecords: %w", err)
-					firstErr.CompareAndSwap(nil, &err)
-					return
-				}
-			}
-		}()
+			}()
+		}
+		wg.Wait()
+		took := time.Since(start)
+		if err := firstErr.Load(); err != nil {
+			return 0, *err
+		}
+		return took, nil
+	})
+	if err != nil {
+		return err
 	}
-	wg.Wait()
-	took := time.Since(start)
-	if err := firstErr.Load(); err != nil {
-		return *err
-	}
-	m := &measured{Events: w.events, Seconds: took.Seconds(), EventsPerSec: rate(w.events, took),
-		CPUMicrosPerEvent: perEvent(selfCPU()-selfStart+procCPU(kin.Pid())-kinStart, w.events)}
-	m.CoresBusy = coresBusy(m.CPUMicrosPerEvent, m.EventsPerSec)
 	m.Note = fmt.Sprintf("the records put straight to kinesalite, %d per PutRecords call, %d calls at once; CPU per event (client and kinesalite) %.1f µs, cores busy %.2f",
 		kinesisRawBatch, kinesisRawCalls, m.CPUMicrosPerEvent, m.CoresBusy)
 	res.Baseline2 = m
-	e.logf("baseline 2 (kinesalite's limit): %d records in %s: %.0f records/s", w.events, took.Round(time.Millisecond), m.EventsPerSec)
+	e.logf("baseline 2 (kinesalite's limit): %d records in %s: %.0f records/s", w.events, m.took(), m.EventsPerSec)
 	return nil
 }
+
+// kinesisPollEvery is how often the Kinesis run reads ditto's /metrics for
+// its acks: serving them costs ditto CPU, so not at every poll.
+const kinesisPollEvery = 20 * time.Millisecond
 
 // kinesisDitto runs ditto with DITTO_SINK=kinesis from the source's start
 // until it has acked every event, then checks that the stream "ditto"
@@ -147,55 +146,36 @@ func (e *env) kinesisDitto(ctx context.Context, res *result, src *server, kin *k
 	for k, v := range kinesalite.Env(endpoint) {
 		extra = append(extra, k+"="+v)
 	}
-	e.collect()
-	stopProfile := e.profile()
-	defer stopProfile()
-	selfStart, kinStart := selfCPU(), procCPU(kin.Pid())
-	start := time.Now()
-	d, err := startDitto(e.bin, e.dir, src.conn(), "", "ditto-bench", extra...)
+	var d *ditto
+	var text string // ditto's /metrics, as last read
+	var acked int64
+	var read time.Time
+	f, err := e.measure(ctx, runSpec{events: w.events, want: w.events,
+		start: func() ([]*ditto, error) {
+			var err error
+			d, err = startDitto(e.bin, e.dir, src.conn(), "", "ditto-bench", extra...)
+			return []*ditto{d}, err
+		},
+		count: func() int64 {
+			if time.Since(read) >= kinesisPollEvery {
+				text, read = d.scrape(ctx), time.Now()
+				acked = int64(promSum(text, "ditto_events_processed_total", ""))
+			}
+			return acked
+		},
+		others: func() time.Duration { return procUsage(kin.Pid()).cpu },
+	})
 	if err != nil {
-		return err
+		return fmt.Errorf("ditto: %w", err)
 	}
-	defer d.stop()
-	limit := time.Minute + time.Duration(w.events/200)*time.Second
-	var text string
-	last, lastMove := 0.0, time.Now()
-	for {
-		if err := d.alive(); err != nil {
-			return fmt.Errorf("ditto: %w", err)
-		}
-		text = d.scrape(ctx)
-		n := promSum(text, "ditto_events_processed_total", "")
-		if n >= float64(w.events) {
-			break
-		}
-		now := time.Now()
-		if n != last {
-			last, lastMove = n, now
-		}
-		if now.Sub(lastMove) > time.Minute || now.Sub(start) > limit {
-			return fmt.Errorf("ditto: %v of %d events acked after %s; log:\n%s", n, w.events, now.Sub(start).Round(time.Second), tail(d.log, 20))
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-	took := time.Since(start)
-	servers := selfCPU() - selfStart
-	kinCPU := procCPU(kin.Pid()) - kinStart
-	stopProfile()
-	res.PeakRSSMB = float64(d.PeakRSS()) / (1 << 20)
-	u := d.usage()
+	m := f.m
+	res.PeakRSSMB = f.rss
+	// Records per PutRecords call rather than events per lane write.
 	calls := promSum(text, "ditto_io_duration_seconds_count", `operation="put_records"`)
-	d.stop()
-	m := &measured{Events: w.events, Seconds: took.Seconds(), EventsPerSec: rate(w.events, took),
-		CPUMicrosPerEvent: perEvent(u.cpu, w.events), ServersCPUMicrosPerEvent: perEvent(servers+kinCPU, w.events), PageFaults: u.faults}
+	m.MeanBatch = 0
 	if calls > 0 {
 		m.MeanBatch = float64(w.events) / calls
 	}
-	m.CoresBusy = coresBusy(m.CPUMicrosPerEvent+m.ServersCPUMicrosPerEvent, m.EventsPerSec)
 	t := time.Now()
 	recs, err := kinesalite.ReadAll(ctx, direct, "ditto")
 	if err != nil {
@@ -205,105 +185,24 @@ func (e *env) kinesisDitto(ctx context.Context, res *result, src *server, kin *k
 		return fmt.Errorf("ditto acked %d events but the stream holds %d records", w.events, len(recs))
 	}
 	m.Note = fmt.Sprintf("%.0f PutRecords calls, %.1f records per call; CPU per event: ditto %.1f µs, source server %.1f µs, kinesalite %.1f µs; cores busy %.2f; %d records read back",
-		calls, m.MeanBatch, m.CPUMicrosPerEvent, perEvent(servers, w.events), perEvent(kinCPU, w.events), m.CoresBusy, len(recs))
+		calls, m.MeanBatch, m.CPUMicrosPerEvent, perEvent(f.servers, w.events), perEvent(f.others, w.events), m.CoresBusy, len(recs))
 	res.Ditto = m
 	e.logf("ditto: %d events in %s: %.0f events/s, %.1f records per PutRecords call, peak RSS %.1f MiB (read back %d records in %s)",
-		w.events, took.Round(time.Millisecond), m.EventsPerSec, m.MeanBatch, res.PeakRSSMB, len(recs), time.Since(t).Round(time.Millisecond))
+		w.events, m.took(), m.EventsPerSec, m.MeanBatch, res.PeakRSSMB, len(recs), time.Since(t).Round(time.Millisecond))
 	return nil
 }
 
-// kinesisReference measures baseline 1, benfoster/ditto's Kinesis image:
-// one persistent subscription connection with buffer size 10; for each
-// event, in order, one PutRecord of its envelope to stream "baseline"
-// (partition key: its stream), then an ack; nothing concurrent. It runs
-// on a sample, as baseline 1 of the other scenarios.
-func (e *env) kinesisReference(ctx context.Context, res *result, src *server, client *kinesis.Client, w workload) error {
-	sample := min(w.events, b1MaxSample)
-	maxTime := time.Duration(float64(15*time.Second) * min(1, max(e.scale, 0.2)))
-	c, err := newClient(src.conn())
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	ctx, cancel := context.WithTimeout(ctx, maxTime+30*time.Second)
-	defer cancel()
-	start := time.Now()
-	sub, err := c.SubscribeToPersistentSubscription(ctx, "$ce-"+category, "baseline-1", esdb.SubscribeToPersistentSubscriptionOptions{BufferSize: 10})
-	if err != nil {
-		return fmt.Errorf("baseline 1: subscribing: %w", err)
-	}
-	defer sub.Close()
-	n := 0
-	for n < sample && time.Since(start) < maxTime {
-		ev := sub.Recv()
-		if ev.SubscriptionDropped != nil {
-			return fmt.Errorf("baseline 1: subscription dropped after %d events: %w", n, ev.SubscriptionDropped.Error)
-		}
-		if ev.EventAppeared == nil || ev.EventAppeared.Event.Event == nil {
-			continue
-		}
-		rec := ev.EventAppeared.Event.Event
+// putEach is baseline 1's write in benfoster/ditto's Kinesis image: one
+// PutRecord of the event's envelope to stream "baseline", its stream the
+// partition key.
+func putEach(client *kinesis.Client) func(context.Context, *esdb.RecordedEvent) error {
+	return func(ctx context.Context, rec *esdb.RecordedEvent) error {
 		se := sinks.Event{Stream: rec.StreamID, Number: rec.EventNumber, ID: rec.EventID, Type: rec.EventType, ContentType: rec.ContentType,
 			Data: rec.Data, Metadata: rec.UserMetadata, Created: rec.CreatedDate}
 		if _, err := client.PutRecord(ctx, &kinesis.PutRecordInput{StreamName: aws.String("baseline"), PartitionKey: aws.String(rec.StreamID),
 			Data: sinks.AppendEnvelope(nil, &se, time.Now())}); err != nil {
-			return fmt.Errorf("baseline 1: PutRecord: %w", err)
+			return fmt.Errorf("PutRecord: %w", err)
 		}
-		if err := sub.Ack(ev.EventAppeared.Event); err != nil {
-			return fmt.Errorf("baseline 1: ack: %w", err)
-		}
-		n++
+		return nil
 	}
-	took := time.Since(start)
-	m := &measured{Events: n, Seconds: took.Seconds(), EventsPerSec: rate(n, took)}
-	if n < w.events {
-		m.Sampled = true
-		m.Note = fmt.Sprintf("sample of %d of %d events in %s, extrapolated as a rate", n, w.events, took.Round(time.Millisecond))
-	}
-	res.Baseline1 = m
-	e.logf("baseline 1 (one PutRecord per event): %d events in %s: %.0f events/s", n, took.Round(time.Millisecond), m.EventsPerSec)
-	return nil
-}
-
-// scrape returns ditto's /metrics text, or "".
-func (d *ditto) scrape(ctx context.Context) string {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+d.metrics+"/metrics", nil)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return ""
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
-	return string(b)
-}
-
-// promSum adds up the samples of metric name in Prometheus text whose
-// labels contain labels.
-func promSum(text, name, labels string) float64 {
-	re := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + `(\{[^}]*\})? (\S+)$`)
-	sum := 0.0
-	for _, m := range re.FindAllStringSubmatch(text, -1) {
-		if !strings.Contains(m[1], labels) {
-			continue
-		}
-		if v, err := strconv.ParseFloat(m[2], 64); err == nil {
-			sum += v
-		}
-	}
-	return sum
-}
-
-// procCPU is a process's CPU time so far, 0 if unknown.
-func procCPU(pid int) time.Duration {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0
-	}
-	u, err := parseStat(b)
-	if err != nil {
-		return 0
-	}
-	return u.cpu
 }

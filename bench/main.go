@@ -110,25 +110,13 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	return c, nil
 }
 
-// median returns the run with the median key figure, with every run's
-// figure in Runs: lag p99 for scenario c, the ratio to the raw limit where
-// there is one (each run measures its own limit, so a run picked by ditto's
-// rate alone could pair it with an outlying limit), else ditto's events/s.
-// A failed run is returned at once, since its error matters more than any
-// figure.
+// median returns the run with the median key figure (keyFigure), with
+// every run's figure in Runs. A failed run is returned at once, since its
+// error matters more than any figure.
 func median(runs []*result) *result {
 	key := func(r *result) float64 {
-		switch {
-		case r.Lag != nil:
-			return r.Lag.P99Ms
-		case r.VsB2 > 0:
-			return r.VsB2
-		case r.VsEventual > 0:
-			return r.VsEventual
-		case r.VsUnfiltered > 0:
-			return r.VsUnfiltered
-		}
-		return eps(r.Ditto)
+		v, _, _ := r.keyFigure()
+		return v
 	}
 	var keys []float64
 	for _, r := range runs {

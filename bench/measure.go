@@ -26,21 +26,21 @@ import (
 // measured time is late by at most this much.
 const pollEvery = 5 * time.Millisecond
 
-// progress is what waitDestination observed.
+// progress is what waitCount observed.
 type progress struct {
 	first time.Time // first event visible
 	done  time.Time // all events visible
 }
 
-// waitDestination polls the destination's $ce-bench (which the test server
-// maintains in the same commit as the appended event) until it holds want
-// events. It fails when check returns an error (ditto exited), when nothing
-// moves for stall, or after limit. poll, if not nil, sees every count.
-func waitDestination(ctx context.Context, store *esdbtest.Store, want int, limit, stall time.Duration, check func() error, poll func(time.Time, int64)) (progress, error) {
-	return waitCount(ctx, func() int64 { return store.LastEventNumber("$ce-"+category) + 1 }, want, limit, stall, check, poll)
+// destinationEvents is the number of events in the destination's $ce-bench,
+// which the test server maintains in the same commit as the appended event.
+func destinationEvents(store *esdbtest.Store) int64 {
+	return store.LastEventNumber("$ce-"+category) + 1
 }
 
-// waitCount is waitDestination over any count of events written.
+// waitCount polls count, the events written so far, until it reaches want.
+// It fails when check returns an error (ditto exited), when nothing moves
+// for stall, or after limit. poll, if not nil, sees every count.
 func waitCount(ctx context.Context, count func() int64, want int, limit, stall time.Duration, check func() error, poll func(time.Time, int64)) (progress, error) {
 	var p progress
 	start := time.Now()
@@ -89,20 +89,32 @@ type baseline1Result struct {
 	sampled bool // stopped before the end of the workload
 }
 
-// baseline1 is benfoster/ditto's algorithm, the reference: one persistent
-// subscription connection with buffer size 10; for each event, in order,
-// one append of that single event to its original stream with expected
-// version n-1, then an ack; nothing concurrent. It stops after sample
-// events or maxTime, whichever comes first (the rate is what matters), and
-// reports how many it wrote and in how long, from subscribing to the last
-// ack.
-func baseline1(ctx context.Context, source, destination string, group string, sample int, maxTime time.Duration) (baseline1Result, error) {
+// appendEach is baseline 1's write into an EventStore destination: the
+// event appended to its original stream with expected version n-1.
+func appendEach(dst *esdb.Client) func(context.Context, *esdb.RecordedEvent) error {
+	return func(ctx context.Context, rec *esdb.RecordedEvent) error {
+		data := esdb.EventData{EventID: rec.EventID, EventType: rec.EventType, ContentType: esdb.ContentTypeJson, Data: rec.Data, Metadata: rec.UserMetadata}
+		if _, err := dst.AppendToStream(ctx, rec.StreamID, esdb.AppendToStreamOptions{ExpectedRevision: expectedBefore(rec.EventNumber)}, data); err != nil {
+			return fmt.Errorf("appending %d@%s: %w", rec.EventNumber, rec.StreamID, err)
+		}
+		return nil
+	}
+}
+
+// baseline1 is benfoster/ditto's algorithm, the reference, with write as
+// the write of each event (appendEach, or a Kinesis PutRecord): one
+// persistent subscription connection with buffer size 10; for each event,
+// in order, one write of that single event, then an ack; nothing
+// concurrent. It stops after sample events or maxTime, whichever comes
+// first (the rate is what matters), and reports how many it wrote and in
+// how long, from subscribing to the last ack.
+func baseline1(ctx context.Context, source, group string, sample int, maxTime time.Duration, write func(context.Context, *esdb.RecordedEvent) error) (baseline1Result, error) {
 	var res baseline1Result
-	src, dst, closeClients, err := newClients(source, destination)
+	src, err := newClient(source)
 	if err != nil {
 		return res, err
 	}
-	defer closeClients()
+	defer src.Close()
 	ctx, cancel := context.WithTimeout(ctx, maxTime+30*time.Second)
 	defer cancel()
 
@@ -134,10 +146,8 @@ func baseline1(ctx context.Context, source, destination string, group string, sa
 		if ev.EventAppeared == nil || ev.EventAppeared.Event.Event == nil {
 			continue
 		}
-		rec := ev.EventAppeared.Event.Event
-		data := esdb.EventData{EventID: rec.EventID, EventType: rec.EventType, ContentType: esdb.ContentTypeJson, Data: rec.Data, Metadata: rec.UserMetadata}
-		if _, err := dst.AppendToStream(ctx, rec.StreamID, esdb.AppendToStreamOptions{ExpectedRevision: expectedBefore(rec.EventNumber)}, data); err != nil {
-			return res, fmt.Errorf("baseline 1: appending %d@%s: %w", rec.EventNumber, rec.StreamID, err)
+		if err := write(ctx, ev.EventAppeared.Event.Event); err != nil {
+			return res, fmt.Errorf("baseline 1: %w", err)
 		}
 		if err := sub.Ack(ev.EventAppeared.Event); err != nil {
 			return res, fmt.Errorf("baseline 1: ack: %w", err)

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -229,10 +230,10 @@ func startDittoWith(bin, logDir, source, group string, sinkVars []string, pass f
 			env = append(env, kv)
 		}
 	}
-	// Last, so that they win over any value passed through.
-	env = append(env, extra...)
 	cmd := exec.Command(bin)
-	cmd.Env = append(env, extra...) // the last of a repeated variable counts
+	// extra last, so that it wins over any value passed through: the last of
+	// a repeated variable counts.
+	cmd.Env = append(env, extra...)
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
@@ -304,45 +305,47 @@ func (d *ditto) waitReady(ctx context.Context, timeout time.Duration) error {
 // meanBatch reads ditto_batch_size from /metrics: the mean number of events
 // per append so far, or 0 if unknown.
 func (d *ditto) meanBatch(ctx context.Context) float64 {
+	return promMean(d.scrape(ctx), "ditto_batch_size")
+}
+
+// scrape returns ditto's /metrics text, or "".
+func (d *ditto) scrape(ctx context.Context) string {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+d.metrics+"/metrics", nil)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return 0
+		return ""
 	}
 	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
-	if err != nil {
-		return 0
-	}
-	return meanFromMetrics(b, "ditto_batch_size")
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	return string(b)
 }
 
-// meanFromMetrics returns sum/count of a Prometheus histogram or summary
-// in the text format, or 0.
-func meanFromMetrics(text []byte, name string) float64 {
-	var sum, count float64
-	for _, line := range strings.Split(string(text), "\n") {
-		f := strings.Fields(line)
-		if len(f) != 2 {
-			continue
-		}
-		v, err := strconv.ParseFloat(f[1], 64)
-		if err != nil {
-			continue
-		}
-		switch f[0] {
-		case name + "_sum":
-			sum = v
-		case name + "_count":
-			count = v
-		}
-	}
+// promMean returns sum/count of a Prometheus histogram or summary in the
+// text format, or 0.
+func promMean(text, name string) float64 {
+	count := promSum(text, name+"_count", "")
 	if count == 0 {
 		return 0
 	}
-	return sum / count
+	return promSum(text, name+"_sum", "") / count
+}
+
+// promSum adds up the samples of metric name in Prometheus text whose
+// labels contain labels.
+func promSum(text, name, labels string) float64 {
+	re := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + `(\{[^}]*\})? (\S+)$`)
+	sum := 0.0
+	for _, m := range re.FindAllStringSubmatch(text, -1) {
+		if !strings.Contains(m[1], labels) {
+			continue
+		}
+		if v, err := strconv.ParseFloat(m[2], 64); err == nil {
+			sum += v
+		}
+	}
+	return sum
 }
 
 // stop sends SIGTERM and waits up to 10s, then kills the process group.
@@ -371,8 +374,11 @@ type usage struct {
 }
 
 // usage reads the process's usage, zero if unknown.
-func (d *ditto) usage() usage {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(d.cmd.Process.Pid) + "/stat")
+func (d *ditto) usage() usage { return procUsage(d.cmd.Process.Pid) }
+
+// procUsage reads a process's usage, zero if unknown.
+func procUsage(pid int) usage {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
 		return usage{}
 	}

@@ -9,6 +9,8 @@ import (
 	"runtime/pprof"
 	"sync"
 	"time"
+
+	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
 )
 
 // env is what every scenario needs.
@@ -161,11 +163,13 @@ func throughput(ctx context.Context, e *env, events, streams int, delay time.Dur
 			return res, err
 		}
 	}
-	if err := e.ditto(ctx, res, src, w, delay); err != nil {
+	f, err := e.ditto(ctx, src, w, delay)
+	if err != nil {
 		return res, err
 	}
+	res.Ditto, res.PeakRSSMB, res.Timeline = f.m, f.rss, f.timeline
 	if baselines {
-		if err := e.reference(ctx, res, src, w, delay); err != nil {
+		if err := e.eventStoreReference(ctx, res, src, w, delay); err != nil {
 			return res, err
 		}
 	}
@@ -198,6 +202,25 @@ func (e *env) collect() {
 // maxCollections bounds collect; two are enough in practice.
 const maxCollections = 10
 
+// measureLimit measures a run without ditto (a limit, baseline 2 or 3):
+// run does it and returns the time it took; the CPU is this process's (the
+// servers and the client) over the call, plus, if set, others' (kinesalite).
+func (e *env) measureLimit(events int, others func() time.Duration, run func() (time.Duration, error)) (*measured, error) {
+	if others == nil {
+		others = func() time.Duration { return 0 }
+	}
+	e.collect()
+	selfStart, othersStart := selfCPU(), others()
+	took, err := run()
+	if err != nil {
+		return nil, err
+	}
+	m := &measured{Events: events, Seconds: took.Seconds(), EventsPerSec: rate(events, took),
+		CPUMicrosPerEvent: perEvent(selfCPU()-selfStart+others()-othersStart, events)}
+	m.CoresBusy = coresBusy(m.CPUMicrosPerEvent, m.EventsPerSec)
+	return m, nil
+}
+
 // raw measures baseline 2: the workload appended through Append and through
 // BatchAppend, each into a fresh destination; the faster is the limit.
 func (e *env) raw(ctx context.Context, res *result, w workload, delay time.Duration) error {
@@ -208,23 +231,22 @@ func (e *env) raw(ctx context.Context, res *result, w workload, delay time.Durat
 		if err != nil {
 			return err
 		}
-		e.collect()
-		selfStart := selfCPU()
-		took, err := baseline2(ctx, dst.conn(), w, rawBatch, writers, batchAppend, 10*time.Minute)
-		dst.Close()
+		m, err := e.measureLimit(w.events, nil, func() (time.Duration, error) {
+			defer dst.Close()
+			return baseline2(ctx, dst.conn(), w, rawBatch, writers, batchAppend, 10*time.Minute)
+		})
 		if err != nil {
 			return err
 		}
-		cpu := perEvent(selfCPU()-selfStart, w.events)
-		rates[i] = rate(w.events, took)
+		rates[i] = m.EventsPerSec
 		call := []string{"Append", "BatchAppend"}[i]
-		e.logf("baseline 2 (raw limit) through %s: %d events in %s: %.0f events/s, CPU/event %.1f µs", call, w.events, took.Round(time.Millisecond), rates[i], cpu)
+		e.logf("baseline 2 (raw limit) through %s: %d events in %s: %.0f events/s, CPU/event %.1f µs",
+			call, w.events, m.took(), rates[i], m.CPUMicrosPerEvent)
 		if res.Baseline2 == nil || rates[i] > res.Baseline2.EventsPerSec {
-			res.Baseline2 = &measured{Events: w.events, Seconds: took.Seconds(), EventsPerSec: rates[i], CPUMicrosPerEvent: cpu}
+			res.Baseline2 = m
 		}
 	}
 	b2 := res.Baseline2
-	b2.CoresBusy = coresBusy(b2.CPUMicrosPerEvent, b2.EventsPerSec)
 	b2.Note = fmt.Sprintf("%d per append, %d writer(s); Append %.0f events/s, BatchAppend %.0f events/s, the faster counts; its CPU per event (client and server) %.1f µs, cores busy %.2f",
 		rawBatch, writers, rates[0], rates[1], b2.CPUMicrosPerEvent, b2.CoresBusy)
 	return nil
@@ -233,43 +255,31 @@ func (e *env) raw(ctx context.Context, res *result, w workload, delay time.Durat
 // source measures baseline 3, the source's own limit, on a group of its
 // own with ditto's buffer size.
 func (e *env) source(ctx context.Context, res *result, src *server, w workload) error {
-	e.collect()
-	selfStart := selfCPU()
-	took, err := sourceLimit(ctx, src.conn(), "source-limit", w.events, e.buffer, 10*time.Minute)
+	m, err := e.measureLimit(w.events, nil, func() (time.Duration, error) {
+		return sourceLimit(ctx, src.conn(), "source-limit", w.events, e.buffer, 10*time.Minute)
+	})
 	if err != nil {
 		return err
 	}
-	m := &measured{Events: w.events, Seconds: took.Seconds(), EventsPerSec: rate(w.events, took),
-		CPUMicrosPerEvent: perEvent(selfCPU()-selfStart, w.events)}
-	m.CoresBusy = coresBusy(m.CPUMicrosPerEvent, m.EventsPerSec)
 	m.Note = fmt.Sprintf("read with ditto's consumer, %d in flight, acked in hundreds, written nowhere; its CPU per event (source and reader) %.1f µs, cores busy %.2f",
 		e.buffer, m.CPUMicrosPerEvent, m.CoresBusy)
 	res.Baseline3 = m
-	e.logf("baseline 3 (source limit): %d events in %s: %.0f events/s, CPU/event %.1f µs", w.events, took.Round(time.Millisecond), m.EventsPerSec, m.CPUMicrosPerEvent)
+	e.logf("baseline 3 (source limit): %d events in %s: %.0f events/s, CPU/event %.1f µs",
+		w.events, m.took(), m.EventsPerSec, m.CPUMicrosPerEvent)
 	return nil
 }
 
 // ditto runs the ditto process from the source's start into a fresh
-// destination until it holds every event, and records rate and peak RSS.
-// The time runs from starting the process (connecting included) to the
-// last event visible on the destination.
-func (e *env) ditto(ctx context.Context, res *result, src *server, w workload, delay time.Duration) error {
-	run, err := e.dittoRun(ctx, src, w, delay, "ditto-bench", w.events)
+// destination until it holds every event, and logs its figures.
+func (e *env) ditto(ctx context.Context, src *server, w workload, delay time.Duration) (*dittoFigures, error) {
+	f, err := e.dittoRun(ctx, src, w, delay, "ditto-bench", w.events)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	m, rss := run.m, run.rss
-	res.Ditto, res.PeakRSSMB, res.Timeline = m, rss, run.timeline
+	m := f.m
 	e.logf("ditto: %d events in %s: %.0f events/s, %.1f events per append, peak RSS %.1f MiB, CPU/event ditto %.1f µs, servers %.1f µs, page faults %d",
-		w.events, time.Duration(m.Seconds*float64(time.Second)).Round(time.Millisecond), m.EventsPerSec, m.MeanBatch, rss, m.CPUMicrosPerEvent, m.ServersCPUMicrosPerEvent, m.PageFaults)
-	return nil
-}
-
-// dittoFigures are one ditto run's figures.
-type dittoFigures struct {
-	m        *measured // per source event
-	rss      float64   // peak RSS, MiB
-	timeline []tlWindow
+		w.events, m.took(), m.EventsPerSec, m.MeanBatch, f.rss, m.CPUMicrosPerEvent, m.ServersCPUMicrosPerEvent, m.PageFaults)
+	return f, nil
 }
 
 // dittoRun runs ditto on group, with the extra DITTO_* settings, into a fresh
@@ -280,59 +290,134 @@ func (e *env) dittoRun(ctx context.Context, src *server, w workload, delay time.
 		return nil, err
 	}
 	defer dst.Close()
-	e.collect()
-	stopProfile := e.profile()
-	defer stopProfile()
-	selfStart := selfCPU()
-	start := time.Now()
-	d, err := startDitto(e.bin, e.dir, src.conn(), dst.conn(), group, extra...)
-	if err != nil {
-		return nil, err
-	}
-	defer d.stop()
-	limit := time.Minute + time.Duration(w.events/200)*time.Second
-	var tl *timeline
-	var poll func(time.Time, int64)
-	if e.timeline {
-		tl = newTimeline(d.cmd.Process.Pid, start)
-		poll = tl.record
-	}
-	p, err := waitDestination(ctx, dst.Store(), want, limit, time.Minute, func() error {
-		d.sampleRSS()
-		return d.alive()
-	}, poll)
+	f, err := e.measure(ctx, runSpec{events: w.events, want: want, timeline: true,
+		start: func() ([]*ditto, error) {
+			d, err := startDitto(e.bin, e.dir, src.conn(), dst.conn(), group, extra...)
+			return []*ditto{d}, err
+		},
+		count: func() int64 { return destinationEvents(dst.Store()) },
+	})
 	if err != nil {
 		return nil, fmt.Errorf("ditto: %w", err)
 	}
-	took := p.done.Sub(start)
-	servers := selfCPU() - selfStart
-	stopProfile()
-	run := &dittoFigures{rss: float64(d.PeakRSS()) / (1 << 20)}
-	if tl != nil {
-		run.timeline = tl.windows(timelineWindow)
-	}
-	u := d.usage()
-	batch := d.meanBatch(ctx)
-	d.stop()
-	m := &measured{Events: w.events, Seconds: took.Seconds(), EventsPerSec: rate(w.events, took), MeanBatch: batch,
-		CPUMicrosPerEvent: perEvent(u.cpu, w.events), ServersCPUMicrosPerEvent: perEvent(servers, w.events), PageFaults: u.faults}
-	m.CoresBusy = coresBusy(m.CPUMicrosPerEvent+m.ServersCPUMicrosPerEvent, m.EventsPerSec)
+	m := f.m
 	m.Note = fmt.Sprintf("first event on the destination after %s; %.1f events per append; CPU per event: ditto %.1f µs, test servers %.1f µs; cores busy %.2f; ditto's page faults %d",
-		p.first.Sub(start).Round(time.Millisecond), batch, m.CPUMicrosPerEvent, m.ServersCPUMicrosPerEvent, m.CoresBusy, u.faults)
-	run.m = m
-	return run, nil
+		f.first.Round(time.Millisecond), m.MeanBatch, m.CPUMicrosPerEvent, m.ServersCPUMicrosPerEvent, m.CoresBusy, m.PageFaults)
+	return f, nil
 }
 
-// reference measures baseline 1 on a sample of the events.
-func (e *env) reference(ctx context.Context, res *result, src *server, w workload, delay time.Duration) error {
+// runSpec is what measure measures: the ditto processes start starts, until
+// count reaches want.
+type runSpec struct {
+	events int // the source's events: the figures are per source event
+	want   int
+	start  func() ([]*ditto, error)
+	count  func() int64
+	// others, if set, is the CPU time so far of the servers outside this
+	// process (kinesalite).
+	others func() time.Duration
+	// timeline records the run in windows with --timeline: one process,
+	// and a count that moves at every poll.
+	timeline bool
+}
+
+// dittoFigures are the figures of a run.
+type dittoFigures struct {
+	m        *measured     // per source event, without a note
+	first    time.Duration // from starting ditto to the first event written
+	servers  time.Duration // CPU time of this process (the test servers)
+	others   time.Duration // CPU time of the other servers (runSpec.others)
+	rss      float64       // peak RSS, MiB; with several processes, the sum
+	timeline []tlWindow
+}
+
+// measure runs r. The time runs from starting the processes (connecting
+// included) to count reaching want; the CPU is that of the processes and,
+// over that time, of this process (the test servers) and of r.others.
+func (e *env) measure(ctx context.Context, r runSpec) (*dittoFigures, error) {
+	others := func() time.Duration { return 0 }
+	if r.others != nil {
+		others = r.others
+	}
+	e.collect()
+	stopProfile := e.profile()
+	defer stopProfile()
+	selfStart, othersStart := selfCPU(), others()
+	start := time.Now()
+	ds, err := r.start()
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		for _, d := range ds {
+			d.stop()
+		}
+	}()
+	var tl *timeline
+	var poll func(time.Time, int64)
+	if e.timeline && r.timeline && len(ds) == 1 {
+		tl = newTimeline(ds[0].cmd.Process.Pid, start)
+		poll = tl.record
+	}
+	limit := time.Minute + time.Duration(r.events/200)*time.Second
+	p, err := waitCount(ctx, r.count, r.want, limit, time.Minute, func() error {
+		for _, d := range ds {
+			d.sampleRSS()
+			if err := d.alive(); err != nil {
+				return err
+			}
+		}
+		return nil
+	}, poll)
+	if err != nil {
+		if len(ds) == 1 && ds[0].alive() == nil && ctx.Err() == nil {
+			err = fmt.Errorf("%w; log:\n%s", err, tail(ds[0].log, 20))
+		}
+		return nil, err
+	}
+	took := p.done.Sub(start)
+	f := &dittoFigures{first: p.first.Sub(start), servers: selfCPU() - selfStart, others: others() - othersStart}
+	stopProfile()
+	if tl != nil {
+		f.timeline = tl.windows(timelineWindow)
+	}
+	m := &measured{Events: r.events, Seconds: took.Seconds(), EventsPerSec: rate(r.events, took),
+		ServersCPUMicrosPerEvent: perEvent(f.servers+f.others, r.events)}
+	var cpu time.Duration
+	for _, d := range ds {
+		f.rss += float64(d.PeakRSS()) / (1 << 20)
+		u := d.usage()
+		cpu += u.cpu
+		m.PageFaults += u.faults
+		m.MeanBatch += d.meanBatch(ctx) / float64(len(ds))
+	}
+	m.CPUMicrosPerEvent = perEvent(cpu, r.events)
+	m.CoresBusy = coresBusy(m.CPUMicrosPerEvent+m.ServersCPUMicrosPerEvent, m.EventsPerSec)
+	f.m = m
+	return f, nil
+}
+
+// eventStoreReference measures baseline 1 into a fresh destination.
+func (e *env) eventStoreReference(ctx context.Context, res *result, src *server, w workload, delay time.Duration) error {
 	dst, err := startServer(delay)
 	if err != nil {
 		return err
 	}
 	defer dst.Close()
+	c, err := newClient(dst.conn())
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return e.reference(ctx, res, src, w, "reference", appendEach(c))
+}
+
+// reference measures baseline 1 on a sample of the events, each written
+// with write; what names it in the log.
+func (e *env) reference(ctx context.Context, res *result, src *server, w workload, what string, write func(context.Context, *esdb.RecordedEvent) error) error {
 	sample := min(w.events, b1MaxSample)
 	maxTime := time.Duration(float64(15*time.Second) * min(1, max(e.scale, 0.2)))
-	b1, err := baseline1(ctx, src.conn(), dst.conn(), "baseline-1", sample, maxTime)
+	b1, err := baseline1(ctx, src.conn(), "baseline-1", sample, maxTime, write)
 	if err != nil {
 		return err
 	}
@@ -342,7 +427,7 @@ func (e *env) reference(ctx context.Context, res *result, src *server, w workloa
 		m.Note = fmt.Sprintf("sample of %d of %d events in %s, extrapolated as a rate", b1.events, w.events, b1.elapsed.Round(time.Millisecond))
 	}
 	res.Baseline1 = m
-	e.logf("baseline 1 (reference): %d events in %s: %.0f events/s", b1.events, b1.elapsed.Round(time.Millisecond), m.EventsPerSec)
+	e.logf("baseline 1 (%s): %d events in %s: %.0f events/s", what, b1.events, b1.elapsed.Round(time.Millisecond), m.EventsPerSec)
 	return nil
 }
 

@@ -40,7 +40,7 @@ func newTimeline(pid int, start time.Time) *timeline {
 	return &timeline{pid: pid, start: start}
 }
 
-// record is waitDestination's poll hook. If ditto's threads cannot be read
+// record is waitCount's poll hook. If ditto's threads cannot be read
 // (it has exited), its CPU time stays as last read.
 func (tl *timeline) record(now time.Time, events int64) {
 	cpu, err := threadsCPU(tl.pid)

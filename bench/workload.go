@@ -27,7 +27,7 @@ type workload struct {
 	streams int
 	base    uuid.UUID // random per workload; event ids derive from it
 	// twoTypes gives every other event of each stream (odd numbers)
-	// otherType, for scenario f's filter.
+	// otherType, for scenario p's filter.
 	twoTypes bool
 }
 

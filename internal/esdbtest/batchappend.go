@@ -327,32 +327,28 @@ func wrongExpectedVersionDetail(e *WrongExpectedVersionError) *shared.WrongExpec
 	return w
 }
 
-// strictUUID decodes a correlation id; unlike uuidFromProto it refuses a
+// strictUUID decodes an id received as the generated message, structured
+// (two big-endian halves) or a string; unlike uuidFromWire it refuses a
 // missing or malformed one.
 func strictUUID(u *sharedpb.UUID) (uuid.UUID, bool) {
-	switch u.GetValue().(type) {
+	var id uuid.UUID
+	switch v := u.GetValue().(type) {
 	case *sharedpb.UUID_Structured_:
-		return uuidFromWire(u), true
+		binary.BigEndian.PutUint64(id[:8], uint64(v.Structured.GetMostSignificantBits()))
+		binary.BigEndian.PutUint64(id[8:], uint64(v.Structured.GetLeastSignificantBits()))
+		return id, true
 	case *sharedpb.UUID_String_:
-		id, err := uuid.Parse(u.GetString_())
+		id, err := uuid.Parse(v.String_)
 		return id, err == nil
 	}
-	return uuid.UUID{}, false
+	return id, false
 }
 
 // uuidFromWire is uuidFromProto for an id received as the generated
-// message.
+// message: a missing or malformed id becomes a random one.
 func uuidFromWire(u *sharedpb.UUID) uuid.UUID {
-	switch v := u.GetValue().(type) {
-	case *sharedpb.UUID_Structured_:
-		var id uuid.UUID
-		binary.BigEndian.PutUint64(id[:8], uint64(v.Structured.GetMostSignificantBits()))
-		binary.BigEndian.PutUint64(id[8:], uint64(v.Structured.GetLeastSignificantBits()))
+	if id, ok := strictUUID(u); ok {
 		return id
-	case *sharedpb.UUID_String_:
-		if id, err := uuid.Parse(v.String_); err == nil {
-			return id
-		}
 	}
 	return uuid.New()
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -662,4 +663,37 @@ func TestBatchAppendAuth(t *testing.T) {
 	bsend(t, good, breq(corr, optAny("auth-b-1"), true, uuid.New()))
 	wantSuccess(t, brecv(t, good, corr, "auth-b-1"), 0)
 	wantClosed(t, good)
+}
+
+// The generated decoder's strings and byte fields point into the received
+// message. What the store keeps of a BatchAppend'ed event must be its own:
+// a record holding a piece of the message (its type did) keeps the whole
+// message alive, and would see it change if the buffer were written again.
+func TestBatchAppendKeepsNoneOfTheMessage(t *testing.T) {
+	s := &streamsService{store: newMemStore(t), maxAppendSize: DefaultMaxAppendSize}
+	b := batchAppend{s: s, pending: map[uuid.UUID]*batchWrite{}}
+	req := breq(uuid.New(), optAny("kept-1"), true, uuid.New())
+	m := req.ProposedMessages[0]
+	m.Metadata["type"], m.CustomMetadata = "customer-registered", []byte(`{"m":1}`)
+	want := []string{m.Metadata["type"], string(m.Data), string(m.CustomMetadata)}
+	wire, err := proto.Marshal(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var in streamspb.BatchAppendReq
+	if err := in.UnmarshalVTUnsafe(wire); err != nil {
+		t.Fatal(err)
+	}
+	if resp := b.handle(&in, time.Now()); resp.GetSuccess() == nil {
+		t.Fatalf("write refused: %v", resp)
+	}
+	clear(wire)
+	recs, err := s.store.ReadStream("kept-1", 0, true, 1, false)
+	if err != nil || len(recs) != 1 {
+		t.Fatalf("read %d records: %v", len(recs), err)
+	}
+	rec := recs[0].Event
+	if got := []string{rec.Type, string(rec.Data), string(rec.Metadata)}; !slices.Equal(got, want) {
+		t.Fatalf("type, data and metadata %q after the message was overwritten, want %q", got, want)
+	}
 }

@@ -2,6 +2,7 @@ package esdbtest
 
 import (
 	"context"
+	"encoding/binary"
 	"math/rand/v2"
 	"slices"
 	"testing"
@@ -154,6 +155,32 @@ func TestPSAcksFromWireMatchProtobuf(t *testing.T) {
 	if decoded < 10 {
 		t.Fatalf("only %d acks and nacks decoded", decoded)
 	}
+}
+
+// psUUIDFromProto decodes an ack/nack id of the client's types, the
+// reference psUUIDsFromWire is checked against; ok is false for garbage.
+func psUUIDFromProto(u *shared.UUID) (uuid.UUID, bool) {
+	var id uuid.UUID
+	switch v := u.GetValue().(type) {
+	case *shared.UUID_Structured_:
+		binary.BigEndian.PutUint64(id[:8], uint64(v.Structured.GetMostSignificantBits()))
+		binary.BigEndian.PutUint64(id[8:], uint64(v.Structured.GetLeastSignificantBits()))
+		return id, true
+	case *shared.UUID_String_:
+		parsed, err := uuid.Parse(v.String_)
+		return parsed, err == nil
+	}
+	return id, false
+}
+
+func psUUIDsFromProto(us []*shared.UUID) []uuid.UUID {
+	ids := make([]uuid.UUID, 0, len(us))
+	for _, u := range us {
+		if id, ok := psUUIDFromProto(u); ok {
+			ids = append(ids, id)
+		}
+	}
+	return ids
 }
 
 // hasUnknown reports whether m or any message in it holds unknown fields.

@@ -426,11 +426,9 @@ func (s *psSub) readBatch(n int) int {
 			s.ended = true
 		} else {
 			s.nextNumber = orig.Number + 1
-		}
-		s.lastReadSeq = orig.Number
-		if orig.Number != Tombstone {
 			s.lastKnown = orig.Number
 		}
+		s.lastReadSeq = orig.Number
 		m := &msgs[i]
 		m.ev, m.id, m.seq = r, orig.ID, orig.Number
 		s.buffer = append(s.buffer, m)

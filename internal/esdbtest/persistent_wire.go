@@ -2,7 +2,6 @@ package esdbtest
 
 import (
 	"context"
-	"encoding/binary"
 	"fmt"
 	"strconv"
 
@@ -40,7 +39,7 @@ func psEventResp(ev ResolvedRecord, retry int32, stringIDs bool) *persistent.Rea
 // when created is missing (§0 hard requirement 1).
 func psRecorded(r *Record, pos uint64, stringIDs bool) *persistent.ReadResp_ReadEvent_RecordedEvent {
 	return &persistent.ReadResp_ReadEvent_RecordedEvent{
-		Id:               psProtoUUID(r.ID, stringIDs),
+		Id:               uuidToProto(r.ID, stringIDs),
 		StreamIdentifier: &shared.StreamIdentifier{StreamName: []byte(r.Stream)},
 		StreamRevision:   uint64(r.Number),
 		PreparePosition:  pos,
@@ -55,63 +54,14 @@ func psRecorded(r *Record, pos uint64, stringIDs bool) *persistent.ReadResp_Read
 	}
 }
 
-// psProtoUUID encodes an id as the client asked: structured (two big-endian
-// int64 halves) or the hyphenated string.
-func psProtoUUID(id uuid.UUID, asString bool) *shared.UUID {
-	if asString {
-		return &shared.UUID{Value: &shared.UUID_String_{String_: id.String()}}
-	}
-	return &shared.UUID{Value: &shared.UUID_Structured_{Structured: &shared.UUID_Structured{
-		MostSignificantBits:  int64(binary.BigEndian.Uint64(id[:8])),
-		LeastSignificantBits: int64(binary.BigEndian.Uint64(id[8:])),
-	}}}
-}
-
-// psUUIDFromProto decodes an ack/nack id; ok is false for garbage.
-func psUUIDFromProto(u *shared.UUID) (uuid.UUID, bool) {
-	var id uuid.UUID
-	switch v := u.GetValue().(type) {
-	case *shared.UUID_Structured_:
-		binary.BigEndian.PutUint64(id[:8], uint64(v.Structured.GetMostSignificantBits()))
-		binary.BigEndian.PutUint64(id[8:], uint64(v.Structured.GetLeastSignificantBits()))
-		return id, true
-	case *shared.UUID_String_:
-		parsed, err := uuid.Parse(v.String_)
-		return parsed, err == nil
-	}
-	return id, false
-}
-
-func psUUIDsFromProto(us []*shared.UUID) []uuid.UUID {
-	ids := make([]uuid.UUID, 0, len(us))
-	for _, u := range us {
-		if id, ok := psUUIDFromProto(u); ok {
-			ids = append(ids, id)
-		}
-	}
-	return ids
-}
-
 // psUUIDsFromWire decodes the ids of an ack or nack received as the
-// generated message; garbage ids are dropped, as psUUIDsFromProto does.
+// generated message; garbage ids are dropped.
 func psUUIDsFromWire(us []*sharedpb.UUID) []uuid.UUID {
 	ids := make([]uuid.UUID, 0, len(us))
 	for _, u := range us {
-		var id uuid.UUID
-		switch v := u.GetValue().(type) {
-		case *sharedpb.UUID_Structured_:
-			binary.BigEndian.PutUint64(id[:8], uint64(v.Structured.GetMostSignificantBits()))
-			binary.BigEndian.PutUint64(id[8:], uint64(v.Structured.GetLeastSignificantBits()))
-		case *sharedpb.UUID_String_:
-			parsed, err := uuid.Parse(v.String_)
-			if err != nil {
-				continue
-			}
-			id = parsed
-		default:
-			continue
+		if id, ok := strictUUID(u); ok {
+			ids = append(ids, id)
 		}
-		ids = append(ids, id)
 	}
 	return ids
 }

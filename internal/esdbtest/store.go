@@ -155,6 +155,7 @@ type Store struct {
 	rng     *rand.PCG               // link event ids; crypto strength is not needed
 	now     time.Time               // timestamp of the running commit
 	et      map[string]*streamState // $et-<type> by type, a projection cache
+	types   map[string]string       // the event types appended, each kept once (ownType)
 }
 
 // idRef locates a committed event by id. The id only counts for
@@ -213,6 +214,7 @@ func NewStore(dir string) (*Store, error) {
 		refs:    []*streamState{nil},
 		ids:     make(map[uuid.UUID]idRef),
 		et:      make(map[string]*streamState),
+		types:   make(map[string]string),
 		changed: make(chan struct{}),
 		nextPos: firstPosition,
 		rng:     rand.NewPCG(binary.LittleEndian.Uint64(seed[:8]), binary.LittleEndian.Uint64(seed[8:])),
@@ -278,7 +280,7 @@ func (s *Store) Append(stream string, exp Expected, events []ProposedEvent) (App
 		rec.Stream = st.name
 		rec.Number = first + int64(i)
 		rec.ID = e.ID
-		rec.Type = e.Type
+		rec.Type = s.ownType(e.Type)
 		rec.IsJSON = e.IsJSON
 		rec.Data = s.keep(e.Data)
 		rec.Metadata = s.keep(e.Metadata)

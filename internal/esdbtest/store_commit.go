@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -60,6 +61,21 @@ func (s *Store) keep(b []byte) []byte {
 	start := len(s.bytes)
 	s.bytes = append(s.bytes, b...)
 	return s.bytes[start:len(s.bytes):len(s.bytes)]
+}
+
+// ownType is the store's own copy of an event type, as keep is of bytes: a
+// caller's string may point into a received message (the generated decoder's
+// strings do, see package pbwire), which a record holding it would keep alive
+// whole. Types repeat, so each is copied once.
+//
+// Lock must be held.
+func (s *Store) ownType(t string) string {
+	if own, ok := s.types[t]; ok {
+		return own
+	}
+	own := strings.Clone(t)
+	s.types[own] = own
+	return own
 }
 
 // newID is a random (version 4) event id for records the server writes.

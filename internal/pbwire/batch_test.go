@@ -88,7 +88,7 @@ func generated(w *BatchWrite) *streams.BatchAppendReq {
 // sent, byte for byte in every field.
 func TestBatchWriteMatchesProtobuf(t *testing.T) {
 	r := rand.New(rand.NewPCG(7, 11))
-	for i := range 2000 {
+	for i := range 500 {
 		w := randomWrite(r)
 		data, err := Codec{}.Marshal(w)
 		if err != nil {

@@ -14,7 +14,7 @@ import (
 // sent.
 func TestSettleMatchesProtobuf(t *testing.T) {
 	r := rand.New(rand.NewPCG(3, 5))
-	for i := range 2000 {
+	for i := range 500 {
 		s := &Settle{SubscriptionID: pick(r, nil, []byte("$ce-customer::group"))}
 		var ids []*shared.UUID
 		for range pick(r, 0, 1, 15, 300) {
