@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"os/exec"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -106,7 +107,7 @@ func TestVersionCommand(t *testing.T) {
 	if code := run([]string{"version"}, &out, &out); code != 0 {
 		t.Fatalf("exit %d", code)
 	}
-	if want := "ditto " + buildinfo.Version() + " " + buildinfo.GoVersion(); !strings.HasPrefix(out.String(), want) {
+	if want := "ditto " + buildinfo.Version() + " " + runtime.Version(); !strings.HasPrefix(out.String(), want) {
 		t.Fatalf("ditto version printed %q, want it to start with %q", out.String(), want)
 	}
 }

@@ -81,7 +81,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "health":
 		return health(ctx, os.LookupEnv, stdout, stderr)
 	case "version", "--version":
-		fmt.Fprintf(stdout, "ditto %s %s %s/%s\n", buildinfo.Version(), buildinfo.GoVersion(), runtime.GOOS, runtime.GOARCH)
+		fmt.Fprintf(stdout, "ditto %s %s %s/%s\n", buildinfo.Version(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
 		return 0
 	case "groups":
 		return groupsCmd(ctx, args, stdout, stderr)

@@ -3,7 +3,6 @@
 package buildinfo
 
 import (
-	"runtime"
 	"runtime/debug"
 )
 
@@ -51,6 +50,3 @@ func Version() string {
 	}
 	return v
 }
-
-// GoVersion is the Go release that built the binary.
-func GoVersion() string { return runtime.Version() }

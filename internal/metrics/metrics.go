@@ -6,6 +6,7 @@ package metrics
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+	"runtime"
 
 	"github.com/ditto-replicator/ditto/internal/buildinfo"
 )
@@ -105,7 +106,7 @@ func New() *Metrics {
 	// the versions of a fleet and an upgrade can be followed.
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "ditto_build_info",
 		Help: "Always 1; labels name the running build's version and Go release."}, []string{"version", "goversion"})
-	build.WithLabelValues(buildinfo.Version(), buildinfo.GoVersion()).Set(1)
+	build.WithLabelValues(buildinfo.Version(), runtime.Version()).Set(1)
 	r.MustRegister(build)
 	return m
 }
