@@ -209,14 +209,20 @@ func Signature(eventType string, data, metadata []byte) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return signature(eventType, data, ms)
+	var sb sigBuf
+	sig, err := appendSignature(sb[:0], eventType, data, ms)
+	return string(sig), err
 }
 
-func signature(eventType string, data []byte, ms []member) (string, error) {
+// sigBuf holds a signature.
+type sigBuf [len(signaturePrefix) + 2*sha256.Size]byte
+
+// appendSignature appends the signature of an event to dst.
+func appendSignature(dst []byte, eventType string, data []byte, ms []member) ([]byte, error) {
 	var scratch [512]byte
 	user, err := canonical(scratch[:0], ms)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	h := sha256.New()
 	var n [8]byte
@@ -226,7 +232,8 @@ func signature(eventType string, data []byte, ms []member) (string, error) {
 		h.Write(part)
 	}
 	var sum [sha256.Size]byte
-	return signaturePrefix + hex.EncodeToString(h.Sum(sum[:0])), nil
+	dst = append(dst, signaturePrefix...)
+	return hex.AppendEncode(dst, h.Sum(sum[:0])), nil
 }
 
 // validSignature reports whether s has the form Signature returns.
@@ -263,7 +270,8 @@ func (p *Policy) Annotate(eventType string, data, metadata []byte, at Coordinate
 		return nil, err
 	}
 	var origin []string
-	sig := ""
+	var sb sigBuf
+	var sig []byte
 	for _, m := range ms {
 		switch m.key {
 		case KeyOrigin:
@@ -271,12 +279,12 @@ func (p *Policy) Annotate(eventType string, data, metadata []byte, at Coordinate
 		case KeySignature:
 			var s string
 			if json.Unmarshal(m.value, &s) == nil && validSignature(s) {
-				sig = s
+				sig = append(sb[:0], s...)
 			}
 		}
 	}
-	if sig == "" {
-		if sig, err = signature(eventType, data, ms); err != nil {
+	if sig == nil {
+		if sig, err = appendSignature(sb[:0], eventType, data, ms); err != nil {
 			return nil, err
 		}
 	}
@@ -329,8 +337,9 @@ func (p *Policy) Annotate(eventType string, data, metadata []byte, at Coordinate
 		out = append(out, ']', ',')
 	}
 	field(KeySignature)
-	out = appendString(out, sig)
-	return append(out, '}'), nil
+	out = append(out, '"') // a signature needs no escapes
+	out = append(out, sig...)
+	return append(out, '"', '}'), nil
 }
 
 // chain reads an $origin value: a list of names, or one name.
