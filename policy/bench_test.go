@@ -30,3 +30,16 @@ func BenchmarkKeepMetadata(b *testing.B) {
 		}
 	}
 }
+
+// The cost per event of a stream template.
+func BenchmarkDestination(b *testing.B) {
+	for _, tmpl := range []string{"dr-{stream}", "{category}-replica-{id}", "all-customers"} {
+		p := mustCompile(b, Spec{StreamTemplate: tmpl})
+		b.Run(tmpl, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				p.Destination("customer-1234")
+			}
+		})
+	}
+}
