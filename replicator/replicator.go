@@ -610,6 +610,7 @@ func (r *Replicator) acked(l *lane, items []*item, took time.Duration) {
 	var sub *consumer.Subscription
 	n := 0
 	var first, lastReal *item
+	written := 0
 	for _, it := range items {
 		if it.skip != nil {
 			if !it.skip.nack {
@@ -623,6 +624,7 @@ func (r *Replicator) acked(l *lane, items []*item, took time.Duration) {
 			first = it
 		}
 		lastReal = it
+		written++
 		for _, d := range it.ds {
 			ds = append(ds, d)
 			if d.Sub != sub {
@@ -635,7 +637,7 @@ func (r *Replicator) acked(l *lane, items []*item, took time.Duration) {
 		}
 		it.ds[0].Sub.Metrics.ReplicationDelay.Observe(now.Sub(it.ev.Created).Seconds())
 	}
-	if first == nil {
+	if written == 0 {
 		// Only skip items: nothing was written.
 		if len(ds) > 0 {
 			r.ack(ds)
@@ -645,13 +647,13 @@ func (r *Replicator) acked(l *lane, items []*item, took time.Duration) {
 	sub.Metrics.Processed.Add(float64(n))
 	last := items[len(items)-1].ds[0]
 	last.Sub.Metrics.CurrentEvent.Set(float64(last.OriginalNumber()))
-	r.m.BatchSize.Observe(float64(n))
+	r.m.BatchSize.Observe(float64(written))
 	r.ack(ds)
 	if e := r.log.Debug(); e.Enabled() {
 		e.Str("type", first.ev.Type).Str("stream", l.stream).
 			Uint64("from", first.ev.Number).Uint64("to", lastReal.ev.Number).
 			Uint64("originalFrom", first.ds[0].OriginalNumber()).
-			Int("events", n).Dur("took", took).
+			Int("events", written).Dur("took", took).
 			Msg(fmt.Sprintf("Replicating %s #%d..#%d from %s (Original Event: #%d) completed in %.1f ms",
 				first.ev.Type, first.ev.Number, lastReal.ev.Number, l.stream,
 				first.ds[0].OriginalNumber(), float64(took.Microseconds())/1000))
