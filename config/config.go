@@ -127,25 +127,53 @@ func Load() (*Config, error) {
 	// A read-only run opens no sink, so its variables are not read.
 	if ok && !c.ReadOnly {
 		if p.Settings != nil {
-			c.SinkSettings = p.Settings()
-			if err := process(c.SinkSettings); err != nil {
+			settings, more, err := loadSettings(p, Prefix, nil, fmt.Sprintf("when %s_SINK=%s", Prefix, p.Name))
+			if err != nil {
 				return nil, err
 			}
-			for _, v := range fields(c.SinkSettings, p.Name) {
-				if v.Required && os.Getenv(v.Name) == "" {
-					problems = append(problems, fmt.Sprintf("%s is required when %s_SINK=%s: %s", v.Name, Prefix, p.Name, v.Description))
-				}
-			}
-			problems = append(problems, c.SinkSettings.Validate()...)
+			c.SinkSettings = settings
+			problems = append(problems, more...)
 		}
-		if p.Writers > 0 && os.Getenv(Prefix+"_WRITERS") == "" {
-			c.Writers = p.Writers
-		}
+		c.sinkWriters(p.Writers)
 	}
 	if len(problems) > 0 {
 		return nil, &Error{Problems: problems}
 	}
 	return &c, nil
+}
+
+// loadSettings loads the settings of sink p from its variables under
+// prefix (DITTO, or DITTO_<NAME> for a destination of DITTO_DESTINATIONS)
+// and lists what is wrong with them: each required variable that is unset
+// (why says when it is required), then the problems Validate finds. rename,
+// if set, turns the sink's own variable names into those read, in both. A
+// value that does not parse is the error, alone, as in Load.
+func loadSettings(p sinks.Plugin, prefix string, rename func(string) string, why string) (sinks.Settings, []string, error) {
+	if rename == nil {
+		rename = func(s string) string { return s }
+	}
+	settings := p.Settings()
+	if err := processPrefix(prefix, settings); err != nil {
+		return nil, nil, err
+	}
+	var problems []string
+	for _, v := range fields(settings, p.Name) {
+		if name := rename(v.Name); v.Required && os.Getenv(name) == "" {
+			problems = append(problems, fmt.Sprintf("%s is required %s: %s", name, why, v.Description))
+		}
+	}
+	for _, msg := range settings.Validate() {
+		problems = append(problems, rename(msg))
+	}
+	return settings, problems, nil
+}
+
+// sinkWriters makes n, the sinks' own default of DITTO_WRITERS (0: none),
+// the number of writers, unless DITTO_WRITERS is set.
+func (c *Config) sinkWriters(n int) {
+	if n > 0 && os.Getenv(Prefix+"_WRITERS") == "" {
+		c.Writers = n
+	}
 }
 
 // process loads spec's fields from the environment. A value that does not

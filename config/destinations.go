@@ -113,15 +113,13 @@ func (c *Config) loadDestinations() ([]string, error) {
 		if p.Settings == nil {
 			continue
 		}
-		d.Settings = p.Settings()
-		vars := fields(d.Settings, p.Name)
+		vars := fields(p.Settings(), p.Name)
 		d.renames = make(map[string]string, len(vars))
-		for _, v := range vars {
-			d.renames[v.Name] = d.Prefix() + strings.TrimPrefix(v.Name, Prefix)
-		}
 		clash := false
 		for _, v := range vars {
-			if to := d.renames[v.Name]; own[to] {
+			to := d.Prefix() + strings.TrimPrefix(v.Name, Prefix)
+			d.renames[v.Name] = to
+			if own[to] {
 				problems = append(problems, fmt.Sprintf("%s_DESTINATIONS: destination name %s makes %s, which is another variable of ditto's; choose another name", Prefix, d.Name, to))
 				clash = true
 			}
@@ -129,26 +127,20 @@ func (c *Config) loadDestinations() ([]string, error) {
 		if clash {
 			continue
 		}
-		if err := processPrefix(d.Prefix(), d.Settings); err != nil {
+		settings, more, err := loadSettings(p, d.Prefix(), d.Rename, fmt.Sprintf("for destination %s (%s=%s)", d.Name, d.Name, d.Sink))
+		if err != nil {
 			return nil, err
 		}
+		d.Settings = settings
+		problems = append(problems, more...)
 		for _, v := range vars {
-			to := d.renames[v.Name]
-			if v.Required && os.Getenv(to) == "" {
-				problems = append(problems, fmt.Sprintf("%s is required for destination %s (%s=%s): %s", to, d.Name, d.Name, d.Sink, v.Description))
-			}
 			if os.Getenv(v.Name) != "" && !unprefixed[v.Name] {
 				unprefixed[v.Name] = true
-				problems = append(problems, fmt.Sprintf("%s is set, but with %s_DESTINATIONS each destination reads its own (%s for destination %s); unset it", v.Name, Prefix, to, d.Name))
+				problems = append(problems, fmt.Sprintf("%s is set, but with %s_DESTINATIONS each destination reads its own (%s for destination %s); unset it", v.Name, Prefix, d.renames[v.Name], d.Name))
 			}
 		}
-		for _, msg := range d.Settings.Validate() {
-			problems = append(problems, d.Rename(msg))
-		}
 	}
-	if writers > 0 && os.Getenv(Prefix+"_WRITERS") == "" {
-		c.Writers = writers
-	}
+	c.sinkWriters(writers)
 	c.DestinationList = dests
 	return problems, nil
 }

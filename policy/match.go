@@ -2,9 +2,9 @@ package policy
 
 import (
 	"bytes"
-	"encoding/json"
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 )
 
@@ -125,24 +125,28 @@ func (ms metaMatchers) match(metadata []byte) bool {
 	if ms.empty() {
 		return true
 	}
-	obj, ok := topLevel(metadata)
-	if len(ms.include) > 0 {
-		if !ok || !anyMeta(ms.include, obj) {
-			return false
-		}
+	// Metadata that is not an object holds no key: it matches no include
+	// and no exclude. Any Unicode white space around the object is ignored.
+	var mb memberBuf
+	obj, err := members(mb[:0], bytes.TrimSpace(metadata))
+	if err != nil {
+		obj = nil
 	}
-	return !ok || !anyMeta(ms.exclude, obj)
+	if len(ms.include) > 0 && !anyMeta(ms.include, obj) {
+		return false
+	}
+	return !anyMeta(ms.exclude, obj)
 }
 
-func anyMeta(ms []metaMatcher, obj map[string]json.RawMessage) bool {
+func anyMeta(ms []metaMatcher, obj []member) bool {
 	for _, m := range ms {
-		raw, ok := obj[m.key]
-		if !ok {
+		i := slices.IndexFunc(obj, func(o member) bool { return o.key == m.key })
+		if i < 0 {
 			continue
 		}
-		if len(raw) > 0 && raw[0] == '"' {
-			var s string
-			if json.Unmarshal(raw, &s) == nil && s == m.value {
+		raw := obj[i].value
+		if raw[0] == '"' {
+			if s, err := decodeString(raw); err == nil && s == m.value {
 				return true
 			}
 			continue
@@ -152,17 +156,4 @@ func anyMeta(ms []metaMatcher, obj map[string]json.RawMessage) bool {
 		}
 	}
 	return false
-}
-
-// topLevel decodes metadata's top-level keys, if it is a JSON object.
-func topLevel(metadata []byte) (map[string]json.RawMessage, bool) {
-	b := bytes.TrimSpace(metadata)
-	if len(b) == 0 || b[0] != '{' {
-		return nil, false
-	}
-	var obj map[string]json.RawMessage
-	if json.Unmarshal(b, &obj) != nil {
-		return nil, false
-	}
-	return obj, true
 }

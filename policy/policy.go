@@ -297,7 +297,8 @@ func (p *Policy) Writes(dest string, rec *esdb.RecordedEvent) bool {
 		return false
 	}
 	if p.Sequenced() {
-		if _, err := members(rec.UserMetadata); err != nil {
+		var mb memberBuf
+		if _, err := members(mb[:0], rec.UserMetadata); err != nil {
 			return false
 		}
 	}

@@ -10,7 +10,7 @@ import (
 	"github.com/ditto-replicator/ditto/internal/metrics"
 )
 
-func mustCompile(t *testing.T, spec Spec) *Policy {
+func mustCompile(t testing.TB, spec Spec) *Policy {
 	t.Helper()
 	p, problems := Compile(spec)
 	if len(problems) > 0 {
@@ -384,7 +384,7 @@ func FuzzMembers(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		ms, err := members(b)
+		ms, err := members(nil, b)
 		var want map[string]json.RawMessage
 		werr := json.Unmarshal(b, &want)
 		if len(strings.Trim(string(b), " \t\n\r")) == 0 {

@@ -57,25 +57,27 @@ type member struct {
 // errNotObject: metadata that is not a JSON object is never rewritten.
 var errNotObject = errors.New("metadata is not a JSON object")
 
-// members splits a JSON object into its top-level members in order; a
+// members returns the top-level members of a JSON object in order; a
 // repeated key keeps its first place and its last value, as decoders read
 // it. Empty metadata is the empty object. Values are slices of metadata,
 // as written. (A scanner of its own: once json.Valid has passed, finding the
 // members is a matter of skipping strings and brackets, and this runs for
-// every event written with provenance.)
-func members(metadata []byte) ([]member, error) {
+// every event written with provenance.) They are appended to dst, which is
+// empty: callers on the per-event path pass a memberBuf, so that the
+// members of usual metadata stay on their stack.
+func members(dst []member, metadata []byte) ([]member, error) {
 	b := bytes.Trim(metadata, jsonSpace)
 	if len(b) == 0 {
-		return nil, nil
+		return dst, nil
 	}
 	if b[0] != '{' || !json.Valid(b) {
 		return nil, errNotObject
 	}
-	var out []member
+	out := dst
 	i := skipSpace(b, 1)
 	for b[i] != '}' {
 		end := skipString(b, i)
-		key, err := keyString(b[i:end])
+		key, err := decodeString(b[i:end])
 		if err != nil {
 			return nil, errNotObject
 		}
@@ -95,6 +97,9 @@ func members(metadata []byte) ([]member, error) {
 	}
 	return out, nil
 }
+
+// memberBuf holds the members of usual metadata without an allocation.
+type memberBuf [8]member
 
 // jsonSpace is JSON's whitespace.
 const jsonSpace = " \t\n\r"
@@ -144,9 +149,9 @@ func skipValue(b []byte, i int) int {
 	return i
 }
 
-// keyString decodes a JSON string, without the decoder where it holds no
+// decodeString decodes a JSON string, without the decoder where it holds no
 // escapes (and no invalid UTF-8, which the decoder replaces).
-func keyString(raw []byte) (string, error) {
+func decodeString(raw []byte) (string, error) {
 	if bytes.IndexByte(raw, '\\') < 0 && utf8.Valid(raw) {
 		return string(raw[1 : len(raw)-1]), nil
 	}
@@ -159,7 +164,7 @@ func keyString(raw []byte) (string, error) {
 // form: top-level keys sorted, values compact. Empty metadata is "{}". It
 // fails on metadata that is not a JSON object.
 func UserMetadata(metadata []byte) ([]byte, error) {
-	ms, err := members(metadata)
+	ms, err := members(nil, metadata)
 	if err != nil {
 		return nil, err
 	}
@@ -169,7 +174,8 @@ func UserMetadata(metadata []byte) ([]byte, error) {
 // canonical appends the members other than ditto's, keys sorted, values
 // compact, as an object.
 func canonical(dst []byte, ms []member) ([]byte, error) {
-	user := make([]member, 0, len(ms))
+	var ub memberBuf
+	user := ub[:0]
 	for _, m := range ms {
 		if !isDittoKey(m.key) {
 			user = append(user, m)
@@ -198,18 +204,25 @@ func canonical(dst []byte, ms []member) ([]byte, error) {
 // the keys ditto writes are left out. It fails on metadata that is not a
 // JSON object.
 func Signature(eventType string, data, metadata []byte) (string, error) {
-	ms, err := members(metadata)
+	var mb memberBuf
+	ms, err := members(mb[:0], metadata)
 	if err != nil {
 		return "", err
 	}
-	return signature(eventType, data, ms)
+	var sb sigBuf
+	sig, err := appendSignature(sb[:0], eventType, data, ms)
+	return string(sig), err
 }
 
-func signature(eventType string, data []byte, ms []member) (string, error) {
+// sigBuf holds a signature.
+type sigBuf [len(signaturePrefix) + 2*sha256.Size]byte
+
+// appendSignature appends the signature of an event to dst.
+func appendSignature(dst []byte, eventType string, data []byte, ms []member) ([]byte, error) {
 	var scratch [512]byte
 	user, err := canonical(scratch[:0], ms)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	h := sha256.New()
 	var n [8]byte
@@ -219,7 +232,8 @@ func signature(eventType string, data []byte, ms []member) (string, error) {
 		h.Write(part)
 	}
 	var sum [sha256.Size]byte
-	return signaturePrefix + hex.EncodeToString(h.Sum(sum[:0])), nil
+	dst = append(dst, signaturePrefix...)
+	return hex.AppendEncode(dst, h.Sum(sum[:0])), nil
 }
 
 // validSignature reports whether s has the form Signature returns.
@@ -250,12 +264,14 @@ type Coordinates struct {
 // event must not be rewritten, when the metadata is neither empty nor a JSON
 // object.
 func (p *Policy) Annotate(eventType string, data, metadata []byte, at Coordinates) ([]byte, error) {
-	ms, err := members(metadata)
+	var mb memberBuf
+	ms, err := members(mb[:0], metadata)
 	if err != nil {
 		return nil, err
 	}
 	var origin []string
-	sig := ""
+	var sb sigBuf
+	var sig []byte
 	for _, m := range ms {
 		switch m.key {
 		case KeyOrigin:
@@ -263,12 +279,12 @@ func (p *Policy) Annotate(eventType string, data, metadata []byte, at Coordinate
 		case KeySignature:
 			var s string
 			if json.Unmarshal(m.value, &s) == nil && validSignature(s) {
-				sig = s
+				sig = append(sb[:0], s...)
 			}
 		}
 	}
-	if sig == "" {
-		if sig, err = signature(eventType, data, ms); err != nil {
+	if sig == nil {
+		if sig, err = appendSignature(sb[:0], eventType, data, ms); err != nil {
 			return nil, err
 		}
 	}
@@ -321,8 +337,9 @@ func (p *Policy) Annotate(eventType string, data, metadata []byte, at Coordinate
 		out = append(out, ']', ',')
 	}
 	field(KeySignature)
-	out = appendString(out, sig)
-	return append(out, '}'), nil
+	out = append(out, '"') // a signature needs no escapes
+	out = append(out, sig...)
+	return append(out, '"', '}'), nil
 }
 
 // chain reads an $origin value: a list of names, or one name.
@@ -347,7 +364,8 @@ func cameFrom(metadata []byte, name string) bool {
 	if !bytes.Contains(metadata, originKey) {
 		return false
 	}
-	ms, err := members(metadata)
+	var mb memberBuf
+	ms, err := members(mb[:0], metadata)
 	if err != nil {
 		return false
 	}
@@ -363,7 +381,7 @@ func cameFrom(metadata []byte, name string) bool {
 // values (JSON values, as written), replacing keys already present. It
 // fails on metadata that is not a JSON object.
 func Extend(metadata []byte, keys []string, values []json.RawMessage) ([]byte, error) {
-	ms, err := members(metadata)
+	ms, err := members(nil, metadata)
 	if err != nil {
 		return nil, err
 	}
@@ -419,7 +437,8 @@ type Provenance struct {
 // if the metadata is not a JSON object or holds none of them.
 func ParseProvenance(metadata []byte) (Provenance, bool) {
 	var p Provenance
-	ms, err := members(metadata)
+	var mb memberBuf
+	ms, err := members(mb[:0], metadata)
 	if err != nil {
 		return p, false
 	}

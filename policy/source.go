@@ -125,7 +125,7 @@ func (s *Source) StreamMetadata(ctx context.Context, stream string) (sinks.Strea
 	if rec == nil {
 		return none, nil
 	}
-	ms, err := members(rec.Data)
+	ms, err := members(nil, rec.Data)
 	if err != nil {
 		return none, nil // not metadata ditto can copy
 	}

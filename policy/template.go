@@ -75,26 +75,40 @@ func (t template) has(part string) bool {
 	return false
 }
 
-// render returns the destination stream of original stream name.
+// render returns the destination stream of original stream name. It runs
+// for every event: a template without parts returns its text as it is, and
+// the others allocate once.
 func (t template) render(name string) string {
-	if t.identity {
+	switch {
+	case t.identity:
 		return name
+	case len(t.segs) == 1 && t.segs[0].part == "":
+		return t.segs[0].literal
 	}
 	cat, id := split(name)
-	var b strings.Builder
+	n := 0
 	for _, s := range t.segs {
-		switch s.part {
-		case "":
-			b.WriteString(s.literal)
-		case partStream:
-			b.WriteString(name)
-		case partCategory:
-			b.WriteString(cat)
-		case partID:
-			b.WriteString(id)
-		}
+		n += len(s.text(name, cat, id))
+	}
+	var b strings.Builder
+	b.Grow(n)
+	for _, s := range t.segs {
+		b.WriteString(s.text(name, cat, id))
 	}
 	return b.String()
+}
+
+// text is what the segment writes for a stream name split into cat and id.
+func (s segment) text(name, cat, id string) string {
+	switch s.part {
+	case partStream:
+		return name
+	case partCategory:
+		return cat
+	case partID:
+		return id
+	}
+	return s.literal
 }
 
 // split splits a stream name at its first '-'.

@@ -89,8 +89,9 @@ type Replicator struct {
 	throttle sync.Mutex            // serialises the throttle's clock
 	next     time.Time             // earliest time of the next write (throttle)
 
-	pol *policy.Policy // nil: no policy stage
-	seq bool           // pol.Sequenced(): dropped events are skip items
+	pol  *policy.Policy // nil: no policy stage
+	seq  bool           // pol.Sequenced(): dropped events are skip items
+	cons bool           // pol consolidates: the subscription's numbers order the lanes
 }
 
 // skipRun remembers that the seqs [from, next) of a lane were skip items,
@@ -154,8 +155,8 @@ type skip struct {
 
 var ackSkip = &skip{}
 
-func newItem(ev sinks.Event, d *consumer.Delivery) *item {
-	it := &item{ev: ev}
+func newItem(ev sinks.Event, d *consumer.Delivery, sk *skip) *item {
+	it := &item{ev: ev, skip: sk}
 	it.one[0] = d
 	it.ds = it.one[:1:1]
 	return it
@@ -183,7 +184,7 @@ func New(sink Sink, m *metrics.Metrics, opts Options, log zerolog.Logger) *Repli
 	}
 	r := &Replicator{sink: sink, opts: opts, log: log, m: m, lanes: map[string]*lane{}, diverged: map[string]divergence{}, runs: map[string]skipRun{}}
 	if opts.Policy != nil && !opts.Policy.Trivial() {
-		r.pol, r.seq = opts.Policy, opts.Policy.Sequenced()
+		r.pol, r.seq, r.cons = opts.Policy, opts.Policy.Sequenced(), opts.Policy.Mode() == policy.Consolidated
 	}
 	r.cond = sync.NewCond(&r.mu)
 	return r
@@ -264,97 +265,38 @@ func (r *Replicator) forgetLocked(l *lane) {
 	delete(r.lanes, l.stream)
 }
 
-// dispatch routes one delivery: unresolved links are skipped, read-only mode
-// acks, everything else joins its stream's lane.
+// dispatch routes one delivery: unresolved links and system events are
+// skipped, events the policy drops are acked (or, where destination numbers
+// are the destination's own, join their lane as skip items), read-only mode
+// acks, and every other event goes to the lane of its destination stream,
+// with provenance where it is written. Without a policy the stage costs a
+// nil check at each of its steps.
 func (r *Replicator) dispatch(d *consumer.Delivery) {
+	rec := d.Event.Event
+	if rec == nil {
+		r.unresolved(d)
+		return
+	}
+	if strings.HasPrefix(rec.StreamID, "$") {
+		r.system(d, rec)
+		return
+	}
+	seq, dest := rec.EventNumber, rec.StreamID
 	if r.pol != nil {
-		r.dispatchPolicy(d)
-		return
-	}
-	rec := d.Event.Event
-	if rec == nil {
-		link := d.Event.OriginalEvent()
-		d.Sub.Metrics.Unresolved.Inc()
-		r.log.Info().Str("subscription", d.Sub.String()).Uint64("linkNumber", link.EventNumber).Str("link", string(link.Data)).
-			Msg("skipping unresolved link: the source event is deleted or truncated")
-		r.nack([]*consumer.Delivery{d}, esdb.NackActionSkip, "ditto: unresolved link "+string(link.Data))
-		return
-	}
-	if strings.HasPrefix(rec.StreamID, "$") {
-		// System events, such as the $metadata a deletion leaves in $$stream
-		// (linked from $ce- with "$deleted"), are not replicated: ditto copies
-		// events, not deletions or truncations.
-		r.log.Debug().Str("type", rec.EventType).Uint64("number", rec.EventNumber).Str("stream", rec.StreamID).
-			Msg("skipping system event")
-		d.Sub.Metrics.Skipped.Inc()
-		r.ack([]*consumer.Delivery{d})
-		return
-	}
-	if r.opts.ReadOnly {
-		r.log.Debug().Str("type", rec.EventType).Uint64("number", rec.EventNumber).Str("stream", rec.StreamID).
-			Uint64("originalNumber", d.Event.OriginalEvent().EventNumber).Msg("received (read-only)")
-		d.Sub.Metrics.Skipped.Inc()
-		r.ack([]*consumer.Delivery{d})
-		return
-	}
-	ev := sinks.Event{Stream: rec.StreamID, Number: rec.EventNumber, Seq: rec.EventNumber, SeqFrom: rec.EventNumber, ID: rec.EventID, Type: rec.EventType,
-		ContentType: rec.ContentType, Data: rec.Data, Metadata: rec.UserMetadata, Created: rec.CreatedDate}
-	// ev is all the lane needs: while the delivery waits for its ack it
-	// keeps the event's bytes, not the decoded records.
-	d.Release()
-	r.enqueue(ev.Stream, ev, d, nil)
-}
-
-// dispatchPolicy is dispatch through the policy stage: filtered events are
-// acked (or, where destination numbers are the destination's own, join
-// their lane as skip items), kept events go to the lane of their
-// destination stream, with provenance where it is written.
-func (r *Replicator) dispatchPolicy(d *consumer.Delivery) {
-	rec := d.Event.Event
-	consolidated := r.pol.Mode() == policy.Consolidated
-	if rec == nil {
-		link := d.Event.OriginalEvent()
-		d.Sub.Metrics.Unresolved.Inc()
-		r.log.Info().Str("subscription", d.Sub.String()).Uint64("linkNumber", link.EventNumber).Str("link", string(link.Data)).
-			Msg("skipping unresolved link: the source event is deleted or truncated")
-		reason := "ditto: unresolved link " + string(link.Data)
-		if stream, n, ok := parseLink(link.Data); ok && r.seq && (consolidated || r.pol.KeepsStream(stream)) {
-			if consolidated {
-				n = d.OriginalNumber()
+		if r.cons {
+			seq = d.OriginalNumber()
+		}
+		if reason, keep := r.pol.Keep(rec.StreamID, rec.EventType, rec.UserMetadata); !keep {
+			d.Sub.Metrics.Filtered[reason.String()].Inc()
+			// Where the subscription's numbers order the lane, every delivery
+			// is one of them; elsewhere a dropped stream has no lane to keep.
+			if r.seq && (reason != policy.ByStream || r.cons) {
+				r.skipItem(d, rec.StreamID, seq, ackSkip)
+				return
 			}
-			r.skipItem(d, stream, n, &skip{nack: true, action: esdb.NackActionSkip, reason: reason})
+			r.ack([]*consumer.Delivery{d})
 			return
 		}
-		r.nack([]*consumer.Delivery{d}, esdb.NackActionSkip, reason)
-		return
-	}
-	if strings.HasPrefix(rec.StreamID, "$") {
-		r.log.Debug().Str("type", rec.EventType).Uint64("number", rec.EventNumber).Str("stream", rec.StreamID).
-			Msg("skipping system event")
-		d.Sub.Metrics.Skipped.Inc()
-		// In a consolidated stream, the subscription's numbers order the
-		// lane: a deletion's $metadata (in $$stream) is one of them.
-		if stream, ok := strings.CutPrefix(rec.StreamID, "$$"); ok && consolidated && stream != "" && !strings.HasPrefix(stream, "$") {
-			r.skipItem(d, stream, d.OriginalNumber(), ackSkip)
-			return
-		}
-		r.ack([]*consumer.Delivery{d})
-		return
-	}
-	seq := rec.EventNumber
-	if consolidated {
-		seq = d.OriginalNumber()
-	}
-	if reason, keep := r.pol.Keep(rec.StreamID, rec.EventType, rec.UserMetadata); !keep {
-		d.Sub.Metrics.Filtered[reason.String()].Inc()
-		// Where the subscription's numbers order the lane, every delivery
-		// is one of them; elsewhere a dropped stream has no lane to keep.
-		if r.seq && (reason != policy.ByStream || consolidated) {
-			r.skipItem(d, rec.StreamID, seq, ackSkip)
-			return
-		}
-		r.ack([]*consumer.Delivery{d})
-		return
 	}
 	if r.opts.ReadOnly {
 		r.log.Debug().Str("type", rec.EventType).Uint64("number", rec.EventNumber).Str("stream", rec.StreamID).
@@ -363,16 +305,17 @@ func (r *Replicator) dispatchPolicy(d *consumer.Delivery) {
 		r.ack([]*consumer.Delivery{d})
 		return
 	}
-	dest := r.pol.Destination(rec.StreamID)
-	if dest == "" {
-		r.log.Warn().Str("stream", rec.StreamID).Uint64("number", rec.EventNumber).Msg("parking event: DITTO_STREAM_TEMPLATE maps its stream to an empty name")
-		d.Sub.Metrics.Parked.Inc()
-		r.nack([]*consumer.Delivery{d}, esdb.NackActionPark, "ditto: DITTO_STREAM_TEMPLATE maps stream "+rec.StreamID+" to an empty name")
-		return
+	if r.pol != nil {
+		if dest = r.pol.Destination(rec.StreamID); dest == "" {
+			r.log.Warn().Str("stream", rec.StreamID).Uint64("number", rec.EventNumber).Msg("parking event: DITTO_STREAM_TEMPLATE maps its stream to an empty name")
+			d.Sub.Metrics.Parked.Inc()
+			r.nack([]*consumer.Delivery{d}, esdb.NackActionPark, "ditto: DITTO_STREAM_TEMPLATE maps stream "+rec.StreamID+" to an empty name")
+			return
+		}
 	}
 	ev := sinks.Event{Stream: rec.StreamID, Number: rec.EventNumber, Seq: seq, SeqFrom: seq, ID: rec.EventID, Type: rec.EventType,
 		ContentType: rec.ContentType, Data: rec.Data, Metadata: rec.UserMetadata, Created: rec.CreatedDate}
-	if r.pol.Provenance() {
+	if r.pol != nil && r.pol.Provenance() {
 		md, err := r.pol.Annotate(rec.EventType, rec.Data, rec.UserMetadata, policy.Coordinates{
 			Stream: rec.StreamID, Number: rec.EventNumber, Created: rec.CreatedDate,
 			SubStream: d.Sub.Stream, SubNumber: d.OriginalNumber()})
@@ -388,8 +331,48 @@ func (r *Replicator) dispatchPolicy(d *consumer.Delivery) {
 		}
 		// Otherwise metadata that is not a JSON object is copied unchanged.
 	}
+	// ev is all the lane needs: while the delivery waits for its ack it
+	// keeps the event's bytes, not the decoded records.
 	d.Release()
 	r.enqueue(dest, ev, d, nil)
+}
+
+// unresolved skips a link whose event is deleted or truncated on the
+// source. Where destination numbers are the destination's own, a link into
+// a kept stream joins its lane as a skip item (at the link's number in a
+// consolidated stream), so that the lane's runs stay contiguous.
+func (r *Replicator) unresolved(d *consumer.Delivery) {
+	link := d.Event.OriginalEvent()
+	d.Sub.Metrics.Unresolved.Inc()
+	r.log.Info().Str("subscription", d.Sub.String()).Uint64("linkNumber", link.EventNumber).Str("link", string(link.Data)).
+		Msg("skipping unresolved link: the source event is deleted or truncated")
+	reason := "ditto: unresolved link " + string(link.Data)
+	if r.seq {
+		if stream, n, ok := parseLink(link.Data); ok && (r.cons || r.pol.KeepsStream(stream)) {
+			if r.cons {
+				n = d.OriginalNumber()
+			}
+			r.skipItem(d, stream, n, &skip{nack: true, action: esdb.NackActionSkip, reason: reason})
+			return
+		}
+	}
+	r.nack([]*consumer.Delivery{d}, esdb.NackActionSkip, reason)
+}
+
+// system skips a system event, such as the $metadata a deletion leaves in
+// $$stream (linked from $ce- with "$deleted"): ditto copies events, not
+// deletions or truncations.
+func (r *Replicator) system(d *consumer.Delivery, rec *esdb.RecordedEvent) {
+	r.log.Debug().Str("type", rec.EventType).Uint64("number", rec.EventNumber).Str("stream", rec.StreamID).
+		Msg("skipping system event")
+	d.Sub.Metrics.Skipped.Inc()
+	// In a consolidated stream, the subscription's numbers order the
+	// lane: a deletion's $metadata is one of them.
+	if stream, ok := strings.CutPrefix(rec.StreamID, "$$"); ok && r.cons && stream != "" && !strings.HasPrefix(stream, "$") {
+		r.skipItem(d, stream, d.OriginalNumber(), ackSkip)
+		return
+	}
+	r.ack([]*consumer.Delivery{d})
 }
 
 // skipItem puts a dropped event of the original stream into its
@@ -402,16 +385,10 @@ func (r *Replicator) skipItem(d *consumer.Delivery, stream string, seq uint64, s
 	d.Release()
 	dest := r.pol.Destination(stream)
 	if dest == "" {
-		r.settleSkips([]*item{newItemSkip(ev, d, sk)})
+		r.settleSkips([]*item{newItem(ev, d, sk)})
 		return
 	}
 	r.enqueue(dest, ev, d, sk)
-}
-
-func newItemSkip(ev sinks.Event, d *consumer.Delivery, sk *skip) *item {
-	it := newItem(ev, d)
-	it.skip = sk
-	return it
 }
 
 // parseLink reads link data "<number>@<stream>".
@@ -451,9 +428,7 @@ func (r *Replicator) enqueue(stream string, ev sinks.Event, d *consumer.Delivery
 func (l *lane) add(ev sinks.Event, d *consumer.Delivery, sk *skip) {
 	n := len(l.pending)
 	if n == 0 || l.pending[n-1].ev.Seq < ev.Seq {
-		it := newItem(ev, d)
-		it.skip = sk
-		l.pending = append(l.pending, it)
+		l.pending = append(l.pending, newItem(ev, d, sk))
 		return
 	}
 	i := sort.Search(n, func(i int) bool { return l.pending[i].ev.Seq >= ev.Seq })
@@ -461,11 +436,9 @@ func (l *lane) add(ev sinks.Event, d *consumer.Delivery, sk *skip) {
 		l.pending[i].ds = append(l.pending[i].ds, d)
 		return
 	}
-	it := newItem(ev, d)
-	it.skip = sk
 	l.pending = append(l.pending, nil)
 	copy(l.pending[i+1:], l.pending[i:])
-	l.pending[i] = it
+	l.pending[i] = newItem(ev, d, sk)
 }
 
 // work is one writer: it takes a ready lane, writes its next batch, and
@@ -637,6 +610,7 @@ func (r *Replicator) acked(l *lane, items []*item, took time.Duration) {
 	var sub *consumer.Subscription
 	n := 0
 	var first, lastReal *item
+	written := 0
 	for _, it := range items {
 		if it.skip != nil {
 			if !it.skip.nack {
@@ -650,6 +624,7 @@ func (r *Replicator) acked(l *lane, items []*item, took time.Duration) {
 			first = it
 		}
 		lastReal = it
+		written++
 		for _, d := range it.ds {
 			ds = append(ds, d)
 			if d.Sub != sub {
@@ -662,7 +637,7 @@ func (r *Replicator) acked(l *lane, items []*item, took time.Duration) {
 		}
 		it.ds[0].Sub.Metrics.ReplicationDelay.Observe(now.Sub(it.ev.Created).Seconds())
 	}
-	if first == nil {
+	if written == 0 {
 		// Only skip items: nothing was written.
 		if len(ds) > 0 {
 			r.ack(ds)
@@ -672,13 +647,13 @@ func (r *Replicator) acked(l *lane, items []*item, took time.Duration) {
 	sub.Metrics.Processed.Add(float64(n))
 	last := items[len(items)-1].ds[0]
 	last.Sub.Metrics.CurrentEvent.Set(float64(last.OriginalNumber()))
-	r.m.BatchSize.Observe(float64(n))
+	r.m.BatchSize.Observe(float64(written))
 	r.ack(ds)
 	if e := r.log.Debug(); e.Enabled() {
 		e.Str("type", first.ev.Type).Str("stream", l.stream).
 			Uint64("from", first.ev.Number).Uint64("to", lastReal.ev.Number).
 			Uint64("originalFrom", first.ds[0].OriginalNumber()).
-			Int("events", n).Dur("took", took).
+			Int("events", written).Dur("took", took).
 			Msg(fmt.Sprintf("Replicating %s #%d..#%d from %s (Original Event: #%d) completed in %.1f ms",
 				first.ev.Type, first.ev.Number, lastReal.ev.Number, l.stream,
 				first.ds[0].OriginalNumber(), float64(took.Microseconds())/1000))
