@@ -44,10 +44,18 @@ const (
 
 // script starts kinesalite on 127.0.0.1 (its command line listens on every
 // interface) and prints the port it got. It exits with its parent's stdin,
-// so that a killed test leaves no server behind.
+// so that a killed test leaves no server behind. A client that goes away
+// mid-request (a ditto killed with SIGKILL) resets its connection:
+// kinesalite leaves that error unhandled, and node would end the server with
+// it; every other uncaught error still ends it.
 const script = `
 const kinesalite = require(process.argv[1]);
 const server = kinesalite({createStreamMs: 20, deleteStreamMs: 20, updateStreamMs: 20, shardLimit: 100});
+process.on('uncaughtException', err => {
+  if (err.code === 'ECONNRESET' || err.code === 'EPIPE') return;
+  console.error(err);
+  process.exit(1);
+});
 server.listen(0, '127.0.0.1', () => console.log('listening ' + server.address().port));
 process.stdin.on('end', () => process.exit(0));
 process.stdin.resume();

@@ -3,8 +3,11 @@ package kinesalite
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/kinesis"
@@ -80,5 +83,26 @@ func TestProxyFaults(t *testing.T) {
 	}
 	if calls := p.Calls(); len(calls) != 2 || len(calls[0].Records) != 3 || calls[1].Fault.Call != Throttle {
 		t.Fatalf("calls logged: %+v", calls)
+	}
+}
+
+// A client that vanishes mid-request (a ditto killed by SIGKILL) resets its
+// connection; the server must go on serving. (Regression: kinesalite left
+// the reset unhandled, and node ended the server process with it.)
+func TestServerOutlivesAResetConnection(t *testing.T) {
+	srv := Start(t)
+	for i := 0; i < 5; i++ {
+		conn, err := net.Dial("tcp", srv.Addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(conn, "POST / HTTP/1.1\r\nHost: %s\r\nContent-Type: application/x-amz-json-1.1\r\nX-Amz-Target: Kinesis_20131202.ListStreams\r\nContent-Length: 1000\r\n\r\n{\"Lim", srv.Addr())
+		conn.(*net.TCPConn).SetLinger(0) // close with a reset
+		conn.Close()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := NewClient(srv.Endpoint()).ListStreams(ctx, &kinesis.ListStreamsInput{}); err != nil {
+		t.Fatalf("kinesalite after reset connections: %v", err)
 	}
 }
