@@ -27,7 +27,6 @@ import (
 	"context"
 	"fmt"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -37,6 +36,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/ditto-replicator/ditto/consumer"
+	"github.com/ditto-replicator/ditto/internal/esdbconn"
 	"github.com/ditto-replicator/ditto/internal/metrics"
 	"github.com/ditto-replicator/ditto/policy"
 	"github.com/ditto-replicator/ditto/replicator/conflict"
@@ -348,7 +348,7 @@ func (r *Replicator) unresolved(d *consumer.Delivery) {
 		Msg("skipping unresolved link: the source event is deleted or truncated")
 	reason := "ditto: unresolved link " + string(link.Data)
 	if r.seq {
-		if stream, n, ok := parseLink(link.Data); ok && (r.cons || r.pol.KeepsStream(stream)) {
+		if stream, n, ok := esdbconn.ParseLink(link.Data); ok && (r.cons || r.pol.KeepsStream(stream)) {
 			if r.cons {
 				n = d.OriginalNumber()
 			}
@@ -389,19 +389,6 @@ func (r *Replicator) skipItem(d *consumer.Delivery, stream string, seq uint64, s
 		return
 	}
 	r.enqueue(dest, ev, d, sk)
-}
-
-// parseLink reads link data "<number>@<stream>".
-func parseLink(data []byte) (string, uint64, bool) {
-	num, stream, ok := strings.Cut(string(data), "@")
-	if !ok || stream == "" {
-		return "", 0, false
-	}
-	n, err := strconv.ParseUint(num, 10, 64)
-	if err != nil {
-		return "", 0, false
-	}
-	return stream, n, true
 }
 
 // enqueue adds an event (or a skip item, if sk is set) to the lane of

@@ -15,6 +15,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -207,4 +209,18 @@ func LastEvent(ctx context.Context, c *esdb.Client, stream string) (*esdb.Record
 func notFound(err error) bool {
 	var e *esdb.Error
 	return errors.As(err, &e) && e.Code() == esdb.ErrorCodeResourceNotFound
+}
+
+// ParseLink reads a link event's data, "n@stream": the stream and number of
+// the event it points to.
+func ParseLink(data []byte) (stream string, number uint64, ok bool) {
+	num, stream, ok := strings.Cut(string(data), "@")
+	if !ok || stream == "" {
+		return "", 0, false
+	}
+	n, err := strconv.ParseUint(num, 10, 64)
+	if err != nil {
+		return "", 0, false
+	}
+	return stream, n, true
 }

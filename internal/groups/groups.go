@@ -20,7 +20,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strconv"
 	"strings"
 
 	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
@@ -296,15 +295,7 @@ func original(ev *esdb.RecordedEvent) (string, uint64, bool) {
 	if ev.EventType != "$>" {
 		return ev.StreamID, ev.EventNumber, true
 	}
-	num, stream, ok := strings.Cut(string(ev.Data), "@")
-	if !ok {
-		return "", 0, false
-	}
-	n, err := strconv.ParseUint(num, 10, 64)
-	if err != nil {
-		return "", 0, false
-	}
-	return stream, n, true
+	return esdbconn.ParseLink(ev.Data)
 }
 
 // has reports whether stream holds event number n.
